@@ -1,0 +1,84 @@
+"""Name -> builder registries for backbones, necks and models.
+
+A registry is a dict with a decorator. Builders register themselves where they are defined
+(``@BACKBONES.register("resnet50")``); each package's ``__init__`` imports its modules, so importing
+``structured`` is enough for every name to be known. A failed lookup lists the registered names and
+the closest match, so a typo in a config never surfaces as a bare ``KeyError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+Builder = TypeVar("Builder", bound=Callable[..., Any])
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the registered names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Registry:
+    """A mapping from names to builders (classes or functions) of one kind of part."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str | None = None) -> Callable[[Builder], Builder]:
+        """Decorator registering a builder under ``name`` (default: the builder's ``__name__``)."""
+
+        def add(builder: Builder) -> Builder:
+            key = name or builder.__name__
+            if key in self._builders and self._builders[key] is not builder:
+                raise ValueError(f"{self.kind} {key!r} is already registered by {self._builders[key]!r}")
+            self._builders[key] = builder
+            return builder
+
+        return add
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder registered under ``name``; an unknown name raises ``UnknownNameError``."""
+        if not isinstance(name, str):
+            raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}: {name!r}")
+        try:
+            return self._builders[name]
+        except KeyError:
+            raise UnknownNameError(self._unknown_message(name)) from None
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Call the builder registered under ``name`` with keyword arguments."""
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._builders)
+
+    def _unknown_message(self, name: str) -> str:
+        known = ", ".join(self.names()) or "(none registered)"
+        message = f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}"
+        close = difflib.get_close_matches(name, self._builders, n=1)
+        if close:
+            message += f". Did you mean {close[0]!r}?"
+        return message
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._builders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._builders)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+BACKBONES = Registry("backbone")
+NECKS = Registry("neck")
+MODELS = Registry("model")
