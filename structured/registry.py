@@ -82,3 +82,8 @@ class Registry:
 BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
 MODELS = Registry("model")
+
+
+def list_models() -> list[str]:
+    """Names of every registered model."""
+    return MODELS.names()

@@ -1,0 +1,189 @@
+"""NMS against torchvision.ops: the same indices in the same order, ties and every kernel included."""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops.boxes import _batched_nms_vanilla
+
+import structured.boxes.nms as nms_module
+from structured.boxes.nms import batched_nms, nms, register_nms_kernel
+from tests.boxes.strategies import scores_for, xyxy_boxes
+
+THRESHOLDS = st.one_of(st.sampled_from([0.0, 0.1, 0.3, 1 / 3, 0.5, 0.7, 1.0]), st.floats(0.0, 1.0))
+KERNEL_MODES = ["default", "sparse", "sequential"]
+
+
+@contextlib.contextmanager
+def kernel_mode(mode: str):
+    """Force the sparse kernel (and its one-box-at-a-time finish) even on small inputs."""
+    if mode == "default":
+        yield
+        return
+    rounds = 1 if mode == "sequential" else nms_module.PARALLEL_ROUNDS
+    with mock.patch.multiple(
+        nms_module,
+        SPARSE_MIN_BOXES=0,
+        PAIR_BUDGET_PER_BOX=10**6,
+        COORDINATE_TRICK_MAX_ELEMENTS=0,
+        PARALLEL_ROUNDS=rounds,
+    ):
+        yield
+
+
+def make_boxes(count: int, seed: int, clustered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    if clustered:
+        centres = torch.rand(max(count // 40, 1), 2, generator=generator) * 1000
+        pick = torch.randint(len(centres), (count,), generator=generator)
+        centre = centres[pick] + torch.randn(count, 2, generator=generator) * 15
+        size = 30 + torch.rand(count, 2, generator=generator) * 120
+    else:
+        centre = torch.rand(count, 2, generator=generator) * 1000
+        size = 10 + torch.rand(count, 2, generator=generator) * 90
+    scores = torch.rand(count, generator=generator)
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1), scores
+
+
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data(), threshold=THRESHOLDS)
+def test_nms_matches_torchvision(mode, data, threshold):
+    boxes = data.draw(xyxy_boxes(allow_degenerate=True))
+    scores = data.draw(scores_for(len(boxes)))
+    with kernel_mode(mode):
+        keep = nms(boxes, scores, threshold)
+    assert torch.equal(keep, torchvision.ops.nms(boxes, scores, threshold))
+
+
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(data=st.data(), threshold=THRESHOLDS, dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_batched_nms_matches_torchvision(mode, data, threshold, dtype):
+    boxes = data.draw(xyxy_boxes(allow_degenerate=True, dtype=dtype))
+    scores = data.draw(scores_for(len(boxes))).to(dtype)
+    idxs = torch.tensor(data.draw(st.lists(st.integers(-2, 4), min_size=len(boxes), max_size=len(boxes))),
+                        dtype=torch.int64)
+    with kernel_mode(mode):
+        keep = batched_nms(boxes, scores, idxs, threshold)
+    # torchvision offsets coordinates per class for small inputs and loops over classes for large ones;
+    # the forced modes take the per-class path, so they are compared with torchvision's per-class code.
+    reference = (torchvision.ops.batched_nms if mode == "default" else _batched_nms_vanilla)(
+        boxes, scores, idxs, threshold)
+    assert torch.equal(keep, reference)
+
+
+@pytest.mark.parametrize("count", [2500, 6000])
+@pytest.mark.parametrize("clustered", [False, True])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_large_sets_match_torchvision(count, clustered, threshold):
+    boxes, scores = make_boxes(count, seed=count, clustered=clustered)
+    assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+    classes = torch.randint(0, 80, (count,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        batched_nms(boxes, scores, classes, threshold), torchvision.ops.batched_nms(boxes, scores, classes, threshold)
+    )
+
+
+def test_large_sets_with_tied_scores_and_duplicates_match_torchvision():
+    boxes, _ = make_boxes(4000, seed=3, clustered=False)
+    boxes[::7] = boxes[1::7][: len(boxes[::7])]
+    scores = torch.randint(0, 3, (4000,), generator=torch.Generator().manual_seed(4)).float()
+    assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+
+
+def test_long_suppression_chain_takes_the_sequential_finish():
+    # Box k overlaps box k+1 with IoU 2/3 and box k+2 with IoU 3/7: greedy keeps every other box,
+    # a dependency chain as long as the input.
+    count = 3000
+    x = torch.arange(count, dtype=torch.float32) * 2
+    boxes = torch.stack([x, torch.zeros(count), x + 10, torch.full((count,), 10.0)], dim=1)
+    scores = torch.linspace(1, 0, count)
+    keep = nms(boxes, scores, 0.5)
+    assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5))
+    assert torch.equal(keep, torch.arange(0, count, 2))
+
+
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+def test_threshold_is_compared_in_double_precision(mode):
+    # IoU 1/3 rounds up in float32 (0.33333334 > 1/3): torchvision suppresses, so must we.
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
+    scores = torch.tensor([1.0, 0.5, 0.2])
+    with kernel_mode(mode):
+        keep = nms(boxes, scores, 1 / 3)
+    assert keep.tolist() == torchvision.ops.nms(boxes, scores, 1 / 3).tolist() == [0, 2]
+
+
+def test_degenerate_boxes_are_kept_and_never_suppress():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 5.0], [10.0, 10.0, 0.0, 0.0], [0.0, 0.0, 10.0, 10.0]])
+    scores = torch.tensor([0.5, 0.9, 0.8, 0.4])
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2, 0]
+
+
+def test_empty_and_single_inputs():
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
+    assert batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).tolist() == []
+    assert nms(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0.3]), 0.5).tolist() == [0]
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "threshold", "message"),
+    [
+        (torch.zeros(3, 5), torch.zeros(3), 0.5, r"shape \[N, 4\]"),
+        (torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5, "floating-point"),
+        (torch.zeros(3, 4), torch.zeros(2), 0.5, r"shape \[3\]"),
+        (torch.zeros(3, 4), torch.zeros(3), -0.1, r"in \[0, 1\]"),
+        (torch.zeros(3, 4), torch.zeros(3), 1.5, r"in \[0, 1\]"),
+        (torch.zeros(3, 4), torch.zeros(3), "0.5", "must be a number"),
+        (torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), torch.zeros(1), 0.5, "NaN coordinates"),
+        (torch.zeros(1, 4), torch.tensor([float("nan")]), 0.5, "scores contain NaN"),
+    ],
+)
+def test_bad_input_is_a_value_error(boxes, scores, threshold, message):
+    with pytest.raises(ValueError, match=message):
+        nms(boxes, scores, threshold)
+
+
+def test_bad_category_indices_are_a_value_error():
+    with pytest.raises(ValueError, match="integer tensor"):
+        batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match=r"idxs must be a tensor of shape \[2\]"):
+        batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(3, dtype=torch.int64), 0.5)
+
+
+def test_registered_device_kernel_is_used():
+    calls = []
+
+    def recording_kernel(boxes, scores, threshold):
+        calls.append(threshold)
+        return torchvision.ops.nms(boxes, scores, threshold)
+
+    previous = nms_module._DEVICE_KERNELS.get("cpu")
+    register_nms_kernel("cpu", recording_kernel)
+    try:
+        nms(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([1.0]), 0.25)
+    finally:
+        if previous is None:
+            nms_module._DEVICE_KERNELS.pop("cpu")
+        else:
+            register_nms_kernel("cpu", previous)
+    assert calls == [0.25]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("clustered", [False, True])
+def test_cuda_matches_torchvision(clustered):
+    boxes, scores = make_boxes(5000, seed=7, clustered=clustered)
+    classes = torch.randint(0, 80, (5000,), generator=torch.Generator().manual_seed(2))
+    boxes, scores, classes = boxes.cuda(), scores.cuda(), classes.cuda()
+    assert torch.equal(nms(boxes, scores, 0.5).cpu(), torchvision.ops.nms(boxes, scores, 0.5).cpu())
+    assert torch.equal(
+        batched_nms(boxes, scores, classes, 0.5).cpu(), torchvision.ops.batched_nms(boxes, scores, classes, 0.5).cpu()
+    )

@@ -1,0 +1,178 @@
+"""Configs: YAML loading, typed overrides, validation against builder signatures, dumping."""
+
+import pytest
+import yaml
+
+import structured.config as config_module
+from structured.config import (
+    Config,
+    ConfigError,
+    build_from_section,
+    load_config,
+    parse_value,
+    validate_keys,
+    validate_section,
+)
+from structured.registry import Registry
+
+RECIPE = """
+model:
+  name: toy_detector
+  num_classes: 3
+  score_thresh: 0.05
+  backbone:
+    name: toy_backbone
+    depth: 18
+train:
+  lr: 1e-3
+  epochs: 2
+  milestones: [8, 11]
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture
+def registries(monkeypatch):
+    models, backbones = Registry("model"), Registry("backbone")
+
+    @models.register("toy_detector")
+    def toy_detector(num_classes: int, score_thresh: float = 0.05, backbone: dict | None = None):
+        return {"num_classes": num_classes, "score_thresh": score_thresh, "backbone": backbone}
+
+    @backbones.register("toy_backbone")
+    def toy_backbone(depth: int = 18, frozen_stages: int = 0):
+        return depth
+
+    monkeypatch.setitem(config_module.NESTED_PARTS, "backbone", backbones)
+    return models, backbones
+
+
+def test_load_reads_scientific_notation_as_float(recipe_file):
+    config = load_config(recipe_file)
+    assert config.get("train.lr") == pytest.approx(1e-3)
+    assert isinstance(config.get("train.lr"), float)
+    assert config.get("train.milestones") == [8, 11]
+    assert config["model"]["backbone"]["depth"] == 18
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3", 3),
+        ("-2", -2),
+        ("0.5", 0.5),
+        ("1e-4", 1e-4),
+        ("true", True),
+        ("False", False),
+        ("null", None),
+        ("[1, 2, 3]", [1, 2, 3]),
+        ("[0.5, [1, 2], x]", [0.5, [1, 2], "x"]),
+        ("[]", []),
+        ("resnet50", "resnet50"),
+        ("'123'", "123"),
+    ],
+)
+def test_parse_value_types(text, expected):
+    value = parse_value(text)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_overrides_are_typed_and_create_sections(recipe_file):
+    config = load_config(
+        recipe_file,
+        ["train.epochs=24", "model.score_thresh=0", "model.backbone.depth=50", "data.root=/tmp/x"],
+    )
+    assert config.get("train.epochs") == 24
+    assert config.get("model.score_thresh") == 0.0 and isinstance(config.get("model.score_thresh"), float)
+    assert config.get("model.backbone.depth") == 50
+    assert config.get("data.root") == "/tmp/x"
+
+
+@pytest.mark.parametrize("override", ["no_equals_sign", "=3", "a..b=1"])
+def test_malformed_override_is_an_error(recipe_file, override):
+    with pytest.raises(ConfigError):
+        load_config(recipe_file, [override])
+
+
+def test_override_through_a_value_is_an_error(recipe_file):
+    with pytest.raises(ConfigError, match="'train.lr' is a value"):
+        load_config(recipe_file, ["train.lr.x=1"])
+
+
+def test_validation_accepts_recipe_and_builds(recipe_file, registries):
+    models, _ = registries
+    config = load_config(recipe_file)
+    built = build_from_section(config["model"], models, "model", config.source)
+    assert built["num_classes"] == 3
+    assert built["backbone"] == {"name": "toy_backbone", "depth": 18}
+
+
+def test_unknown_key_names_key_file_and_valid_keys(recipe_file, registries):
+    models, _ = registries
+    config = load_config(recipe_file, ["model.score_tresh=0.1"])
+    with pytest.raises(ConfigError) as error:
+        validate_section(config["model"], models, "model", config.source)
+    message = str(error.value)
+    assert str(recipe_file) in message
+    assert "'score_tresh'" in message
+    assert "num_classes, score_thresh, backbone" in message
+    assert "Did you mean 'score_thresh'?" in message
+
+
+def test_unknown_nested_key_is_found(recipe_file, registries):
+    models, _ = registries
+    config = load_config(recipe_file, ["model.backbone.frozen=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'frozen' in model.backbone \(toy_backbone\)"):
+        validate_section(config["model"], models, "model", config.source)
+
+
+def test_unknown_name_and_missing_keys(registries):
+    models, _ = registries
+    with pytest.raises(ConfigError, match="unknown model 'toy_detectr'.*Did you mean 'toy_detector'"):
+        validate_section({"name": "toy_detectr"}, models, "model")
+    with pytest.raises(ConfigError, match="missing required key.*num_classes"):
+        validate_section({"name": "toy_detector"}, models, "model")
+    with pytest.raises(ConfigError, match="has no 'name'"):
+        validate_section({"num_classes": 3}, models, "model")
+
+
+def test_validate_keys_accepts_var_keyword_builders():
+    def builder(a, **rest):
+        return a
+
+    validate_keys(builder, {"a": 1, "anything": 2}, "section")
+
+
+def test_dump_round_trips(tmp_path, recipe_file):
+    config = load_config(recipe_file, ["train.epochs=5"])
+    written = config.dump(tmp_path / "run" / "config.yaml")
+    assert yaml.safe_load(written.read_text()) == config.data
+    assert load_config(written).data == config.data
+    assert not list(written.parent.glob(".*.tmp"))
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(scalar)
+
+
+def test_missing_key_error_names_source():
+    config = Config({"a": {"b": 1}}, "recipe.yaml")
+    assert config.get("a.c", 7) == 7
+    with pytest.raises(KeyError, match=r"recipe.yaml: no key 'a.c'"):
+        config["a.c"]
