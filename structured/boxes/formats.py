@@ -31,8 +31,13 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
         raise ValueError(f"{name} must have shape [..., 4], got {list(boxes.shape)}")
     if not boxes.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
-    if torch.isnan(boxes).any():
+    if has_nan(boxes):
         raise ValueError(f"{name} contains NaN coordinates; expected finite numbers")
+
+
+def has_nan(values: Tensor) -> bool:
+    """Whether a tensor holds a NaN (one reduction: NaN propagates through ``amax``)."""
+    return values.numel() > 0 and bool(torch.isnan(values.amax()))
 
 
 def _check_format(fmt: str, argument: str) -> None:

@@ -26,6 +26,8 @@ import torch
 import torchvision
 from torch import Tensor
 
+from structured.boxes.formats import has_nan
+
 NmsKernel = Callable[[Tensor, Tensor, float], Tensor]
 
 SPARSE_MIN_BOXES = 2000
@@ -93,9 +95,9 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> No
         raise ValueError(f"iou_threshold must be a number, got {iou_threshold!r}")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if torch.isnan(boxes).any():
+    if has_nan(boxes):
         raise ValueError("boxes contain NaN coordinates; expected finite numbers")
-    if torch.isnan(scores).any():
+    if has_nan(scores):
         raise ValueError("scores contain NaN; expected finite numbers")
 
 

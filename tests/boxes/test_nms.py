@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from unittest import mock
 
 import pytest
@@ -12,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops.boxes import _batched_nms_vanilla
 
-import structured.boxes.nms as nms_module
-from structured.boxes.nms import batched_nms, nms, register_nms_kernel
+from structured.boxes import batched_nms, nms, register_nms_kernel
 from tests.boxes.strategies import scores_for, xyxy_boxes
+
+nms_module = importlib.import_module("structured.boxes.nms")
 
 THRESHOLDS = st.one_of(st.sampled_from([0.0, 0.1, 0.3, 1 / 3, 0.5, 0.7, 1.0]), st.floats(0.0, 1.0))
 KERNEL_MODES = ["default", "sparse", "sequential"]
