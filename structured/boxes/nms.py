@@ -10,11 +10,17 @@ Kernels are chosen by device type. ``register_nms_kernel("cuda", kernel)`` is th
 kernel plugs in; devices without a registered kernel use torchvision's op for that device.
 
 On the CPU the kernel is chosen by problem size. torchvision's kernel compares every kept box with
-every later box, O(kept x N) scalar work, which is cheap for small or heavily overlapping sets but
-grows quadratically for large, spread-out sets. For those the sparse kernel here finds the
-overlapping pairs with a spatial grid, computes their IoU with the same float arithmetic as
-torchvision (so every comparison comes out the same), and resolves the greedy order over that sparse
-"suppresses" graph in a few vectorised rounds.
+every later box, O(kept x N) scalar work: cheap for small sets, quadratic for large ones. For large
+sets (and large classes in ``batched_nms``) the sparse kernel here
+
+1. shrinks every box about its centre to a *core* such that two boxes with IoU > t always have
+   overlapping cores (``core_shrink``), and buckets the cores in a grid (per class);
+2. evaluates, cell by cell, dense [cells, G, G] IoU matrices with torchvision's float arithmetic and
+   threshold comparison, so every suppression decision comes out the same;
+3. resolves the greedy order over the sparse "suppresses" graph in a few vectorised rounds.
+
+Sets too dense for that (a grid cell holding most boxes) go to torchvision's kernel, which is fast
+exactly there because the first kept boxes suppress nearly everything.
 """
 
 from __future__ import annotations
@@ -33,8 +39,14 @@ NmsKernel = Callable[[Tensor, Tensor, float], Tensor]
 SPARSE_MIN_BOXES = 2000
 """Below this many boxes torchvision's kernel is faster than building the overlap graph."""
 
-PAIR_BUDGET_PER_BOX = 50
-"""Candidate pairs allowed per box before the sparse kernel gives way to torchvision's (dense sets)."""
+SPARSE_MIN_CLASS_SIZE = 150
+"""In ``batched_nms``, the typical class size below which one torchvision call per class is faster."""
+
+WORK_BUDGET_PER_BOX = 2000
+"""IoU evaluations allowed per box before the sparse kernel gives way to torchvision's (dense sets)."""
+
+DENSE_CHUNK_ELEMENTS = 1 << 16
+"""IoU matrix elements evaluated at once: bounds memory and keeps the working set in cache."""
 
 CORE_MARGIN = 1e-3
 """Relative slack on the core size, far above the float rounding of an IoU."""
@@ -46,7 +58,8 @@ PARALLEL_ROUNDS = 24
 """Vectorised resolution rounds before the remaining chain is resolved one box at a time."""
 
 COORDINATE_TRICK_MAX_ELEMENTS = 4000
-"""torchvision's ``batched_nms`` offsets boxes per class up to this ``boxes.numel()`` on the CPU."""
+COORDINATE_TRICK_MAX_ELEMENTS_GPU = 100_000
+"""torchvision's ``batched_nms`` offsets boxes per class up to this ``boxes.numel()`` (CPU, GPU)."""
 
 _DEVICE_KERNELS: dict[str, NmsKernel] = {}
 
@@ -70,13 +83,17 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_idxs(idxs, boxes)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    if boxes.device.type != "cpu":
-        return _batched_nms_by_class(boxes, scores, idxs, float(iou_threshold))
-    if boxes.numel() <= COORDINATE_TRICK_MAX_ELEMENTS:
+    on_cpu = boxes.device.type == "cpu"
+    if not on_cpu and boxes.device.type not in _DEVICE_KERNELS:
+        return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    if boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU):
         return _batched_nms_by_offset(boxes, scores, idxs, float(iou_threshold))
-    keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs)
+    keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs) if on_cpu else None
     if keep is None:
         return _batched_nms_by_class(boxes, scores, idxs, float(iou_threshold))
+    kept_scores = scores[keep]
+    if bool((kept_scores[1:] != kept_scores[:-1]).all()):
+        return keep
     return _sort_kept_by_score(keep, scores)
 
 
@@ -133,10 +150,11 @@ def _batched_nms_by_offset(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thre
 
 def _batched_nms_by_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """One ``nms`` call per category."""
+    kernel = _kernel_for(boxes)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for category in torch.unique(idxs):
         members = torch.where(idxs == category)[0]
-        keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+        keep_mask[members[kernel(boxes[members], scores[members], iou_threshold)]] = True
     return _sort_kept_by_score(torch.where(keep_mask)[0], scores)
 
 
@@ -150,7 +168,7 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
     """Greedy NMS over the sparse overlap graph; ``None`` when the set is too small or too dense for it."""
     num_boxes = boxes.shape[0]
     if (
-        num_boxes < SPARSE_MIN_BOXES
+        _typical_group_size(groups, num_boxes) < (SPARSE_MIN_BOXES if groups is None else SPARSE_MIN_CLASS_SIZE)
         or boxes.dtype not in (torch.float32, torch.float64)
         or not torch.isfinite(boxes).all()
     ):
@@ -158,67 +176,64 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
     order = torch.sort(scores, stable=True, descending=True).indices
     ranked_boxes = boxes[order].contiguous()
     ranked_groups = None if groups is None else groups[order].to(torch.int64)
-    pairs = _candidate_pairs(ranked_boxes, ranked_groups, iou_threshold, PAIR_BUDGET_PER_BOX * num_boxes)
-    if pairs is None:
+    cells = _grid_cells(ranked_boxes, ranked_groups, iou_threshold)
+    if cells is None or _dense_work(cells[1]) > WORK_BUDGET_PER_BOX * num_boxes:
         return None
-    higher, lower = _suppressing_pairs(ranked_boxes, *pairs, iou_threshold)
+    higher, lower = _suppressing_pairs(ranked_boxes, *cells, iou_threshold)
     kept_ranks = _resolve_greedy(num_boxes, higher, lower)
     return order[kept_ranks]
 
 
-def _candidate_pairs(
-    boxes: Tensor, groups: Tensor | None, iou_threshold: float, pair_budget: int
-) -> tuple[Tensor, Tensor] | None:
-    """Pairs of box indices whose cores share a grid cell (and group): a superset of the suppressing pairs.
+def _typical_group_size(groups: Tensor | None, num_boxes: int) -> float:
+    """Size of the group a box is in, averaged over boxes (the whole set when there are no groups)."""
+    if groups is None:
+        return float(num_boxes)
+    sizes = torch.unique(groups, return_counts=True)[1].double()
+    return float((sizes * sizes).sum() / num_boxes)
 
-    IoU > t needs an overlap of more than t * max(w1, w2) along x (and likewise along y), so the
-    centres are closer than (1 - t) * (w1 + w2) / 2: the *cores*, boxes shrunk about their centres by
-    (1 - t) (plus a margin far above float rounding), must overlap. Each pair is reported once, in
-    the cell holding the top-left corner of its cores' intersection.
+
+def core_shrink(iou_threshold: float) -> float:
+    """Factor by which boxes shrink about their centres so that any pair with IoU > t has overlapping cores.
+
+    With k = 2t / (1 + t), IoU > t implies an overlap along x of more than k * sqrt(w1 * w2) (and a
+    width ratio above k^2), hence centres closer than s * (w1 + w2) / 2 with s = (1 - k^2) / (1 + k^2);
+    likewise along y. A margin far above float rounding is added.
+    """
+    k = 2 * iou_threshold / (1 + iou_threshold)
+    return min(1.0, (1 - k * k) / (1 + k * k) + CORE_MARGIN)
+
+
+def _grid_cells(boxes: Tensor, groups: Tensor | None, iou_threshold: float) -> tuple[Tensor, Tensor] | None:
+    """Box indices grouped by the grid cell (and group) their cores cover.
+
+    Returns ``entry_box`` (box index per entry, entries sorted by cell) and ``run_lengths`` (entries
+    per cell, in that order). Boxes without positive width and height never suppress: left out.
     """
     x1, y1, x2, y2 = boxes.double().unbind(1)
     valid = torch.nonzero((x2 > x1) & (y2 > y1)).squeeze(1)
     if valid.numel() < 2:
-        return valid[:0], valid[:0]
-    shrink = min(1.0, 1.0 - iou_threshold + CORE_MARGIN)
-    half_w, half_h = (x2 - x1) * (shrink / 2), (y2 - y1) * (shrink / 2)
-    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+        return valid, torch.ones_like(valid)
+    shrink = core_shrink(iou_threshold)
+    half_w, half_h = (x2 - x1)[valid] * (shrink / 2), (y2 - y1)[valid] * (shrink / 2)
+    centre_x, centre_y = (x1 + x2)[valid] / 2, (y1 + y2)[valid] / 2
     core = torch.stack((centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h), dim=1)
-    origin = core[valid, :2].amin(dim=0).repeat(2)
-    cell = _grid_cell_size(2 * half_w[valid], 2 * half_h[valid])
-    first_cell = ((core - origin) / cell).floor().long()  # [N, 4]: first x, first y, last x, last y
-    cells_x, cells_y = (first_cell[valid, 2:].amax(dim=0) + 1).tolist()
+    cell = _grid_cell_size(2 * half_w, 2 * half_h)
+    cell_range = ((core - core[:, :2].amin(dim=0).repeat(2)) / cell).floor().long()  # [V, 4] first/last x, y
+    cells_x, cells_y = (cell_range[:, 2:].amax(dim=0) + 1).tolist()
     num_groups = 1 if groups is None else int(groups.max() - groups.min()) + 1
     if cells_x * cells_y * num_groups >= 2**62:
         return None
-    entry_box, entry_x, entry_y = _grid_entries(valid, first_cell[valid])
+    entry_box, entry_x, entry_y = _grid_entries(valid, cell_range)
     cell_key = entry_x * cells_y + entry_y
     if groups is not None:
         cell_key += (groups - groups.min())[entry_box] * (cells_x * cells_y)
     cell_key, sort_index = cell_key.sort()
-    first, second = _pairs_within_runs(cell_key, pair_budget)
-    if first is None:
-        return None
-    entry_box = entry_box[sort_index]
-    box_a, box_b = entry_box[first], entry_box[second]
-    keep = _cores_overlap(core, box_a, box_b)
-    box_a, box_b, first = box_a[keep], box_b[keep], first[keep]
-    pair_cell = sort_index[first]
-    corner_x = torch.maximum(first_cell[box_a, 0], first_cell[box_b, 0])
-    corner_y = torch.maximum(first_cell[box_a, 1], first_cell[box_b, 1])
-    counted_here = (entry_x[pair_cell] == corner_x) & (entry_y[pair_cell] == corner_y)
-    return box_a[counted_here], box_b[counted_here]
-
-
-def _cores_overlap(core: Tensor, box_a: Tensor, box_b: Tensor) -> Tensor:
-    """Whether the cores of the pairs overlap (touching counts) along both axes."""
-    a_x1, a_y1, a_x2, a_y2 = core[box_a].unbind(1)
-    b_x1, b_y1, b_x2, b_y2 = core[box_b].unbind(1)
-    return (a_x1 <= b_x2) & (b_x1 <= a_x2) & (a_y1 <= b_y2) & (b_y1 <= a_y2)
+    _, run_lengths = torch.unique_consecutive(cell_key, return_counts=True)
+    return entry_box[sort_index], run_lengths
 
 
 def _grid_cell_size(widths: Tensor, heights: Tensor) -> Tensor:
-    """A cell side about the median box side, grown until boxes cover few cells on average."""
+    """A cell side about the median core side, grown until cores cover few cells on average."""
     cell = torch.maximum(widths, heights).median().clamp(min=torch.finfo(torch.float64).tiny)
     budget = GRID_ENTRIES_PER_BOX * widths.numel()
     while True:
@@ -228,9 +243,9 @@ def _grid_cell_size(widths: Tensor, heights: Tensor) -> Tensor:
         cell = cell * 2
 
 
-def _grid_entries(valid: Tensor, cells: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(box, cell x, cell y) for every grid cell each valid box's core covers; ``cells`` [V, 4] ranges."""
-    first_x, first_y, last_x, last_y = cells.unbind(1)
+def _grid_entries(valid: Tensor, cell_range: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(box, cell x, cell y) for every grid cell each valid box's core covers."""
+    first_x, first_y, last_x, last_y = cell_range.unbind(1)
     span_y = last_y - first_y + 1
     counts = (last_x - first_x + 1) * span_y
     owner = torch.repeat_interleave(torch.arange(valid.numel()), counts)
@@ -239,29 +254,70 @@ def _grid_entries(valid: Tensor, cells: Tensor) -> tuple[Tensor, Tensor, Tensor]
     return valid[owner], first_x[owner] + local // span_y, first_y[owner] + local % span_y
 
 
-def _pairs_within_runs(keys: Tensor, pair_budget: int) -> tuple[Tensor, Tensor] | tuple[None, None]:
-    """All index pairs (i < j) of a sorted ``keys`` with ``keys[i] == keys[j]``; ``None`` over budget."""
-    _, run_lengths = torch.unique_consecutive(keys, return_counts=True)
-    run_ends = torch.repeat_interleave(run_lengths.cumsum(0), run_lengths)
-    partners = run_ends - torch.arange(keys.numel()) - 1
-    if int(partners.sum()) > pair_budget:
-        return None, None
-    first = torch.repeat_interleave(torch.arange(keys.numel()), partners)
-    offset = torch.arange(first.numel()) - torch.repeat_interleave(partners.cumsum(0) - partners, partners)
-    return first, first + 1 + offset
+def _padded_size(run_lengths: Tensor) -> Tensor:
+    """Cell occupancy rounded up (to 2, 4, 8, then multiples of 8): cells of one size are batched."""
+    power_of_two = torch.pow(2, torch.log2(run_lengths.clamp(min=1).double()).ceil()).long()
+    return torch.where(run_lengths <= 8, power_of_two, (run_lengths + 7) // 8 * 8)
 
 
-def _suppressing_pairs(boxes: Tensor, box_a: Tensor, box_b: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
-    """(higher, lower) rank pairs whose IoU exceeds the threshold, in torchvision's float arithmetic."""
-    x1, y1, x2, y2 = boxes.unbind(1)
+def _dense_work(run_lengths: Tensor) -> int:
+    """IoU evaluations the per-cell matrices will take, padding included."""
+    crowded = run_lengths[run_lengths > 1]
+    return int((_padded_size(crowded) ** 2).sum())
+
+
+def _suppressing_pairs(
+    boxes: Tensor, entry_box: Tensor, run_lengths: Tensor, iou_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """(higher, lower) rank pairs whose IoU exceeds the threshold, found cell by cell.
+
+    Cells are batched by padded occupancy G, and each batch evaluates [cells, G, G] IoU matrices with
+    torchvision's float arithmetic, so every comparison comes out as in torchvision's kernel.
+    """
+    run_starts = run_lengths.cumsum(0) - run_lengths
+    padded = _padded_size(run_lengths)
+    found: list[Tensor] = []
+    for size in padded[run_lengths > 1].unique().tolist():
+        starts, lengths = run_starts[padded == size], run_lengths[padded == size]
+        for chunk in range(0, starts.numel(), max(1, DENSE_CHUNK_ELEMENTS // (size * size))):
+            members = _cell_members(entry_box, starts[chunk:], lengths[chunk:], size, DENSE_CHUNK_ELEMENTS)
+            found.append(_pairs_over_threshold(boxes, members, iou_threshold))
+    if not found:
+        return entry_box[:0], entry_box[:0]
+    pair_keys = torch.cat(found).unique()
+    return pair_keys // boxes.shape[0], pair_keys % boxes.shape[0]
+
+
+def _cell_members(entry_box: Tensor, starts: Tensor, lengths: Tensor, size: int, max_elements: int) -> Tensor:
+    """``[cells, size]`` box indices of the cells' entries, ``-1`` where a cell has fewer than ``size``."""
+    cells = min(starts.numel(), max(1, max_elements // (size * size)))
+    slot = torch.arange(size)
+    members = entry_box[(starts[:cells, None] + slot).clamp(max=entry_box.numel() - 1)]
+    return torch.where(slot < lengths[:cells, None], members, -1)
+
+
+def _pairs_over_threshold(boxes: Tensor, members: Tensor, iou_threshold: float) -> Tensor:
+    """Keys ``higher * N + lower`` of the member pairs whose IoU exceeds the threshold."""
+    padded_boxes = torch.cat((boxes, boxes.new_zeros(1, 4)))[members]  # [C, G, 4]; -1 -> a zero box
+    x1, y1, x2, y2 = padded_boxes.unbind(2)
     areas = (x2 - x1) * (y2 - y1)
-    widths = (torch.minimum(x2[box_a], x2[box_b]) - torch.maximum(x1[box_a], x1[box_b])).clamp(min=0)
-    heights = (torch.minimum(y2[box_a], y2[box_b]) - torch.maximum(y1[box_a], y1[box_b])).clamp(min=0)
-    intersection = widths * heights
-    iou = intersection / (areas[box_a] + areas[box_b] - intersection)
-    suppresses = iou.double() > iou_threshold
-    box_a, box_b = box_a[suppresses], box_b[suppresses]
-    return torch.minimum(box_a, box_b), torch.maximum(box_a, box_b)
+    widths = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :]))
+    heights = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :]))
+    intersection = widths.clamp_(min=0).mul_(heights.clamp_(min=0))
+    iou = intersection / (areas[:, :, None] + areas[:, None, :]).sub_(intersection)
+    over = _exceeds(iou, iou_threshold).triu_(diagonal=1)  # [C, G, G]
+    cell, row, column = over.nonzero().unbind(1)
+    first, second = members[cell, row], members[cell, column]
+    return torch.minimum(first, second) * boxes.shape[0] + torch.maximum(first, second)
+
+
+def _exceeds(values: Tensor, threshold: float) -> Tensor:
+    """``values > threshold`` with the threshold taken in double precision, as torchvision compares."""
+    if values.dtype == torch.float64:
+        return values > threshold
+    just_above = np.nextafter(np.float32(threshold), np.float32(np.inf))
+    smallest_above = np.float32(threshold) if float(np.float32(threshold)) > threshold else just_above
+    return values >= float(smallest_above)
 
 
 def _resolve_greedy(num_boxes: int, higher: Tensor, lower: Tensor) -> Tensor:

@@ -32,7 +32,8 @@ def kernel_mode(mode: str):
     with mock.patch.multiple(
         nms_module,
         SPARSE_MIN_BOXES=0,
-        PAIR_BUDGET_PER_BOX=10**6,
+        SPARSE_MIN_CLASS_SIZE=0,
+        WORK_BUDGET_PER_BOX=10**9,
         COORDINATE_TRICK_MAX_ELEMENTS=0,
         PARALLEL_ROUNDS=rounds,
     ):
@@ -120,6 +121,19 @@ def test_threshold_is_compared_in_double_precision(mode):
     with kernel_mode(mode):
         keep = nms(boxes, scores, 1 / 3)
     assert keep.tolist() == torchvision.ops.nms(boxes, scores, 1 / 3).tolist() == [0, 2]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.data(), threshold=THRESHOLDS)
+def test_boxes_over_the_threshold_have_overlapping_cores(data, threshold):
+    # The sparse kernel only compares boxes whose cores overlap: that must hold for every pair that
+    # torchvision would suppress.
+    boxes = data.draw(xyxy_boxes(min_boxes=2, dtype=torch.float64))
+    iou = torchvision.ops.box_iou(boxes, boxes)
+    first, second = torch.nonzero(torch.triu(iou > threshold, diagonal=1)).unbind(1)
+    centres, sizes = (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]
+    reach = nms_module.core_shrink(threshold) * (sizes[first] + sizes[second]) / 2
+    assert ((centres[first] - centres[second]).abs() <= reach).all()
 
 
 def test_degenerate_boxes_are_kept_and_never_suppress():
