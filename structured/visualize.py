@@ -1,0 +1,164 @@
+"""Drawing detections: boxes, class names, scores and mask overlays on RGB images (OpenCV).
+
+Everything takes and returns ``uint8`` RGB arrays ``[H, W, 3]`` (a float tensor ``[3, H, W]`` in [0, 1]
+is accepted too) and never modifies its input. Colours are fixed per class, so the same class has the
+same colour in every picture; labels sit on a filled tab in the box colour, kept inside the image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = np.ndarray | Tensor
+
+_PALETTE = np.array(
+    [
+        (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+        (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+        (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
+    ],
+    dtype=np.uint8,
+)
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """A fixed, distinct RGB colour for a class index."""
+    return tuple(int(channel) for channel in _PALETTE[int(label) % len(_PALETTE)])
+
+
+def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
+    """A contiguous ``uint8 [H, W, 3]`` copy of an image given as such an array or a ``[3, H, W]`` tensor."""
+    if isinstance(image, Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array.permute(1, 2, 0)
+        if array.is_floating_point():
+            array = (array.clamp(0, 1) * 255).round()
+        image = array.to(torch.uint8).numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"image must be [H, W, 3] or [3, H, W], got shape {list(image.shape)}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    if image.dtype != np.uint8:
+        image = np.clip(image * 255 if np.issubdtype(image.dtype, np.floating) else image, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image).copy()
+
+
+def draw_detections(
+    image: ArrayLike,
+    boxes: ArrayLike,
+    labels: ArrayLike | None = None,
+    scores: ArrayLike | None = None,
+    class_names: Sequence[str] | None = None,
+    masks: ArrayLike | None = None,
+    mask_threshold: float = 0.5,
+    mask_alpha: float = 0.45,
+    thickness: int | None = None,
+    captions: bool = True,
+) -> np.ndarray:
+    """An annotated copy of ``image``: ``xyxy`` boxes, ``class score`` tags and mask overlays.
+
+    ``labels`` index ``class_names`` (index 0 is background, as in the Target contract); ``masks`` are
+    ``[K, H, W]`` probabilities or binary masks at the image's size. ``captions=False`` draws boxes only.
+    """
+    canvas = to_rgb_uint8(image)
+    boxes_np = _as_numpy(boxes, "boxes").reshape(-1, 4).astype(np.float64)
+    count = len(boxes_np)
+    labels_np = np.ones(count, np.int64) if labels is None else _as_numpy(labels, "labels").astype(np.int64)
+    scores_np = None if scores is None else _as_numpy(scores, "scores").astype(np.float64)
+    if len(labels_np) != count or (scores_np is not None and len(scores_np) != count):
+        raise ValueError(f"boxes, labels and scores must have one entry per detection, got {count} boxes, "
+                         f"{len(labels_np)} labels, {None if scores_np is None else len(scores_np)} scores")
+    if masks is not None:
+        canvas = _overlay_masks(canvas, _as_numpy(masks, "masks"), labels_np, mask_threshold, mask_alpha)
+    thickness = thickness or max(1, round(min(canvas.shape[:2]) / 300))
+    for index in np.argsort(-scores_np if scores_np is not None else np.zeros(count), kind="stable")[::-1]:
+        color = class_color(labels_np[index])
+        x1, y1, x2, y2 = (round(float(value)) for value in boxes_np[index])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, cv2.LINE_8)
+        if captions:
+            text = _caption(labels_np[index], None if scores_np is None else scores_np[index], class_names)
+            _draw_tag(canvas, text, (x1, y1), color)
+    return canvas
+
+
+def _as_numpy(values: ArrayLike, name: str) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be an array or tensor, got {type(values).__name__}") from error
+
+
+def _caption(label: int, score: float | None, class_names: Sequence[str] | None) -> str:
+    name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+    return name if score is None else f"{name} {score:.2f}"
+
+
+def _draw_tag(canvas: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int, int, int]) -> None:
+    """A filled tab with ``text`` above the box corner (below it when there is no room above)."""
+    scale = max(0.35, min(canvas.shape[:2]) / 900)
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = int(np.clip(corner[0], 0, max(canvas.shape[1] - width - 4, 0)))
+    top = corner[1] - height - baseline - 4
+    y = corner[1] if top < 0 else top
+    cv2.rectangle(canvas, (x, y), (x + width + 4, y + height + baseline + 4), color, cv2.FILLED)
+    ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+    cv2.putText(canvas, text, (x + 2, y + height + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, 1, cv2.LINE_AA)
+
+
+def _overlay_masks(
+    canvas: np.ndarray, masks: np.ndarray, labels: np.ndarray, threshold: float, alpha: float
+) -> np.ndarray:
+    if masks.ndim != 3 or masks.shape[1:] != canvas.shape[:2]:
+        raise ValueError(f"masks must be [K, H, W] at the image size {list(canvas.shape[:2])}, "
+                         f"got {list(masks.shape)}")
+    blended = canvas.astype(np.float32)
+    for mask, label in zip(masks, labels, strict=False):
+        region = mask > threshold if np.issubdtype(mask.dtype, np.floating) else mask > 0
+        blended[region] = (1 - alpha) * blended[region] + alpha * np.array(class_color(label), np.float32)
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(blended, contours, -1, class_color(label), 1, cv2.LINE_AA)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], gap: int = 8) -> np.ndarray:
+    """Images of one height placed left to right on a white background, each with a title above it."""
+    if len(images) != len(titles) or not images:
+        raise ValueError("side_by_side needs one title per image and at least one image")
+    height = max(image.shape[0] for image in images)
+    title_height = 32
+    width = sum(image.shape[1] for image in images) + gap * (len(images) + 1)
+    sheet = np.full((height + title_height + gap, width, 3), 255, np.uint8)
+    x = gap
+    for image, title in zip(images, titles, strict=True):
+        sheet[title_height : title_height + image.shape[0], x : x + image.shape[1]] = image
+        cv2.putText(sheet, title, (x, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (30, 30, 30), 1, cv2.LINE_AA)
+        x += image.shape[1] + gap
+    return sheet
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write an RGB ``uint8`` image atomically (format by extension); an error names the path on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        written = cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error as error:
+        raise OSError(f"could not write image {path}: {error.msg or error}") from None
+    if not written:
+        raise OSError(f"could not write image {path} (is the extension an image format?)")
+    os.replace(temporary, path)
+    return path

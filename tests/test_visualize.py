@@ -1,0 +1,53 @@
+"""Drawing: inputs are not modified, boxes and masks land where they should, bad input is named."""
+
+import numpy as np
+import pytest
+import torch
+
+from structured.visualize import class_color, draw_detections, save_image, side_by_side, to_rgb_uint8
+
+
+def test_draw_detections_colours_box_edges_and_leaves_input_alone():
+    image = np.full((100, 120, 3), 255, np.uint8)
+    drawn = draw_detections(image, torch.tensor([[20.0, 30.0, 80.0, 90.0]]), torch.tensor([2]),
+                            torch.tensor([0.75]), ["bg", "cat", "dog"], thickness=1)
+    assert (image == 255).all()
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert tuple(drawn[60, 20]) == class_color(2)
+    assert tuple(drawn[60, 50]) == (255, 255, 255)
+
+
+def test_masks_are_blended_in_the_class_colour():
+    image = np.zeros((40, 40, 3), np.uint8)
+    mask = np.zeros((1, 40, 40), np.float32)
+    mask[0, 10:30, 10:30] = 0.9
+    drawn = draw_detections(image, np.array([[10, 10, 30, 30]]), np.array([1]), masks=mask, captions=False,
+                            mask_alpha=0.5)
+    expected = np.round(0.5 * np.array(class_color(1)))
+    assert np.abs(drawn[20, 20].astype(float) - expected).max() <= 1
+    assert (drawn[2, 2] == 0).all()
+
+
+def test_tensor_images_are_converted():
+    image = torch.rand(3, 16, 24)
+    array = to_rgb_uint8(image)
+    assert array.shape == (16, 24, 3) and array.dtype == np.uint8
+    assert np.abs(array.astype(float) - image.permute(1, 2, 0).numpy() * 255).max() <= 0.5 + 1e-4
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="one entry per detection"):
+        draw_detections(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 4)), labels=np.ones(3))
+    with pytest.raises(ValueError, match="masks must be"):
+        draw_detections(np.zeros((10, 10, 3), np.uint8), np.zeros((1, 4)), masks=np.zeros((1, 5, 5)))
+    with pytest.raises(ValueError, match="image must be"):
+        to_rgb_uint8(np.zeros((4, 4, 5)))
+
+
+def test_side_by_side_and_save(tmp_path):
+    sheet = side_by_side([np.zeros((20, 30, 3), np.uint8), np.zeros((10, 15, 3), np.uint8)], ["a", "b"])
+    assert sheet.shape[1] == 30 + 15 + 3 * 8
+    path = save_image(sheet, tmp_path / "sub" / "sheet.png")
+    assert path.stat().st_size > 0 and not list(path.parent.glob(".*"))
+    with pytest.raises(OSError, match="could not write"):
+        save_image(sheet, tmp_path / "sheet.unknown")
