@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops.boxes import _batched_nms_vanilla
 
+from bench.nms_cpu import make_boxes
 from structured.boxes import batched_nms, nms, register_nms_kernel
 from tests.boxes.strategies import scores_for, xyxy_boxes
 
@@ -38,20 +39,6 @@ def kernel_mode(mode: str):
         PARALLEL_ROUNDS=rounds,
     ):
         yield
-
-
-def make_boxes(count: int, seed: int, clustered: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    if clustered:
-        centres = torch.rand(max(count // 40, 1), 2, generator=generator) * 1000
-        pick = torch.randint(len(centres), (count,), generator=generator)
-        centre = centres[pick] + torch.randn(count, 2, generator=generator) * 15
-        size = 30 + torch.rand(count, 2, generator=generator) * 120
-    else:
-        centre = torch.rand(count, 2, generator=generator) * 1000
-        size = 10 + torch.rand(count, 2, generator=generator) * 90
-    scores = torch.rand(count, generator=generator)
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1), scores
 
 
 @pytest.mark.parametrize("mode", KERNEL_MODES)
@@ -86,16 +73,15 @@ def test_batched_nms_matches_torchvision(mode, data, threshold, dtype):
 @pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
 def test_large_sets_match_torchvision(count, clustered, threshold):
-    boxes, scores = make_boxes(count, seed=count, clustered=clustered)
+    boxes, scores, classes = make_boxes(count, seed=count, clustered=clustered)
     assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
-    classes = torch.randint(0, 80, (count,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(
         batched_nms(boxes, scores, classes, threshold), torchvision.ops.batched_nms(boxes, scores, classes, threshold)
     )
 
 
 def test_large_sets_with_tied_scores_and_duplicates_match_torchvision():
-    boxes, _ = make_boxes(4000, seed=3, clustered=False)
+    boxes, _, _ = make_boxes(4000, seed=3, clustered=False)
     boxes[::7] = boxes[1::7][: len(boxes[::7])]
     scores = torch.randint(0, 3, (4000,), generator=torch.Generator().manual_seed(4)).float()
     assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
@@ -196,8 +182,7 @@ def test_registered_device_kernel_is_used():
 @pytest.mark.gpu
 @pytest.mark.parametrize("clustered", [False, True])
 def test_cuda_matches_torchvision(clustered):
-    boxes, scores = make_boxes(5000, seed=7, clustered=clustered)
-    classes = torch.randint(0, 80, (5000,), generator=torch.Generator().manual_seed(2))
+    boxes, scores, classes = make_boxes(5000, seed=7, clustered=clustered)
     boxes, scores, classes = boxes.cuda(), scores.cuda(), classes.cuda()
     assert torch.equal(nms(boxes, scores, 0.5).cpu(), torchvision.ops.nms(boxes, scores, 0.5).cpu())
     assert torch.equal(

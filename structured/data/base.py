@@ -1,0 +1,193 @@
+"""The dataset base shared by the COCO, VOC and mask-folder loaders.
+
+A loader parses its annotation format once into ``ImageRecord`` s (boxes already clipped and validated,
+labels already contiguous ``1..C``). ``DetectionDataset.__getitem__`` then decodes the image, builds the
+numpy target, applies the augmentation with a generator seeded by ``(seed, epoch, index)`` (the same
+sample whatever the worker count) and returns ``(Tensor[3, H, W] float in [0, 1], Target)``.
+
+Augmentations see numpy data: image uint8 ``[H, W, 3]`` RGB and a target with ``boxes`` float32
+``[N, 4]``, ``labels`` int64 ``[N]`` and optionally ``masks`` uint8 ``[N, H, W]``, ``polygons``, ``iscrowd``,
+``difficult`` (see ``structured.data.transforms``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from structured.data.loading import image_to_tensor, read_image, read_index_png
+from structured.data.validate import ValidationReport, check_images
+
+BACKGROUND = "__background__"
+
+Transform = Callable[[np.ndarray, dict, np.random.Generator], tuple[np.ndarray, dict]]
+
+_PER_INSTANCE_TENSORS = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64,
+                         "difficult": torch.bool, "masks": torch.uint8}
+
+
+@dataclass
+class ImageRecord:
+    """One image and its parsed annotations (``N`` objects).
+
+    ``boxes`` float32 ``[N, 4]`` xyxy pixels, ``labels`` int64 ``[N]`` in ``1..C``, ``iscrowd`` int64 ``[N]``,
+    ``difficult`` bool ``[N]`` or None; ``height`` / ``width`` as declared by the annotation (None when it
+    does not say); ``extra`` holds format-specific data (COCO segmentations, mask file paths).
+    """
+
+    image_id: int | str
+    path: Path
+    boxes: np.ndarray
+    labels: np.ndarray
+    height: int | None = None
+    width: int | None = None
+    iscrowd: np.ndarray | None = None
+    difficult: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if self.iscrowd is None:
+            self.iscrowd = np.zeros(len(self.labels), dtype=np.int64)
+
+
+def target_to_tensors(target: dict) -> dict:
+    """Numpy target -> Target dict of tensors (``polygons`` dropped: they only serve augmentation)."""
+    converted = {}
+    for key, value in target.items():
+        if key in _PER_INSTANCE_TENSORS:
+            converted[key] = torch.as_tensor(np.ascontiguousarray(value), dtype=_PER_INSTANCE_TENSORS[key])
+        elif key == "semantic":
+            converted[key] = torch.as_tensor(np.ascontiguousarray(value), dtype=torch.int64)
+        elif key != "polygons":
+            converted[key] = value
+    return converted
+
+
+def select_instances(target: dict, keep: np.ndarray) -> dict:
+    """A copy of the numpy ``target`` with only the instances where ``keep`` (bool or index array) holds."""
+    keep = np.asarray(keep)
+    indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    selected = dict(target)
+    for key in (*_PER_INSTANCE_TENSORS, "area"):
+        if key in target:
+            selected[key] = target[key][indices]
+    if "polygons" in target:
+        selected["polygons"] = [target["polygons"][i] for i in indices]
+    return selected
+
+
+class DetectionDataset(Dataset):
+    """Images with boxes (and optionally instance masks); subclasses provide records and masks.
+
+    Attributes: ``class_names`` (``class_names[0] == "__background__"``, labels index the rest),
+    ``records`` (list of ``ImageRecord``), ``report`` (problems found while parsing), ``transforms``.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str], transforms: Transform | None = None,
+                 with_masks: bool = False, seed: int = 0, skip_bad: bool = False,
+                 report: ValidationReport | None = None) -> None:
+        self.class_names = [BACKGROUND, *class_names]
+        self.transforms = transforms
+        self.with_masks = with_masks
+        self.seed = seed
+        self.epoch = 0
+        self.report = report if report is not None else ValidationReport()
+        self.records = list(records)
+        if skip_bad:
+            readable = check_images([record.path for record in self.records], self.report)
+            self.records = [record for record, ok in zip(self.records, readable, strict=True) if ok]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes ``C`` (labels are ``1..C``)."""
+        return len(self.class_names) - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw: sample ``i`` of epoch ``e`` is seeded by ``(seed, e, i)``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
+        """uint8 ``[N, H, W]`` instance masks of ``record``; subclasses with masks override this."""
+        raise NotImplementedError(f"{type(self).__name__} has no instance masks")
+
+    def load_polygons(self, record: ImageRecord) -> list[list[np.ndarray]] | None:
+        """Per-instance polygon rings of ``record`` when the format has them, else None."""
+        return None
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
+        """The un-augmented numpy ``(image, target)`` of sample ``index``."""
+        record = self.records[index]
+        image = read_image(record.path)
+        height, width = image.shape[:2]
+        target: dict[str, Any] = {"boxes": np.clip(record.boxes, 0, [width, height, width, height]),
+                                  "labels": record.labels.copy(), "iscrowd": record.iscrowd.copy(),
+                                  "image_id": record.image_id}
+        if record.difficult is not None:
+            target["difficult"] = record.difficult.copy()
+        polygons = self.load_polygons(record)
+        if polygons is not None:
+            target["polygons"] = polygons
+        if self.with_masks:
+            target["masks"] = self.load_masks(record, height, width)
+        boxes = target["boxes"]
+        return image, select_instances(target, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = self.load_sample(index)
+        if self.transforms is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, target = self.transforms(image, target, rng)
+        return image_to_tensor(image), target_to_tensors(target)
+
+
+class SemanticSegmentationDataset(Dataset):
+    """Pairs of (image file, class-index PNG) as ``(Tensor[3, H, W], SemanticTarget)``.
+
+    ``class_names`` lists the classes ``0..C`` including the background at index 0. Mask values above
+    ``C`` other than 255 (ignore) raise ``ValueError`` naming the mask file.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], class_names: Sequence[str],
+                 transforms: Transform | None = None, seed: int = 0) -> None:
+        self.pairs = list(pairs)
+        self.class_names = list(class_names)
+        self.transforms = transforms
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw: sample ``i`` of epoch ``e`` is seeded by ``(seed, e, i)``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
+        """The un-augmented numpy ``(image, {"semantic", "image_id"})`` of sample ``index``."""
+        image_id, image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        semantic = read_index_png(mask_path)
+        if semantic.shape != image.shape[:2]:
+            raise ValueError(f"{mask_path}: mask is {semantic.shape} but image {image_path} is {image.shape[:2]}")
+        bad = (semantic >= len(self.class_names)) & (semantic != 255)
+        if bad.any():
+            raise ValueError(f"{mask_path}: class indices {sorted(set(semantic[bad].tolist()))} outside "
+                             f"0..{len(self.class_names) - 1} (and not 255 = ignore)")
+        return image, {"semantic": semantic, "image_id": image_id}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = self.load_sample(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target, np.random.default_rng((self.seed, self.epoch, index)))
+        return image_to_tensor(image), target_to_tensors(target)

@@ -1,0 +1,207 @@
+"""Conversion of box annotations between COCO JSON, Pascal VOC XML and YOLO txt.
+
+Every format is read into an ``AnnotationSet`` (``ImageRecord`` s with continuous ``xyxy`` boxes and labels
+``1..C``, the class names and, from COCO, the original category ids) and written from it. Output folders:
+
+- ``coco``: ``<out>/annotations.json`` + ``<out>/images/``;
+- ``voc``: ``<out>/Annotations/*.xml`` + ``<out>/JPEGImages/`` + ``<out>/ImageSets/Main/all.txt``;
+- ``yolo``: ``<out>/labels/*.txt`` (``class cx cy w h``, normalised, class ``label - 1``) + ``<out>/images/``
+  + ``<out>/classes.txt`` (one name per line).
+
+Images are symlinked (default), copied, or left alone (``image_mode``). What each format can hold:
+VOC stores integer pixels (1-based inclusive), so its boxes are rounded to whole pixels; YOLO stores six
+decimals of the normalised coordinates (within 1e-3 px for images under 1000 px); only COCO keeps category
+ids and ``iscrowd``; only VOC keeps ``difficult``. Segmentations are not converted. Integer-pixel boxes
+make lossless round trips between all three formats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from structured.data.base import ImageRecord
+from structured.data.coco import parse_coco
+from structured.data.loading import read_image_size
+from structured.data.validate import ValidationReport, sanitize_boxes
+from structured.data.voc import IMAGE_EXTENSIONS, VOCDetection, natural_key, write_voc_xml
+
+ANNOTATION_FORMATS = ("coco", "voc", "yolo")
+IMAGE_MODES = ("symlink", "copy", "none")
+
+
+@dataclass
+class AnnotationSet:
+    """Images with boxes in a format-neutral form; ``class_names`` excludes the background."""
+
+    records: list[ImageRecord]
+    class_names: list[str]
+    category_ids: list[int] | None = None
+
+
+def _check_choice(value: str, choices: Sequence[str], argument: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{argument} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _image_size(record: ImageRecord) -> tuple[int, int]:
+    if record.height and record.width:
+        return record.height, record.width
+    return read_image_size(record.path)
+
+
+def read_yolo(root: str | Path, class_names: Sequence[str] | None = None) -> AnnotationSet:
+    """Read ``root/images`` + ``root/labels/<stem>.txt`` (+ ``root/classes.txt`` unless ``class_names``)."""
+    root = Path(root)
+    if class_names is None:
+        classes_file = root / "classes.txt"
+        if not classes_file.is_file():
+            raise ValueError(f"{classes_file} not found; pass class_names or write one class name per line there")
+        class_names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+    images = sorted((p for p in (root / "images").glob("*") if p.suffix in IMAGE_EXTENSIONS),
+                    key=lambda p: natural_key(p.name))
+    report = ValidationReport()
+    records = [_yolo_record(image, root / "labels" / f"{image.stem}.txt", len(class_names), report) for image in images]
+    report.warn(str(root))
+    return AnnotationSet(records, list(class_names))
+
+
+def _yolo_rows(label_file: Path, num_classes: int) -> np.ndarray:
+    if not label_file.is_file():
+        return np.zeros((0, 5))
+    rows = []
+    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields[:5]]
+        except ValueError:
+            raise ValueError(f"{label_file} line {number}: expected 'class cx cy w h' numbers, got {line!r}") from None
+        if len(fields) < 5 or not values[0].is_integer() or not 0 <= values[0] < num_classes:
+            raise ValueError(f"{label_file} line {number}: expected 'class cx cy w h' with class in "
+                             f"0..{num_classes - 1}, got {line!r}")
+        rows.append(values)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def _yolo_record(image: Path, label_file: Path, num_classes: int, report: ValidationReport) -> ImageRecord:
+    height, width = read_image_size(image)
+    rows = _yolo_rows(label_file, num_classes)
+    centre, size = rows[:, 1:3] * [width, height], rows[:, 3:5] * [width, height]
+    boxes, keep = sanitize_boxes(np.concatenate((centre - size / 2, centre + size / 2), axis=1), (height, width),
+                                 str(label_file), report)
+    return ImageRecord(image_id=image.stem, path=image, boxes=boxes[keep], labels=rows[keep, 0].astype(np.int64) + 1,
+                       height=height, width=width)
+
+
+def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None = None,
+                     class_names: Sequence[str] | None = None, split: str | None = None) -> AnnotationSet:
+    """Read ``source`` in ``fmt``: a COCO JSON file (``image_root`` = its image folder), a VOC root (optional
+    ``split``) or a YOLO root. ``class_names`` fixes the label order for VOC and YOLO."""
+    _check_choice(fmt, ANNOTATION_FORMATS, "format")
+    if fmt == "coco":
+        if image_root is None:
+            raise ValueError("reading COCO needs image_root, the folder its file_name entries are relative to")
+        records, names, category_ids = parse_coco(source, image_root)
+        return AnnotationSet(records, names, category_ids)
+    if fmt == "voc":
+        dataset = VOCDetection(source, split=split, class_names=class_names)
+        return AnnotationSet(dataset.records, dataset.class_names[1:])
+    return read_yolo(source, class_names)
+
+
+def _place_image(source: Path, target: Path, image_mode: str) -> None:
+    if image_mode == "none" or target.exists() or target.is_symlink():
+        return
+    if image_mode == "copy":
+        shutil.copy2(source, target)
+    else:
+        os.symlink(source.resolve(), target)
+
+
+def _place_images(records: Sequence[ImageRecord], folder: Path, image_mode: str) -> None:
+    names = [record.path.name for record in records]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"image file names must be unique to share one folder; repeated: {duplicates[:5]}")
+    if image_mode != "none":
+        folder.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            _place_image(record.path, folder / record.path.name, image_mode)
+
+
+def _coco_image_id(record: ImageRecord, index: int) -> int:
+    return record.image_id if isinstance(record.image_id, int) else index + 1
+
+
+def write_coco(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
+    """Write ``out/annotations.json`` (+ ``out/images``) and return the JSON path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _place_images(annotations.records, out / "images", image_mode)
+    category_ids = annotations.category_ids or list(range(1, len(annotations.class_names) + 1))
+    content: dict = {"images": [], "annotations": [], "categories": [
+        {"id": int(cid), "name": name} for cid, name in zip(category_ids, annotations.class_names, strict=True)]}
+    for index, record in enumerate(annotations.records):
+        height, width = _image_size(record)
+        image_id = _coco_image_id(record, index)
+        content["images"].append({"id": image_id, "file_name": record.path.name, "height": height, "width": width})
+        for box, label, crowd in zip(record.boxes.tolist(), record.labels.tolist(), record.iscrowd.tolist(), strict=True):
+            x1, y1, x2, y2 = box
+            content["annotations"].append({
+                "id": len(content["annotations"]) + 1, "image_id": image_id, "category_id": category_ids[label - 1],
+                "bbox": [round(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)], "area": round((x2 - x1) * (y2 - y1), 3),
+                "iscrowd": int(crowd)})
+    path = out / "annotations.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(content))
+    os.replace(temporary, path)
+    return path
+
+
+def write_voc(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
+    """Write a VOCdevkit-layout folder (``Annotations``, ``JPEGImages``, ``ImageSets/Main/all.txt``)."""
+    out = Path(out)
+    (out / "Annotations").mkdir(parents=True, exist_ok=True)
+    (out / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    _place_images(annotations.records, out / "JPEGImages", image_mode)
+    for record in annotations.records:
+        names = [annotations.class_names[label - 1] for label in record.labels]
+        write_voc_xml(out / "Annotations" / f"{record.path.stem}.xml", record.path.name, _image_size(record), names,
+                      record.boxes, record.difficult)
+    (out / "ImageSets" / "Main" / "all.txt").write_text("".join(f"{r.path.stem}\n" for r in annotations.records))
+    return out
+
+
+def write_yolo(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
+    """Write ``out/labels/*.txt``, ``out/classes.txt`` (+ ``out/images``)."""
+    out = Path(out)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    _place_images(annotations.records, out / "images", image_mode)
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in annotations.class_names))
+    for record in annotations.records:
+        height, width = _image_size(record)
+        boxes = record.boxes.astype(np.float64)
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height]
+        size = (boxes[:, 2:] - boxes[:, :2]) / [width, height]
+        lines = [f"{label - 1} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
+                 for label, (cx, cy), (w, h) in zip(record.labels.tolist(), centre, size, strict=True)]
+        (out / "labels" / f"{record.path.stem}.txt").write_text("".join(lines))
+    return out
+
+
+WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}
+
+
+def write_annotations(annotations: AnnotationSet, fmt: str, out: str | Path, image_mode: str = "symlink") -> Path:
+    """Write ``annotations`` in ``fmt`` under the folder ``out`` (layouts in the module docstring)."""
+    _check_choice(fmt, ANNOTATION_FORMATS, "format")
+    _check_choice(image_mode, IMAGE_MODES, "image_mode")
+    return WRITERS[fmt](annotations, out, image_mode)

@@ -1,0 +1,157 @@
+"""Image decoding, batching and DataLoader set-up shared by every dataset.
+
+- ``read_image(path)`` decodes with OpenCV into uint8 ``[H, W, 3]`` RGB: EXIF orientation applied,
+  grayscale / RGBA / 16-bit converted; a missing, empty, undecodable or truncated file raises
+  ``ImageReadError`` (a ``ValueError``) naming the file.
+- ``collate_detection`` batches ``(image, target)`` pairs of different sizes as two lists.
+- ``build_dataloader`` seeds shuffling and workers, advances the dataset's augmentation epoch on each
+  pass, and keeps each worker on one OpenCV / torch thread so that ``num_workers`` processes do not
+  oversubscribe the CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_START_OF_SCAN = b"\xff\xda"
+_JPEG_END = b"\xff\xd9"
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSED = (5, 6, 7, 8)
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, empty, truncated or cannot be decoded."""
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """True when the last scan of a JPEG has no end-of-image marker after it (the file was cut short)."""
+    last_scan = data.rfind(_JPEG_START_OF_SCAN)
+    return last_scan < 0 or data.find(_JPEG_END, last_scan) < 0
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` into a uint8 ``[H, W, 3]`` RGB array (EXIF orientation applied).
+
+    Raises ``ImageReadError`` naming the file when it is missing, empty, truncated or undecodable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ImageReadError(f"image file is empty: {path}")
+    if data.startswith(_JPEG_START) and _jpeg_is_truncated(data):
+        raise ImageReadError(f"JPEG file is truncated (no end-of-image marker): {path}")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"cannot decode image file (corrupt, truncated or unsupported format): {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` (or float ``[H, W, 3]`` already scaled) -> float32 ``[3, H, W]``, uint8 / 255."""
+    channels_first = image.transpose(2, 0, 1)
+    if image.dtype == np.uint8:
+        return torch.from_numpy(np.multiply(channels_first, np.float32(1 / 255), dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(channels_first, dtype=np.float32))
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Batch ``(image, target)`` pairs of any sizes into ``(list of images, list of targets)``."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV / torch thread per worker, numpy and random seeded.
+
+    The seeds derive from torch's per-worker seed, itself derived from the loader's generator, so a
+    seeded loader gives the same batches on every run.
+    """
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that calls ``dataset.set_epoch(e)`` before pass ``e`` (0, 1, 2, ...).
+
+    Datasets seed augmentation by ``(seed, epoch, index)``, so each pass draws new augmentations while the
+    result stays independent of the number of workers. Workers are started per pass (not persistent) so
+    that they see the new epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+
+    def __iter__(self):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        self.epoch += 1
+        return super().__iter__()
+
+
+def build_dataloader(dataset: Dataset, batch_size: int = 2, shuffle: bool = True, num_workers: int = 0,
+                     seed: int = 0, drop_last: bool = False, **loader_options: Any) -> EpochDataLoader:
+    """An ``EpochDataLoader`` for detection datasets: list-collation, seeded shuffling, one thread per worker.
+
+    ``loader_options`` go to ``torch.utils.data.DataLoader`` (for example ``pin_memory``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    loader_options.setdefault("collate_fn", collate_detection)
+    return EpochDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                           worker_init_fn=seed_worker, generator=generator, drop_last=drop_last, **loader_options)
+
+
+def read_index_png(path: str | Path) -> np.ndarray:
+    """Read a class-index PNG (palette or 8-bit grayscale) as uint8 ``[H, W]`` indices.
+
+    Palette PNGs (Pascal VOC ``SegmentationClass``) give their palette indices, not colours. Colour PNGs
+    raise ``ImageReadError``: class indices cannot be recovered from RGB without a colour table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            indices = np.asarray(image)
+    except (OSError, SyntaxError) as error:
+        raise ImageReadError(f"cannot decode mask file {path}: {error}") from None
+    if mode not in ("P", "L", "1", "I", "I;16"):
+        raise ImageReadError(f"{path}: expected a palette or grayscale index PNG, got mode {mode}")
+    if indices.size and indices.max() > 255:
+        raise ImageReadError(f"{path}: class indices above 255 (max {indices.max()}) do not fit uint8")
+    return indices.astype(np.uint8)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image as ``read_image`` returns it (EXIF rotation applied), from its header."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError) as error:
+        raise ImageReadError(f"cannot read image header of {path}: {error}") from None
+    return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)

@@ -1,0 +1,72 @@
+"""The thin CLIs: tools/inspect_dataset.py and tools/convert_dataset.py, called through their main()."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from structured.data.loading import read_image
+from structured.data.summary import detect_format, open_dataset, summarize_dataset
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inspect_prints_counts_and_writes_a_mosaic(tmp_path: Path, synthetic_root: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    mosaic = tmp_path / "mosaic.png"
+    status = _tool("inspect_dataset").main([str(synthetic_root / "annotations" / "instances_train.json"),
+                                            "--images", str(synthetic_root / "JPEGImages"),
+                                            "--mosaic", str(mosaic), "--samples", "6"])
+    output = capsys.readouterr().out
+    content = json.loads((synthetic_root / "annotations" / "instances_train.json").read_text())
+    assert status == 0 and "images: 12" in output and f"boxes: {len(content['annotations'])}" in output
+    assert "problems: none" in output
+    assert read_image(mosaic).shape == (2 * 256, 4 * 256, 3)
+
+
+def test_inspect_reports_problems_with_exit_status_1(tmp_path: Path, synthetic_root: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    content = json.loads((synthetic_root / "annotations" / "instances_val.json").read_text())
+    content["images"][0]["file_name"] = "gone.jpg"
+    content["annotations"][0]["bbox"][2] = -3
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(content))
+    status = _tool("inspect_dataset").main([str(path), "--images", str(synthetic_root / "JPEGImages"), "--mosaic", ""])
+    output = capsys.readouterr().out
+    assert status == 1 and "1 bad_sample" in output and "1 degenerate_box" in output and "gone.jpg" in output
+    assert _tool("inspect_dataset").main([str(tmp_path / "nothing_here")]) == 2
+
+
+def test_convert_cli_coco_to_yolo_and_back_to_voc(tmp_path: Path, synthetic_root: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    convert = _tool("convert_dataset").main
+    assert convert([str(synthetic_root / "annotations" / "instances_val.json"), str(tmp_path / "yolo"),
+                    "--from", "coco", "--to", "yolo", "--images", str(synthetic_root / "JPEGImages")]) == 0
+    assert convert([str(tmp_path / "yolo"), str(tmp_path / "voc"), "--from", "yolo", "--to", "voc"]) == 0
+    assert "4 images" in capsys.readouterr().out
+    original = open_dataset(synthetic_root / "annotations" / "instances_val.json", image_root=synthetic_root / "JPEGImages")
+    converted = open_dataset(tmp_path / "voc", split="all")
+    for a, b in zip(original.records, converted.records, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    assert detect_format(tmp_path / "yolo") == "yolo" and detect_format(tmp_path / "voc") == "voc"
+    assert convert([str(tmp_path / "missing.json"), str(tmp_path / "x"), "--from", "coco", "--to", "voc",
+                    "--images", str(tmp_path)]) == 2
+
+
+def test_summary_of_a_yolo_folder(tmp_path: Path, synthetic_root: Path) -> None:
+    _tool("convert_dataset").main([str(synthetic_root / "annotations" / "instances_val.json"), str(tmp_path / "y"),
+                                   "--from", "coco", "--to", "yolo", "--images", str(synthetic_root / "JPEGImages")])
+    summary = summarize_dataset(open_dataset(tmp_path / "y"))
+    assert summary.num_images == 4 and not summary.problems
