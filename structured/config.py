@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from structured.io import write_text
 from structured.registry import BACKBONES, MODELS, NECKS, Registry
 
 NESTED_PARTS: dict[str, Registry] = {"backbone": BACKBONES, "neck": NECKS}
@@ -103,12 +104,7 @@ class Config:
 
     def dump(self, path: str | os.PathLike[str]) -> Path:
         """Write the resolved recipe atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(self.to_yaml())
-        os.replace(temporary, path)
-        return path
+        return write_text(self.to_yaml(), path)
 
     def __repr__(self) -> str:
         return f"Config({self.source!r}, sections={list(self.data)})"

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from structured.io import atomic_output
+
 ArrayLike = np.ndarray | Tensor
 
 _PALETTE = np.array(
@@ -151,14 +153,11 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], gap: int =
 
 def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write an RGB ``uint8`` image atomically (format by extension); an error names the path on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        written = cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    except cv2.error as error:
-        raise OSError(f"could not write image {path}: {error.msg or error}") from None
-    if not written:
-        raise OSError(f"could not write image {path} (is the extension an image format?)")
-    os.replace(temporary, path)
-    return path
+    with atomic_output(path) as temporary:
+        try:
+            written = cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        except cv2.error as error:
+            raise OSError(f"could not write image {path}: {error.msg or error}") from None
+        if not written:
+            raise OSError(f"could not write image {path} (is the extension an image format?)")
+    return Path(path)

@@ -14,7 +14,6 @@ RLE with pycocotools; an annotation without segmentation gets its box as mask.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,17 +24,7 @@ import pycocotools.mask as mask_utils
 
 from structured.data.base import DetectionDataset, ImageRecord, Transform
 from structured.data.validate import ValidationReport, sanitize_boxes, unknown_class_error
-
-
-def load_json(path: str | Path) -> Any:
-    """Parse a JSON file; malformed JSON raises ``ValueError`` with the file, line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"annotation file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+from structured.io import load_json
 
 
 def _require(entry: dict, keys: Sequence[str], where: str) -> None:
@@ -108,7 +97,7 @@ def parse_coco(annotation_file: str | Path, image_root: str | Path, include_crow
     """
     source = str(annotation_file)
     report = report if report is not None else ValidationReport()
-    content = load_json(annotation_file)
+    content = load_json(annotation_file, "annotation")
     if not isinstance(content, dict):
         raise ValueError(f"{source}: expected a JSON object with 'images', 'annotations', 'categories'")
     category_ids, class_names = _parse_categories(content, source)

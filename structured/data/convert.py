@@ -17,7 +17,6 @@ make lossless round trips between all three formats.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
 from structured.data.validate import ValidationReport, sanitize_boxes
 from structured.data.voc import IMAGE_EXTENSIONS, VOCDetection, natural_key, write_voc_xml
+from structured.io import save_json
 
 ANNOTATION_FORMATS = ("coco", "voc", "yolo")
 IMAGE_MODES = ("symlink", "copy", "none")
@@ -159,11 +159,7 @@ def write_coco(annotations: AnnotationSet, out: str | Path, image_mode: str = "s
                 "id": len(content["annotations"]) + 1, "image_id": image_id, "category_id": category_ids[label - 1],
                 "bbox": [round(v, 3) for v in (x1, y1, x2 - x1, y2 - y1)], "area": round((x2 - x1) * (y2 - y1), 3),
                 "iscrowd": int(crowd)})
-    path = out / "annotations.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(content))
-    os.replace(temporary, path)
-    return path
+    return save_json(content, out / "annotations.json")
 
 
 def write_voc(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:

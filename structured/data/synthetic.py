@@ -23,9 +23,7 @@ and the painted pixels agree up to a pixel at the boundaries.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from shapely.ops import unary_union
 
 from structured.data.geometry import masks_to_boxes
 from structured.data.voc import write_voc_xml
+from structured.io import save_json
 
 SHAPE_CLASSES = ("circle", "rectangle", "triangle", "ellipse", "star")
 FORMATS = ("coco", "voc", "semantic")
@@ -313,12 +312,6 @@ def semantic_map(sample: SyntheticSample) -> np.ndarray:
     return class_map
 
 
-def _write_json(path: Path, content: dict) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(content))
-    os.replace(temporary, path)
-
-
 def _check_generate_arguments(formats: Sequence[str], category_ids: Sequence[int] | None) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -364,7 +357,7 @@ def _write_split(root: Path, split: str, image_ids: range, rng: np.random.Genera
         coco["annotations"] += _coco_annotations(sample, image_id, len(coco["annotations"]) + 1, category_ids,
                                                  rng, rle_fraction)
     if "coco" in formats:
-        _write_json(root / "annotations" / f"instances_{split}.json", coco)
+        save_json(coco, root / "annotations" / f"instances_{split}.json")
     if "voc" in formats or "semantic" in formats:
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in stems))
 

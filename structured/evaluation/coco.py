@@ -29,13 +29,9 @@ takes id 0 for "unmatched" and counts its match as a false positive).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import operator
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +43,7 @@ from torch import Tensor
 
 from structured.boxes.formats import box_convert
 from structured.boxes.iou import rle_iou
+from structured.io import load_json, save_json
 
 IOU_TYPES = ("bbox", "segm")
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -210,41 +207,6 @@ def evaluate_predictions(
 
 
 # ----------------------------------------------------------------------------------------------- I/O
-
-
-def load_json(source: str | Path | Mapping[str, Any] | Sequence[Any], what: str) -> Any:
-    """Return ``source`` itself, or the JSON document at that path (``what`` names it in errors)."""
-    if not isinstance(source, (str, Path)):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist")
-    with path.open() as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{what} file {path} is not valid JSON: {error}") from error
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` (``os.replace``), else vanishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        yield Path(temp_name)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
-
-
-def save_json(document: Any, path: str | Path) -> Path:
-    """Write ``document`` as JSON to ``path`` atomically."""
-    with atomic_output(path) as temp_path, temp_path.open("w") as stream:
-        json.dump(document, stream)
-    return Path(path)
 
 
 def json_float(value: float) -> float | None:

@@ -16,7 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from structured.evaluation.coco import CocoEvalResult, atomic_output
+from structured.evaluation.coco import CocoEvalResult
+from structured.io import atomic_output
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""Files written so that a crash never leaves a broken one, and JSON read with errors that say where.
+
+``atomic_output(path)`` yields a temporary path in the same folder; only when the block finishes is the
+file flushed to disk and renamed over ``path`` (``os.replace`` is atomic on POSIX), so readers see the
+old file or the new one, never half of one. Every writer in the package (checkpoints, configs, JSON,
+pictures) goes through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is synced and replaces ``path``, else vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    try:
+        yield Path(temp_name)
+        with open(temp_name, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_json(document: Any, path: str | os.PathLike[str], indent: int | None = None) -> Path:
+    """Write ``document`` as JSON to ``path`` atomically."""
+    return write_text(json.dumps(document, indent=indent), path)
+
+
+def load_json(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any], what: str = "JSON") -> Any:
+    """``source`` itself when it is already a document, else the JSON file at that path.
+
+    A missing file or malformed JSON raises ``ValueError`` naming ``what``, the file, line and column.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{what} file {path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None

@@ -1,0 +1,32 @@
+"""Atomic writes and JSON reading with located errors."""
+
+import json
+
+import pytest
+
+from structured.io import atomic_output, load_json, save_json, write_text
+
+
+def test_atomic_output_replaces_only_on_success(tmp_path):
+    path = tmp_path / "out" / "data.txt"
+    write_text("old", path)
+    with pytest.raises(RuntimeError), atomic_output(path) as temporary:
+        temporary.write_text("half-written")
+        raise RuntimeError("crash while writing")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["data.txt"]
+    write_text("new", path)
+    assert path.read_text() == "new"
+
+
+def test_json_round_trip_and_errors(tmp_path):
+    path = save_json({"a": [1, 2]}, tmp_path / "doc.json")
+    assert load_json(path) == {"a": [1, 2]}
+    assert load_json({"already": "loaded"}) == {"already": "loaded"}
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(ValueError, match=r"results file .*broken.json: malformed JSON at line 2 column 7"):
+        load_json(broken, "results")
+    with pytest.raises(ValueError, match="annotation file not found"):
+        load_json(tmp_path / "missing.json", "annotation")
+    assert json.loads(path.read_text()) == {"a": [1, 2]}
