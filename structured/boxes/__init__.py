@@ -1,5 +1,6 @@
 """The box module shared by every head: forms, encoding, IoU, NMS, anchors and matching."""
 
+from structured.boxes.anchors import AnchorGenerator
 from structured.boxes.coder import BoxCoder
 from structured.boxes.formats import (
     BOX_FORMATS,
@@ -25,11 +26,17 @@ from structured.boxes.iou import (
     polygon_iou,
     rle_iou,
 )
+from structured.boxes.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, IoUMatcher
 from structured.boxes.nms import batched_nms, nms, register_nms_kernel
 
 __all__ = [
+    "BELOW_LOW_THRESHOLD",
+    "BETWEEN_THRESHOLDS",
     "BOX_FORMATS",
+    "AnchorGenerator",
+    "BalancedSampler",
     "BoxCoder",
+    "IoUMatcher",
     "batched_nms",
     "box_area",
     "box_convert",

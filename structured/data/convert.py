@@ -183,14 +183,19 @@ def write_yolo(annotations: AnnotationSet, out: str | Path, image_mode: str = "s
     _place_images(annotations.records, out / "images", image_mode)
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in annotations.class_names))
     for record in annotations.records:
-        height, width = _image_size(record)
-        boxes = record.boxes.astype(np.float64)
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height]
-        size = (boxes[:, 2:] - boxes[:, :2]) / [width, height]
-        lines = [f"{label - 1} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
-                 for label, (cx, cy), (w, h) in zip(record.labels.tolist(), centre, size, strict=True)]
-        (out / "labels" / f"{record.path.stem}.txt").write_text("".join(lines))
+        text = yolo_label_text(record.boxes, record.labels, _image_size(record))
+        (out / "labels" / f"{record.path.stem}.txt").write_text(text)
     return out
+
+
+def yolo_label_text(boxes: np.ndarray, labels: np.ndarray, image_size: tuple[int, int]) -> str:
+    """YOLO label lines ``class cx cy w h`` (class from 0, coordinates normalised) for ``xyxy`` pixel boxes."""
+    height, width = image_size
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height]
+    size = (boxes[:, 2:] - boxes[:, :2]) / [width, height]
+    return "".join(f"{label - 1} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
+                   for label, (cx, cy), (w, h) in zip(np.asarray(labels).tolist(), centre, size, strict=True))
 
 
 WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}

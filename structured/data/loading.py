@@ -7,12 +7,14 @@
 - ``build_dataloader`` seeds shuffling and workers, advances the dataset's augmentation epoch on each
   pass, and keeps each worker on one OpenCV / torch thread so that ``num_workers`` processes do not
   oversubscribe the CPU.
+- ``ResumableSampler`` gives the training loop an epoch order that is a pure function of (seed, epoch),
+  sharded across distributed ranks, that can start mid-epoch (exact resume).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_START_OF_SCAN = b"\xff\xda"
@@ -155,3 +157,58 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     except (OSError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image header of {path}: {error}") from None
     return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
+
+
+class ResumableSampler(Sampler[int]):
+    """Epoch-seeded, shardable, resumable sample order (the training loop's ``DistributedSampler``).
+
+    The order of epoch ``e`` is a pure function of ``(seed, e)``: a permutation drawn from a generator
+    seeded with ``seed + e`` (or ``0..n-1`` without shuffling). For ``num_replicas > 1`` the order is padded
+    by repeating its head to a multiple of ``num_replicas`` and rank ``r`` takes positions ``r, r + R, ...``
+    (as ``torch.utils.data.DistributedSampler``). ``set_epoch(e, skip=k)`` starts the next pass at
+    position ``k`` of this rank's share, so a run stopped after ``k`` samples of an epoch continues exactly.
+    """
+
+    def __init__(self, dataset_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 num_replicas: int = 1) -> None:
+        if dataset_size < 1:
+            raise ValueError(f"dataset_size must be >= 1, got {dataset_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1}, got {rank}")
+        self.dataset_size = dataset_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.num_replicas = num_replicas
+        self.epoch = 0
+        self.skip = 0
+
+    @property
+    def samples_per_replica(self) -> int:
+        """Length of one rank's share of an epoch (before skipping)."""
+        return -(-self.dataset_size // self.num_replicas)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Make the next pass epoch ``epoch`` of this rank's share, starting after its first ``skip`` samples."""
+        if not 0 <= skip <= self.samples_per_replica:
+            raise ValueError(f"skip must be in 0..{self.samples_per_replica}, got {skip}")
+        self.epoch = epoch
+        self.skip = skip
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's full share of epoch ``epoch`` (no skipping)."""
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + epoch)
+            order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        else:
+            order = list(range(self.dataset_size))
+        padded_size = self.samples_per_replica * self.num_replicas
+        order = (order * -(-padded_size // self.dataset_size))[:padded_size]
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order(self.epoch)[self.skip:])
+
+    def __len__(self) -> int:
+        return self.samples_per_replica - self.skip

@@ -1,0 +1,138 @@
+"""Faster R-CNN inference speed, ours vs torchvision's same model with the same weights (CPU).
+
+For ``fasterrcnn_resnet50_fpn`` and ``fasterrcnn_mobilenet_v3_large_fpn``: build torchvision's model with
+its seeded default initialisation and ``FrozenBatchNorm2d`` (how torchvision runs detection backbones with
+loaded weights), convert its state dict into our recipe, and run torchvision's model, ours, and ours after
+``optimize_for_inference()`` (frozen batch norms folded into the convolutions, channels-last layout) on the
+same 480x640 image (a raccoon photo from ../shared/data when present, else a random one), with
+``torch.set_num_threads(2)``, taking turns run by run. Prints the best (minimum) latency of each over the
+runs (the least disturbed by other load on the machine), the ratios ours /
+torchvision (< 1: we are faster) and the largest box difference against torchvision's detections (score
+threshold 0, so every image has its 100 detections to compare).
+
+    python bench/detector_speed.py [--runs 5] [--models r50 mobilenet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import torch
+from torch import nn
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import structured.detection  # noqa: F401  (registers the recipes)
+from structured.convert.torchvision import convert_faster_rcnn
+from structured.registry import MODELS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAIRS = {
+    "r50": (fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn"),
+    "mobilenet": (fasterrcnn_mobilenet_v3_large_fpn, "faster_rcnn_mobilenet_v3_large_fpn"),
+}
+IMAGE_SIZE = (480, 640)
+
+
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Swap every BatchNorm2d for torchvision's FrozenBatchNorm2d with the same statistics."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batch_norms(child)
+
+
+@torch.no_grad()
+def torchvision_model(builder) -> nn.Module:
+    """Seeded torchvision detector (default initialisation, frozen batch norm, score threshold 0)."""
+    torch.manual_seed(0)
+    model = builder(weights=None, weights_backbone=None, box_score_thresh=0.0)
+    freeze_batch_norms(model)
+    return model.eval()
+
+
+def bench_image() -> tuple[torch.Tensor, str]:
+    """A 480x640 RGB float image: raccoon-1.jpg resized when the shared data is there, else generated."""
+    path = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "images" / "raccoon-1.jpg"
+    if path.is_file():
+        pixels = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        pixels = cv2.resize(pixels, IMAGE_SIZE[::-1], interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, path.name
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(3, *IMAGE_SIZE, generator=generator), "random"
+
+
+def max_box_difference(expected: dict, actual: dict) -> float:
+    """Largest coordinate difference between each of our boxes and its nearest same-label reference box."""
+    if len(actual["boxes"]) != len(expected["boxes"]):
+        return float("inf")
+    worst = 0.0
+    for box, label in zip(actual["boxes"], actual["labels"], strict=True):
+        same = expected["boxes"][expected["labels"] == label]
+        worst = max(worst, float((same - box).abs().amax(dim=1).min()) if len(same) else float("inf"))
+    return worst
+
+
+@torch.no_grad()
+def time_models(
+    models: list[nn.Module], image: torch.Tensor, runs: int
+) -> tuple[list[list[float]], list[dict]]:
+    """One warm-up each, then ``runs`` turns over ``models``; latencies (s) per model and first outputs."""
+    outputs = [model([image])[0] for model in models]
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(runs):
+        for model, model_times in zip(models, times, strict=True):
+            start = time.perf_counter()
+            model([image])
+            model_times.append(time.perf_counter() - start)
+    return times, outputs
+
+
+def main() -> None:
+    """Run the comparison and print a markdown table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--models", nargs="+", choices=sorted(PAIRS), default=["r50", "mobilenet"])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    image, source = bench_image()
+    print(
+        f"image: {source} {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, threads: {torch.get_num_threads()}, runs: {args.runs}"
+    )
+    print(f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
+    print(
+        "| model | torchvision (s) | ours (s) | ours optimized (s) | ratio ours/tv | ratio optimized/tv "
+        "| max box diff ours | max box diff optimized |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for key in args.models:
+        builder, recipe = PAIRS[key]
+        reference = torchvision_model(builder)
+        converted = convert_faster_rcnn(reference.state_dict(), recipe)
+        ours = MODELS.build(recipe, box_score_thresh=0.0).eval()
+        ours.load_state_dict(converted)
+        optimized = MODELS.build(recipe, box_score_thresh=0.0).eval()
+        optimized.load_state_dict(converted)
+        optimized.optimize_for_inference()
+        times, outputs = time_models([reference, ours, optimized], image, args.runs)
+        tv, plain, fast = (min(t) for t in times)
+        plain_diff = max_box_difference(outputs[0], outputs[1])
+        fast_diff = max_box_difference(outputs[0], outputs[2])
+        print(
+            f"| {recipe} | {tv:.3f} | {plain:.3f} | {fast:.3f} | {plain / tv:.3f} | {fast / tv:.3f} "
+            f"| {plain_diff:.1e} | {fast_diff:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

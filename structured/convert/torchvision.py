@@ -1,0 +1,161 @@
+"""Load torchvision detection checkpoints into our models.
+
+``convert_faster_rcnn(state_dict, model_name)`` renames the keys of a torchvision ``fasterrcnn_*`` state dict
+(``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn``, ``..._320_fpn``) to those of the
+matching registered recipe; values are untouched. The mapping:
+
+- ``backbone.body.*`` -> ``backbone.trunk.*`` (ResNet) or ``backbone.trunk.features.*`` (MobileNet):
+  our trunks are torchvision's classification models with their own module names;
+- ``backbone.fpn.inner_blocks.i`` / ``layer_blocks.i`` -> ``neck.lateral.<level>`` / ``neck.output.<level>``
+  where ``<level>`` is the recipe's i-th backbone level (``c2..c5``, or ``c5_entry, c5`` for MobileNet);
+- ``rpn.head.conv.i.0`` (or the older ``rpn.head.conv``) -> ``rpn.head.conv.<2i>``,
+  ``cls_logits`` -> ``objectness``, ``bbox_pred`` -> ``deltas``;
+- ``roi_heads.box_head.*`` unchanged, ``roi_heads.box_predictor.*`` -> ``roi_heads.predictor.*``.
+
+A key outside this mapping is an error naming it. ``convert_checkpoint_file`` converts a checkpoint file
+and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI). ``num_classes_of`` reads the class count (without
+background) from the predictor. Batch-norm ``eps`` is not stored in a checkpoint: torchvision's detection
+backbones use 1e-5 (our recipes' default, also for MobileNetV3 whose classifier uses 1e-3), except that its
+COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``backbone_norm_eps=0.0``); see
+``TORCHVISION_NORM_EPS``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.models._meta import _COCO_CATEGORIES
+
+from structured.detection.faster_rcnn import RECIPES
+from structured.engine.checkpoint import save_checkpoint
+from structured.registry import MODELS
+
+TORCHVISION_MODELS = {
+    "fasterrcnn_resnet50_fpn": "faster_rcnn_r50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn": "faster_rcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "faster_rcnn_mobilenet_v3_large_320_fpn",
+}
+"""torchvision builder name -> our recipe name."""
+
+TORCHVISION_NORM_EPS = {
+    "fasterrcnn_resnet50_fpn": 0.0,
+    "fasterrcnn_mobilenet_v3_large_fpn": 1e-5,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": 1e-5,
+}
+"""Batch-norm eps torchvision's published COCO weights of each model are used with."""
+
+_FPN_KEY = re.compile(r"backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(.+)")
+_RPN_CONV_KEY = re.compile(r"rpn\.head\.conv\.(\d+)\.0\.(weight|bias)")
+_FIXED_PREFIXES = (
+    ("rpn.head.cls_logits.", "rpn.head.objectness."),
+    ("rpn.head.bbox_pred.", "rpn.head.deltas."),
+    ("roi_heads.box_head.", "roi_heads.box_head."),
+    ("roi_heads.box_predictor.", "roi_heads.predictor."),
+)
+
+
+def _recipe(model_name: str) -> dict:
+    if model_name not in RECIPES:
+        raise ValueError(
+            f"no torchvision mapping for model {model_name!r}; known: {sorted(TORCHVISION_MODELS.values())}"
+        )
+    recipe = RECIPES[model_name]
+    if recipe.get("fpn_channels", 256) is None:
+        raise ValueError(
+            f"{model_name} has no torchvision counterpart (torchvision has no single-level Faster R-CNN)"
+        )
+    return recipe
+
+
+def _trunk_prefix(backbone: str) -> str:
+    return "backbone.trunk.features." if backbone.startswith("mobilenet") else "backbone.trunk."
+
+
+def _rename(key: str, trunk_prefix: str, levels: tuple[str, ...]) -> str:
+    if key.startswith("backbone.body."):
+        return trunk_prefix + key[len("backbone.body.") :]
+    fpn = _FPN_KEY.fullmatch(key)
+    if fpn:
+        block, index, rest = fpn.groups()
+        if int(index) >= len(levels):
+            raise KeyError(
+                f"checkpoint key {key!r}: FPN block {index} but the recipe has levels {list(levels)}"
+            )
+        part = "lateral" if block == "inner_blocks" else "output"
+        return f"neck.{part}.{levels[int(index)]}.{rest}"
+    conv = _RPN_CONV_KEY.fullmatch(key)
+    if conv:
+        return f"rpn.head.conv.{2 * int(conv.group(1))}.{conv.group(2)}"
+    if key in ("rpn.head.conv.weight", "rpn.head.conv.bias"):
+        return "rpn.head.conv.0." + key.rsplit(".", 1)[1]
+    for old, new in _FIXED_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"checkpoint key {key!r} has no counterpart in our Faster R-CNN")
+
+
+def convert_faster_rcnn(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
+    """A torchvision Faster R-CNN ``state_dict`` with its keys renamed for our recipe ``model_name``."""
+    recipe = _recipe(model_name)
+    prefix = _trunk_prefix(recipe["backbone"])
+    levels = tuple(recipe["backbone_levels"])
+    return OrderedDict((_rename(key, prefix, levels), value) for key, value in state_dict.items())
+
+
+def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
+    """Object classes (without background) of a torchvision Faster R-CNN state dict's box predictor."""
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state_dict:
+        raise KeyError(f"not a torchvision Faster R-CNN state dict: no {key!r}")
+    return int(state_dict[key].shape[0]) - 1
+
+
+def recipe_name(name: str) -> str:
+    """Our recipe name for ``name``, which may be ours or torchvision's (``fasterrcnn_resnet50_fpn``)."""
+    name = TORCHVISION_MODELS.get(name, name)
+    _recipe(name)
+    return name
+
+
+def convert_checkpoint_file(
+    source: str | Path, destination: str | Path, model_name: str, norm_eps: float | None = None
+) -> dict:
+    """Convert a torchvision Faster R-CNN checkpoint file into ours, checked by loading it into the model.
+
+    Writes a checkpoint in the training format, ``{"model": state_dict, "config": {"model": {"name": ...,
+    "num_classes": ...}}, "class_names": [...]}``, atomically to ``destination``, so that
+    ``Detector.from_checkpoint``, ``tools/eval.py --weights`` and ``tools/train_det.py --weights`` take
+    it as it is. ``norm_eps`` overrides the recipe's batch-norm eps (0.0 for torchvision's COCO
+    ``fasterrcnn_resnet50_fpn`` weights). Returns the written dict.
+    """
+    name = recipe_name(model_name)
+    state_dict = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{source}: expected a state dict (mapping of tensors), got {type(state_dict).__name__}"
+        )
+    model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
+    if norm_eps is not None:
+        model_section["backbone_norm_eps"] = float(norm_eps)
+    converted = convert_faster_rcnn(state_dict, name)
+    model = MODELS.build(name, **{key: value for key, value in model_section.items() if key != "name"})
+    try:
+        model.load_state_dict(converted)
+    except RuntimeError as error:
+        raise ValueError(f"{source}: does not fit {name} after conversion: {error}") from error
+    checkpoint = {"model": model.state_dict(), "config": {"model": model_section},
+                  "class_names": class_names_for(model_section["num_classes"])}
+    save_checkpoint(checkpoint, destination)
+    return checkpoint
+
+
+def class_names_for(num_classes: int) -> list[str]:
+    """COCO's names (torchvision's 90-class label space) when the count is COCO's, else numbered names."""
+    if num_classes + 1 == len(_COCO_CATEGORIES):
+        return list(_COCO_CATEGORIES)
+    return ["__background__", *(f"class{label}" for label in range(1, num_classes + 1))]

@@ -1,0 +1,221 @@
+"""Second stage of Faster R-CNN: pool each proposal's features, classify it and refine its box.
+
+- ``MultiLevelRoIAlign`` pools ``[K, C, S, S]`` features per proposal with ``torchvision.ops.roi_align``
+  from the feature level chosen by the FPN rule ``floor(4 + log2(sqrt(area) / 224))`` clamped to the
+  available levels (a single level is used as is).
+- ``TwoMLPHead`` (FPN models: fc6, fc7 of 1024) and ``VGGBoxHead`` (the VGG16 fc6/fc7 of 4096 with
+  dropout) turn pooled features into one vector per proposal.
+- ``BoxPredictor`` gives ``C + 1`` class logits (0 is background) and class-specific deltas.
+- ``RoIHeads`` ties them together. Training: ground-truth boxes join the proposals, proposals are matched
+  at IoU 0.5 (no low-quality matches), a balanced sample is drawn, and the losses are ``loss_classifier``
+  (cross-entropy) and ``loss_box_reg`` (smooth L1, beta 1/9, true class only, over positives, divided
+  by the number of sampled proposals). Inference: softmax scores, decoded and clipped boxes per class,
+  score threshold, boxes under 0.01 px dropped, NMS per class, the best ``detections_per_img`` kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from structured.boxes.coder import BoxCoder
+from structured.boxes.formats import box_area, clip_boxes, remove_small_boxes
+from structured.boxes.iou import box_iou
+from structured.boxes.matcher import BELOW_LOW_THRESHOLD, BalancedSampler, IoUMatcher
+from structured.boxes.nms import batched_nms
+from structured.types import Prediction, Target
+
+CANONICAL_SIZE = 224
+CANONICAL_LEVEL = 4
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """RoIAlign over feature levels of strides ``strides`` (powers of two), each box from its FPN level.
+
+    Args:
+        strides: stride of each pooled level, in the order the features are given.
+        output_size: side ``S`` of the pooled ``[C, S, S]`` features.
+        sampling_ratio: RoIAlign sampling points per bin side (0: adaptive).
+    """
+
+    def __init__(self, strides: Sequence[int], output_size: int = 7, sampling_ratio: int = 2) -> None:
+        super().__init__()
+        if not strides or any(s <= 0 or s & (s - 1) for s in strides):
+            raise ValueError(f"strides must be powers of two, one per pooled level, got {list(strides)}")
+        self.scales = [1.0 / s for s in strides]
+        self.min_level = int(math.log2(strides[0]))
+        self.max_level = int(math.log2(strides[-1]))
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+
+    def extra_repr(self) -> str:
+        strides = [round(1 / s) for s in self.scales]
+        return f"strides={strides}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
+
+    def assign_levels(self, boxes: Tensor) -> Tensor:
+        """Index into the pooled levels of each ``[K, 4]`` box."""
+        sides = box_area(boxes).sqrt()
+        levels = torch.floor(CANONICAL_LEVEL + torch.log2(sides / CANONICAL_SIZE) + 1e-6)
+        return levels.clamp(self.min_level, self.max_level).to(torch.int64) - self.min_level
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """Pooled ``[sum K_i, C, S, S]`` features for the boxes ``[K_i, 4]`` of each image."""
+        rois = torch.cat([torch.cat((b.new_full((b.shape[0], 1), i), b), dim=1) for i, b in enumerate(boxes)])
+        size = (self.output_size, self.output_size)
+        if len(features) == 1:
+            return roi_align(features[0], rois, size, self.scales[0], self.sampling_ratio)
+        levels = self.assign_levels(rois[:, 1:])
+        pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], *size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            in_level = torch.where(levels == level)[0]
+            pooled[in_level] = roi_align(feature, rois[in_level], size, scale, self.sampling_ratio)
+        return pooled
+
+
+class TwoMLPHead(nn.Module):
+    """Two fully connected layers with ReLU over flattened pooled features (FPN box head)."""
+
+    def __init__(self, in_features: int, representation_size: int = 1024) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = representation_size
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """``[K, C, S, S]`` -> ``[K, representation_size]``."""
+        return F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
+
+
+class VGGBoxHead(nn.Module):
+    """VGG16's fc6/fc7 (4096, ReLU, dropout) over 7x7x512 pooled features, as in the Faster R-CNN paper."""
+
+    def __init__(
+        self, in_features: int = 512 * 7 * 7, representation_size: int = 4096, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_features = representation_size
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """``[K, C, S, S]`` -> ``[K, representation_size]``."""
+        hidden = self.dropout(F.relu(self.fc6(pooled.flatten(1))))
+        return self.dropout(F.relu(self.fc7(hidden)))
+
+
+class BoxPredictor(nn.Module):
+    """Class logits ``[K, C+1]`` and class-specific deltas ``[K, (C+1)*4]`` from box features."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, (num_classes + 1) * 4)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and deltas for ``[K, F]`` features."""
+        return self.cls_score(features), self.bbox_pred(features)
+
+
+class RoIHeads(nn.Module):
+    """Box branch of Faster R-CNN: pooling, box head, predictor, sampling, loss and post-processing.
+
+    Args:
+        pooler: a ``MultiLevelRoIAlign``.
+        box_head: ``TwoMLPHead`` or ``VGGBoxHead``.
+        predictor: a ``BoxPredictor``.
+        fg_iou_thresh, bg_iou_thresh: proposal matching thresholds.
+        batch_size_per_image, positive_fraction: the balanced sample of proposals per image.
+        bbox_reg_weights: weights of the box coder.
+        score_thresh, nms_thresh, detections_per_img: post-processing.
+    """
+
+    def __init__(
+        self,
+        pooler: MultiLevelRoIAlign,
+        box_head: nn.Module,
+        predictor: BoxPredictor,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.box_head = box_head
+        self.predictor = predictor
+        self.matcher = IoUMatcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+
+    def _predict_boxes(self, features: list[Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return self.predictor(self.box_head(self.pooler(features, proposals)))
+
+    def sample_proposals(self, proposals: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's sampled proposals ``[S, 4]``, their labels ``[S]`` and matched gt boxes ``[S, 4]``."""
+        gt_boxes = target["boxes"].to(proposals.dtype)
+        proposals = torch.cat((proposals, gt_boxes))
+        matches = self.matcher(box_iou(gt_boxes, proposals))
+        if gt_boxes.shape[0] == 0:
+            labels = torch.zeros_like(matches)
+            gt_boxes = proposals.new_zeros((1, 4))
+        else:
+            labels = target["labels"][matches.clamp(min=0)]
+            labels = torch.where(matches >= 0, labels, torch.where(matches == BELOW_LOW_THRESHOLD, 0, -1))
+        positive, negative = self.sampler.sample(labels)
+        sampled = torch.cat((positive, negative))
+        return proposals[sampled], labels[sampled], gt_boxes[matches[sampled].clamp(min=0)]
+
+    def loss(
+        self, features: list[Tensor], proposals: list[Tensor], targets: list[Target]
+    ) -> dict[str, Tensor]:
+        """``loss_classifier`` and ``loss_box_reg`` on a balanced sample of proposals per image."""
+        samples = [self.sample_proposals(p, t) for p, t in zip(proposals, targets, strict=True)]
+        sampled_proposals = [s[0] for s in samples]
+        labels = torch.cat([s[1] for s in samples])
+        matched_gt = torch.cat([s[2] for s in samples])
+        logits, deltas = self._predict_boxes(features, sampled_proposals)
+        positive = torch.where(labels > 0)[0]
+        deltas = deltas.view(deltas.shape[0], -1, 4)[positive, labels[positive]]  # [K, C+1, 4] -> [P, 4]
+        box_targets = self.box_coder.encode(matched_gt[positive], torch.cat(sampled_proposals)[positive])
+        box_loss = F.smooth_l1_loss(deltas, box_targets, beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
+        return {"loss_classifier": F.cross_entropy(logits, labels), "loss_box_reg": box_loss}
+
+    def predict(
+        self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[Prediction]:
+        """Detections per image in the resized frame: ``boxes``, ``scores``, ``labels`` (1..C)."""
+        logits, deltas = self._predict_boxes(features, proposals)
+        boxes = self.box_coder.decode(deltas.view(deltas.shape[0], -1, 4), torch.cat(proposals)[:, None])
+        scores = F.softmax(logits, dim=-1)
+        counts = [p.shape[0] for p in proposals]
+        return [
+            self._detections(image_boxes, image_scores, size)
+            for image_boxes, image_scores, size in zip(
+                boxes.split(counts), scores.split(counts), image_sizes, strict=True
+            )
+        ]
+
+    def _detections(self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int]) -> Prediction:
+        num_classes = scores.shape[1]
+        boxes = clip_boxes(boxes[:, 1:], image_size).reshape(-1, 4)  # [K, C, 4] -> [K*C, 4]
+        labels = torch.arange(1, num_classes, device=scores.device).repeat(scores.shape[0])
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.where(scores > self.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(boxes, 1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}

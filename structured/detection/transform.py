@@ -1,0 +1,179 @@
+"""The image transform inside a detector: normalise, resize, pad into a batch; map boxes back.
+
+``DetectionTransform`` takes the contract's input — a list of float ``[3, H, W]`` images in [0, 1] of any
+sizes, and optional targets — and returns an ``ImageBatch``: one zero-padded ``[B, 3, H', W']`` tensor
+whose sides are multiples of ``size_divisible``, the size of each resized image inside it, and the
+targets with boxes scaled to the resized frame. ``rescale_predictions`` maps predicted boxes from the
+resized frame back to each input image.
+
+Resizing follows torchvision's ``GeneralizedRCNNTransform`` exactly, so that checkpoints trained with it
+see the same pixels: normalise first, then scale by ``min(min_size / short_side, max_size / long_side)``
+with output sides ``floor(side * scale)`` and bilinear interpolation (``align_corners=False``); boxes
+scale by ``new_side / old_side`` per axis. In training mode ``min_size`` may list several sizes, one
+drawn at random per image (``torch`` RNG); in eval mode the last one is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structured.types import Prediction, Target
+
+
+class ImageBatch(NamedTuple):
+    """Padded batch ``[B, 3, H, W]`` and the ``(height, width)`` of each resized image inside it."""
+
+    tensors: Tensor
+    image_sizes: list[tuple[int, int]]
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Output ``(height, width)`` when the short side goes to ``min_size`` unless the long side exceeds ``max_size``."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return math.floor(height * scale), math.floor(width * scale)
+
+
+def scale_boxes(boxes: Tensor, old_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
+    """``xyxy`` boxes ``[N, 4]`` of an image of ``old_size`` expressed in the same image at ``new_size``."""
+    new = torch.tensor(new_size, dtype=torch.float32, device=boxes.device)
+    old = torch.tensor(old_size, dtype=torch.float32, device=boxes.device)
+    ratio_y, ratio_x = (new / old).unbind()
+    return boxes * torch.stack((ratio_x, ratio_y, ratio_x, ratio_y))
+
+
+def _check_image(image: Tensor, index: int) -> None:
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image {index} must be a float tensor [3, H, W], got {shape}")
+    if not image.is_floating_point():
+        raise TypeError(f"image {index} must be floating point with values in [0, 1], got {image.dtype}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"image {index} is empty: shape {list(image.shape)}")
+
+
+def _check_target(target: Target, index: int) -> None:
+    for key in ("boxes", "labels"):
+        if key not in target:
+            raise ValueError(f"target {index} has no {key!r}; expected keys 'boxes' [N, 4] and 'labels' [N]")
+    boxes, labels = target["boxes"], target["labels"]
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
+        raise ValueError(
+            f"target {index} 'boxes' must be float [N, 4], got {boxes.dtype} {list(boxes.shape)}"
+        )
+    if labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"target {index} 'labels' must be int64 [{boxes.shape[0]}], got {labels.dtype} {list(labels.shape)}"
+        )
+    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bool(degenerate.any()):
+        first = int(torch.where(degenerate)[0][0])
+        raise ValueError(
+            f"target {index} box {first} {boxes[first].tolist()} has no area; boxes must be xyxy with x2 > x1, y2 > y1"
+        )
+
+
+class DetectionTransform(nn.Module):
+    """Normalise, resize and batch images (and their targets) for a detector.
+
+    Args:
+        min_size: target short side; a sequence gives training-time choices (eval uses the last).
+        max_size: bound on the long side after resizing.
+        image_mean, image_std: per-channel normalisation of the [0, 1] RGB input.
+        size_divisible: the padded batch sides are multiples of this.
+    """
+
+    def __init__(
+        self,
+        min_size: int | Sequence[int],
+        max_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        size_divisible: int = 32,
+    ) -> None:
+        super().__init__()
+        self.min_sizes = (
+            (int(min_size),) if isinstance(min_size, (int, float)) else tuple(int(s) for s in min_size)
+        )
+        if not self.min_sizes or min(self.min_sizes) <= 0 or max_size <= 0:
+            raise ValueError(f"min_size and max_size must be positive, got {min_size} and {max_size}")
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ValueError(
+                f"image_mean and image_std need 3 values (RGB), got {image_mean} and {image_std}"
+            )
+        self.max_size = int(max_size)
+        self.size_divisible = int(size_divisible)
+        self.register_buffer(
+            "mean", torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1), persistent=False
+        )
+
+    def extra_repr(self) -> str:
+        return f"min_size={self.min_sizes}, max_size={self.max_size}, size_divisible={self.size_divisible}"
+
+    def _choose_min_size(self) -> int:
+        if self.training and len(self.min_sizes) > 1:
+            return self.min_sizes[int(torch.randint(len(self.min_sizes), ()).item())]
+        return self.min_sizes[-1]
+
+    def resize(self, image: Tensor) -> Tensor:
+        """Normalised ``[3, H, W]`` image resized by the min/max side rule."""
+        size = resized_size(image.shape[-2], image.shape[-1], self._choose_min_size(), self.max_size)
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+    def batch(self, images: list[Tensor]) -> Tensor:
+        """Zero-padded ``[B, 3, H, W]`` batch with sides rounded up to ``size_divisible``."""
+        height = max(image.shape[-2] for image in images)
+        width = max(image.shape[-1] for image in images)
+        step = self.size_divisible
+        height, width = math.ceil(height / step) * step, math.ceil(width / step) * step
+        batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+        for slot, image in zip(batch, images, strict=True):
+            slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
+        return batch
+
+    def forward(
+        self, images: list[Tensor], targets: list[Target] | None = None
+    ) -> tuple[ImageBatch, list[Target] | None]:
+        """Batch for the network, and targets with boxes in the resized frame (copies; inputs untouched)."""
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError("images must be a non-empty list of float tensors [3, H, W]")
+        if targets is not None and len(targets) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+        resized = []
+        for index, image in enumerate(images):
+            _check_image(image, index)
+            resized.append(self.resize((image - self.mean.to(image)) / self.std.to(image)))
+        sizes = [(image.shape[-2], image.shape[-1]) for image in resized]
+        if targets is not None:
+            targets = [
+                self._resize_target(t, i, images[i].shape[-2:], sizes[i]) for i, t in enumerate(targets)
+            ]
+        return ImageBatch(self.batch(resized), sizes), targets
+
+    @staticmethod
+    def _resize_target(
+        target: Target, index: int, old_size: Sequence[int], new_size: tuple[int, int]
+    ) -> Target:
+        _check_target(target, index)
+        resized = dict(target)
+        resized["boxes"] = scale_boxes(target["boxes"], (int(old_size[0]), int(old_size[1])), new_size)
+        return resized
+
+    @staticmethod
+    def rescale_predictions(
+        predictions: list[Prediction],
+        image_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+    ) -> list[Prediction]:
+        """Predictions with boxes mapped from the resized frame back to each original image."""
+        for prediction, size, original in zip(predictions, image_sizes, original_sizes, strict=True):
+            prediction["boxes"] = scale_boxes(prediction["boxes"], size, original)
+        return predictions

@@ -1,0 +1,495 @@
+"""Config-driven training of any registered detector (the ``Detector`` contract of DESIGN.md).
+
+``Trainer(config, run_dir).fit()`` builds the model (``model:``), the data (``data:``, see
+``structured.data.recipes``) and the optimisation (``train:``, the fields of :class:`TrainConfig`), then
+trains, evaluates (COCO mAP on the validation set every ``eval_every_epochs`` epochs) and writes the run
+folder ``run_dir``: ``config.yaml`` (the resolved recipe), ``log.jsonl``, ``metrics.csv``, ``loss.png``,
+``map.png``, ``last.pt`` (every epoch and every ``checkpoint_every_iters`` optimizer steps) and ``best.pt``
+(best ``best_metric`` so far). Every file is written atomically and only by rank 0.
+
+Definitions: a *step* (iteration) is one optimizer update over ``accumulate_steps`` consecutive batches
+(fewer at the end of an epoch); an epoch has ``ceil(batches / accumulate_steps)`` steps; ``milestones`` are
+in epochs; the learning rate follows ``structured.engine.schedule.lr_factor`` over ``epochs`` epochs;
+``max_iters`` stops training early (saving ``last.pt``) without changing the schedule.
+
+Resume (``resume=True``) reloads ``run_dir/last.pt``: model, optimizer, AMP scaler, epoch, step, position
+inside the epoch, best metric, random-generator states. The data order of an epoch is a pure function of
+``(seed, epoch)`` (``ResumableSampler``) and augmentation of ``(seed, epoch, index)``, so the resumed run
+sees the same batches and, on CPU with ``deterministic: true``, ends with the same weights as an
+uninterrupted one. ``weights=PATH`` only loads model weights before training (a new run).
+
+A non-finite loss (on any rank) raises :class:`NonFiniteLossError` before the backward pass, naming the
+step, epoch, batch and loss term; nothing is saved, so ``last.pt`` stays the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from structured.config import Config, ConfigError, build_model, validate_keys
+from structured.data.base import DetectionDataset
+from structured.data.loading import ResumableSampler
+from structured.data.recipes import (
+    build_datasets,
+    build_train_loader,
+    data_config,
+    describe,
+    fill_num_classes,
+)
+from structured.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
+from structured.engine.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    broadcast_tensors,
+    init_distributed,
+)
+from structured.engine.records import RunRecords
+from structured.engine.schedule import SCHEDULES, lr_factor
+from structured.evaluation.coco import STAT_NAMES, evaluate_coco
+from structured.evaluation.detector import coco_ground_truth, predict_dataset
+
+OPTIMIZERS = ("sgd", "adamw")
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN or infinite loss; the message names the step and the loss term."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train:`` section of a recipe.
+
+    ``optimizer``: ``sgd`` (with ``momentum``) or ``adamw``; ``lr`` is the base learning rate for the whole
+    batch (all processes); ``warmup_iters`` steps of linear warm-up from ``warmup_factor * lr``; ``schedule``
+    ``step`` (``gamma`` at each epoch of ``milestones``), ``cosine`` or ``constant``; ``clip_grad_norm``
+    (None: off); ``amp`` (CUDA only; ignored on CPU); ``accumulate_steps`` batches per step;
+    ``eval_every_epochs`` (0: never); ``checkpoint_every_iters`` (0: only at epoch ends); ``best_metric``
+    one of the COCO stat names (``AP``, ``AP50``, ...); ``seed``; ``deterministic`` (turns on torch's
+    process-wide deterministic kernels, warning where an op has none);
+    ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
+    (None: all epochs); ``find_unused_parameters`` for DistributedDataParallel.
+    """
+
+    epochs: int = 12
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    schedule: str = "step"
+    milestones: Sequence[int] = field(default_factory=tuple)
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None
+    amp: bool = False
+    accumulate_steps: int = 1
+    eval_every_epochs: int = 1
+    checkpoint_every_iters: int = 0
+    best_metric: str = "AP50"
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 20
+    device: str | None = None
+    max_iters: int | None = None
+    find_unused_parameters: bool = False
+
+
+def train_config(config: Config) -> TrainConfig:
+    """The validated ``train:`` section of ``config``."""
+    section = config.get("train", {}) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{config.source}: 'train' must be a mapping, got {type(section).__name__}")
+    validate_keys(TrainConfig, section, "train", config.source)
+    settings = TrainConfig(**section)
+    checks = (
+        (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),
+        (settings.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {settings.schedule!r}"),
+        (settings.best_metric in STAT_NAMES, f"train.best_metric must be one of {STAT_NAMES}, got {settings.best_metric!r}"),
+        (settings.epochs >= 1, f"train.epochs must be >= 1, got {settings.epochs}"),
+        (settings.accumulate_steps >= 1, f"train.accumulate_steps must be >= 1, got {settings.accumulate_steps}"),
+        (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
+        (settings.lr > 0, f"train.lr must be > 0, got {settings.lr}"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{config.source}: {message}")
+    return settings
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic`` also ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the parameters that require gradients."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                for key, value in target.items()} for target in targets]
+    return images, targets
+
+
+@dataclass
+class Position:
+    """Where training stands: next batch ``batch_in_epoch`` of ``epoch``; ``iteration`` steps done."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    iteration: int = 0
+
+
+class Trainer:
+    """Trains the recipe's model on its data; see the module docstring for the run folder and resume.
+
+    ``train_dataset`` / ``val_dataset`` replace the recipe's ``data:`` datasets (its batch and worker
+    settings still apply); ``weights`` loads model weights only; ``resume`` continues ``run_dir/last.pt``.
+    """
+
+    def __init__(self, config: Config, run_dir: str | os.PathLike[str], *, resume: bool = False,
+                 weights: str | os.PathLike[str] | None = None, train_dataset: DetectionDataset | None = None,
+                 val_dataset: DetectionDataset | None = None, verbose: bool = True) -> None:
+        self.config = config
+        self.settings = train_config(config)
+        self.data_settings = data_config(config, require_train=train_dataset is None)
+        self.run_dir = Path(run_dir)
+        self.context: DistributedContext = init_distributed(self.settings.device)
+        self.verbose = verbose and self.context.is_main
+        self._check_run_dir(resume)
+        if train_dataset is None:
+            train_dataset, val_dataset = build_datasets(self.data_settings, self.settings.seed)
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.class_names = list(train_dataset.class_names)
+        fill_num_classes(config, self.class_names)
+        seed_everything(self.settings.seed, self.settings.deterministic)
+        self.model: nn.Module = build_model(config).to(self.context.device)
+        if weights is not None:
+            load_weights(self.model, weights)
+        self.optimizer = build_optimizer(self.model, self.settings)
+        use_amp = self.settings.amp and self.context.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.context.device.type, enabled=use_amp)
+        self.autocast_enabled = use_amp
+        self.sampler = ResumableSampler(len(train_dataset), shuffle=True, seed=self.settings.seed,
+                                        rank=self.context.rank, num_replicas=self.context.world_size)
+        self.loader = build_train_loader(train_dataset, self.data_settings, self.sampler, self.settings.seed)
+        self.batches_per_epoch = math.ceil(self.sampler.samples_per_replica / self.data_settings.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.settings.accumulate_steps)
+        self.position = Position()
+        self.resumed = resume
+        self._epoch_losses: dict[str, float] = {}
+        self.best: dict[str, Any] = {"metric": self.settings.best_metric, "value": None, "epoch": None}
+        self.records = RunRecords(self.run_dir) if self.context.is_main else None
+        if resume:
+            self._resume()
+        else:
+            torch.manual_seed(self.settings.seed + self.context.rank)
+        self.network = self._wrap(self.model)
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _check_run_dir(self, resume: bool) -> None:
+        last = self.run_dir / LAST_CHECKPOINT
+        if resume and not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {last} to continue")
+        if not resume and last.is_file():
+            raise FileExistsError(f"{self.run_dir} already holds a run ({last}); pass --resume to continue it "
+                                  f"or --out to start a new run elsewhere")
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.context.is_distributed:
+            return model
+        device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids,
+                                       find_unused_parameters=self.settings.find_unused_parameters)
+
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.run_dir / LAST_CHECKPOINT)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["iteration"])
+        self.best = dict(checkpoint["best"])
+        rng_states = checkpoint["rng"]
+        restore_rng_state(rng_states[self.context.rank] if self.context.rank < len(rng_states) else rng_states[0])
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.position.epoch,
+            "batch_in_epoch": self.position.batch_in_epoch,
+            "iteration": self.position.iteration,
+            "best": dict(self.best),
+            "config": self.config.data,
+            "class_names": self.class_names,
+        }
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics drift apart between DDP's broadcasts)."""
+        broadcast_tensors(list(self.model.buffers()))
+
+    def save(self, *names: str) -> None:
+        """Write the current state to ``run_dir/<name>`` for each name (rank 0 only; RNG states of all ranks)."""
+        rng_states = all_gather_objects(capture_rng_state())
+        if self.context.is_main:
+            state = {**self._state(), "rng": rng_states}
+            for name in names:
+                save_checkpoint(state, self.run_dir / name)
+        barrier()
+
+    # ---------------------------------------------------------------------------------------- training
+
+    @property
+    def total_iterations(self) -> int:
+        """Steps of the whole schedule (``epochs`` epochs)."""
+        return self.settings.epochs * self.steps_per_epoch
+
+    def current_lr(self) -> float:
+        """Learning rate of the next step."""
+        settings = self.settings
+        milestones = [milestone * self.steps_per_epoch for milestone in settings.milestones]
+        return settings.lr * lr_factor(self.position.iteration, self.total_iterations, settings.schedule, milestones,
+                                       settings.gamma, settings.warmup_iters, settings.warmup_factor)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the schedule (or ``max_iters``); return the best metric record."""
+        self._start_records()
+        while self.position.epoch < self.settings.epochs and not self._reached_max_iters():
+            self._train_epoch()
+            if self.position.batch_in_epoch >= self.batches_per_epoch:
+                self._end_epoch()
+            else:
+                self.save(LAST_CHECKPOINT)
+                if self.records is not None:
+                    self.records.write_summaries()
+                self._echo(f"stopped at max_iters={self.settings.max_iters}; checkpoint {self.run_dir / LAST_CHECKPOINT}")
+        self.sync_buffers()
+        return dict(self.best)
+
+    def _reached_max_iters(self) -> bool:
+        return self.settings.max_iters is not None and self.position.iteration >= self.settings.max_iters
+
+    def _start_records(self) -> None:
+        if self.records is None:
+            return
+        for stale in self.run_dir.glob(".*.tmp*"):  # temporary files of writes cut short by a kill
+            stale.unlink(missing_ok=True)
+        self.records.start(self.position.iteration if self.resumed else None)
+        self.config.dump(self.run_dir / "config.yaml")
+        what = "resume" if self.resumed else "start"
+        self.records.log({"kind": "event", "message": what, "iteration": self.position.iteration,
+                          "epoch": self.position.epoch, "world_size": self.context.world_size,
+                          "device": str(self.context.device), "train": describe(self.train_dataset),
+                          "val": describe(self.val_dataset)})
+        self._echo(f"{what}: run folder {self.run_dir}, {len(self.train_dataset)} training images, "
+                   f"{self.steps_per_epoch} steps per epoch, device {self.context.device} x{self.context.world_size}")
+
+    def _echo(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+    def _train_epoch(self) -> None:
+        """Train the rest of the current epoch (or up to ``max_iters``)."""
+        epoch = self.position.epoch
+        self.sampler.set_epoch(epoch, skip=self.position.batch_in_epoch * self.data_settings.batch_size)
+        self.loader.epoch = epoch
+        self.loader.generator.manual_seed(self.settings.seed + epoch)
+        self.network.train()
+        first_step = math.ceil(self.position.batch_in_epoch / self.settings.accumulate_steps)
+        show = self.context.is_main and self.verbose and sys.stderr.isatty()
+        progress = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                        disable=not show, dynamic_ncols=True, leave=False)
+        batches = iter(self.loader)
+        window = _LossWindow()
+        epoch_totals = _LossWindow()
+        window_start = time.perf_counter()
+        while self.position.batch_in_epoch < self.batches_per_epoch and not self._reached_max_iters():
+            count = min(self.settings.accumulate_steps, self.batches_per_epoch - self.position.batch_in_epoch)
+            lr = self.current_lr()
+            losses = self._step([next(batches) for _ in range(count)], lr)
+            window.add(losses)
+            epoch_totals.add(losses)
+            progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+            progress.update(1)
+            if self.position.iteration % self.settings.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log_train(window, lr, len(window) / max(elapsed, 1e-9))
+                window, window_start = _LossWindow(), time.perf_counter()
+            every = self.settings.checkpoint_every_iters
+            if every and self.position.iteration % every == 0 and self.position.batch_in_epoch < self.batches_per_epoch:
+                self.save(LAST_CHECKPOINT)
+        progress.close()
+        if len(window):
+            self._log_train(window, self.current_lr(), len(window) / max(time.perf_counter() - window_start, 1e-9))
+        self._epoch_losses = epoch_totals.means()
+
+    def _step(self, batches: list[tuple[list, list]], lr: float) -> dict[str, float]:
+        """One optimizer update over ``batches``; returns the losses averaged over batches and ranks."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        summed: torch.Tensor | None = None
+        names: list[str] = []
+        for index, (images, targets) in enumerate(batches):
+            images, targets = _to_device(images, targets, self.context.device)
+            last = index == len(batches) - 1
+            sync = nullcontext() if last or not self.context.is_distributed else self.network.no_sync()
+            with sync:
+                with torch.autocast(self.context.device.type, enabled=self.autocast_enabled):
+                    loss_dict = self.network(images, targets)
+                names = sorted(loss_dict)
+                values = torch.stack([loss_dict[name].detach().float() for name in names])
+                reduced = all_reduce_sum(values) / self.context.world_size
+                self._check_finite(reduced, names, index)
+                total = sum(loss_dict[name] for name in names)
+                self.scaler.scale(total / len(batches)).backward()
+            summed = reduced if summed is None else summed + reduced
+        if self.settings.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.position.iteration += 1
+        self.position.batch_in_epoch += len(batches)
+        means = (summed / len(batches)).tolist()
+        result = dict(zip(names, means, strict=True))
+        result["loss"] = sum(means)
+        return result
+
+    def _check_finite(self, reduced: torch.Tensor, names: list[str], batch_offset: int) -> None:
+        finite = torch.isfinite(reduced)
+        if bool(finite.all()):
+            return
+        term = names[int((~finite).nonzero()[0])]
+        batch = self.position.batch_in_epoch + batch_offset
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {self.position.iteration + 1} (epoch {self.position.epoch + 1}, "
+            f"batch {batch + 1} of the epoch): loss term {term!r} = {reduced[names.index(term)].item()}; "
+            f"training stopped and nothing was saved, {self.run_dir / LAST_CHECKPOINT} is the last good checkpoint"
+        )
+
+    def _log_train(self, window: _LossWindow, lr: float, it_per_s: float) -> None:
+        if self.records is None:
+            return
+        self.records.log({"kind": "train", "epoch": self.position.epoch + 1, "iteration": self.position.iteration,
+                          "lr": lr, **window.means(), "it_per_s": round(it_per_s, 3)})
+
+    def _end_epoch(self) -> None:
+        epoch_number = self.position.epoch + 1
+        every = self.settings.eval_every_epochs
+        due = self.val_dataset is not None and every > 0 and (
+            epoch_number % every == 0 or epoch_number == self.settings.epochs)
+        stats = self.evaluate() if due else None
+        self.position = Position(self.position.epoch + 1, 0, self.position.iteration)
+        improved = stats is not None and (self.best["value"] is None or stats[self.best["metric"]] > self.best["value"])
+        if improved:
+            self.best = {"metric": self.best["metric"], "value": stats[self.best["metric"]], "epoch": epoch_number}
+        self.save(*((LAST_CHECKPOINT, BEST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)))
+        if self.records is not None:
+            entry = {"kind": "epoch", "epoch": epoch_number, "iteration": self.position.iteration,
+                     "lr": self.current_lr(), **self._epoch_losses, **(stats or {})}
+            self.records.log(entry)
+            self.records.write_summaries()
+        metric = f", {self.best['metric']} {stats[self.best['metric']]:.4f}" if stats else ""
+        self._echo(f"epoch {epoch_number}/{self.settings.epochs}: iteration {self.position.iteration}, "
+                   f"loss {self._epoch_losses.get('loss', float('nan')):.4f}{metric}")
+
+    # -------------------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """COCO box mAP of the model on the validation set (all ranks share the images); the 12 stats by name."""
+        if self.val_dataset is None:
+            return None
+        self.sync_buffers()
+        stats = evaluate_detector(self.model, self.val_dataset, self.context, self.data_settings.batch_size,
+                                  self.data_settings.workers)
+        self.network.train()
+        return stats
+
+
+class _LossWindow:
+    """Running sums of the per-step loss dicts, for means over a logging window or an epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.count, 1) for name, total in self.sums.items()}
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def evaluate_detector(model: nn.Module, dataset: DetectionDataset, context: DistributedContext,
+                      batch_size: int = 2, workers: int = 0) -> dict[str, float]:
+    """COCO box metrics (the 12 stats by name) of ``model`` on ``dataset``, each rank predicting a share.
+
+    Images are numbered ``index + 1`` in the ground truth built from the dataset's own targets; labels are
+    the category ids. Every rank gets the same result.
+    """
+    indices = list(range(context.rank, len(dataset), context.world_size))
+    samples, results = predict_dataset(model, dataset, indices, context.device, batch_size, workers)
+    gathered = all_gather_objects((samples, results))
+    stats = None
+    if context.is_main:
+        all_samples = sorted((sample for part, _ in gathered for sample in part), key=lambda sample: sample[0])
+        all_results = [result for _, part in gathered for result in part]
+        evaluation = evaluate_coco(coco_ground_truth(all_samples, dataset.class_names), all_results, "bbox")
+        stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats, strict=True)}
+    return broadcast_object(stats)
+
+
+def train_from_config(config: Config, run_dir: str | os.PathLike[str], resume: bool = False,
+                      weights: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Build a :class:`Trainer` and train; returns the best metric record."""
+    return Trainer(config, run_dir, resume=resume, weights=weights).fit()
+

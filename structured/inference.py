@@ -1,0 +1,167 @@
+"""Batch inference over images, folders, globs and videos, writing pictures, COCO results and YOLO labels.
+
+``run_inference(detector, source, out_dir)`` is what ``tools/infer.py`` runs. Every readable input gets an
+annotated picture in ``out_dir`` (a video gets an annotated video), all detections go to
+``out_dir/predictions.json`` (a COCO results list: ``image_id``, xywh ``bbox``, ``score``,
+``category_id`` = label), ``out_dir/images.json`` maps image ids to file names and lists the
+categories, and with ``save_txt`` ``out_dir/labels/`` gets one YOLO label file per image. An unreadable
+input is reported by name and skipped; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from structured.api import DetectionResult, Detector
+from structured.data.convert import yolo_label_text
+from structured.data.loading import ImageReadError, read_image
+from structured.io import save_json
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+@dataclass
+class InferenceSummary:
+    """What a run produced: counts, skipped inputs with the reason, output files and per-image times."""
+
+    images: int = 0
+    detections: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+def list_sources(source: str | os.PathLike[str]) -> list[Path]:
+    """The files a source names: one file, the images and videos of a folder, or a glob pattern's matches."""
+    text = str(source)
+    path = Path(text)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    if any(character in text for character in "*?["):
+        matches = sorted(Path(match) for match in glob.glob(text, recursive=True))
+        if not matches:
+            raise FileNotFoundError(f"no file matches the pattern {text}")
+        return matches
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {text}")
+    return [path]
+
+
+def iter_frames(video: Path) -> Iterator[np.ndarray]:
+    """RGB frames of a video file; ``ImageReadError`` when it cannot be opened."""
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise ImageReadError(f"cannot open video {video}")
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+
+
+def run_inference(
+    detector: Detector,
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    score_threshold: float = 0.25,
+    classes: Sequence[str | int] | None = None,
+    save_txt: bool = False,
+    report: Callable[[str], None] = print,
+) -> InferenceSummary:
+    """Predict on every input of ``source``; write pictures, ``predictions.json`` and optional YOLO txt."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = InferenceSummary()
+    results_json: list[dict] = []
+    images_json: list[dict] = []
+    for path in list_sources(source):
+        try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                frames = _predict_video(detector, path, out_dir, score_threshold, classes, summary, report)
+            else:
+                frames = [(path.name, _predict_file(detector, path, score_threshold, classes, summary, report))]
+        except (ImageReadError, OSError, ValueError) as error:
+            summary.skipped.append((str(path), str(error)))
+            report(f"skipped {path}: {error}")
+            continue
+        for name, result in frames:
+            image_id = len(images_json) + 1
+            height, width = result.image.shape[:2]
+            images_json.append({"id": image_id, "file_name": name, "height": height, "width": width})
+            results_json.extend(result.to_coco(image_id))
+            if path.suffix.lower() not in VIDEO_SUFFIXES:
+                summary.outputs.append(result.save(out_dir / name))
+            if save_txt:
+                _write_yolo(result, out_dir / "labels" / f"{Path(name).stem}.txt")
+    summary.outputs.append(save_json(results_json, out_dir / "predictions.json"))
+    summary.outputs.append(save_json({"images": images_json, "categories": _categories(detector)},
+                                     out_dir / "images.json"))
+    return summary
+
+
+def _predict_file(
+    detector: Detector, path: Path, score_threshold: float, classes: Sequence[str | int] | None,
+    summary: InferenceSummary, report: Callable[[str], None],
+) -> DetectionResult:
+    image = read_image(path)
+    return _timed_predict(detector, image, str(path), score_threshold, classes, summary, report)
+
+
+def _predict_video(
+    detector: Detector, path: Path, out_dir: Path, score_threshold: float, classes: Sequence[str | int] | None,
+    summary: InferenceSummary, report: Callable[[str], None],
+) -> list[tuple[str, DetectionResult]]:
+    results, writer = [], None
+    target = out_dir / f"{path.stem}_annotated.mp4"
+    try:
+        for index, frame in enumerate(iter_frames(path)):
+            name = f"{path.stem}_{index:06d}.jpg"
+            result = _timed_predict(detector, frame, f"{path}#{index}", score_threshold, classes, summary, report)
+            if writer is None:
+                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
+                                         (frame.shape[1], frame.shape[0]))
+            writer.write(cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
+            results.append((name, result))
+    finally:
+        if writer is not None:
+            writer.release()
+            summary.outputs.append(target)
+    if not results:
+        raise ImageReadError(f"video {path} has no readable frame")
+    return results
+
+
+def _timed_predict(
+    detector: Detector, image: np.ndarray, name: str, score_threshold: float,
+    classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
+) -> DetectionResult:
+    start = time.perf_counter()
+    result = detector.predict(image, score_threshold=score_threshold, classes=classes)
+    elapsed = time.perf_counter() - start
+    result.source = name
+    summary.images += 1
+    summary.detections += len(result)
+    summary.seconds.append(elapsed)
+    report(f"{name}: {len(result)} detections in {elapsed * 1e3:.1f} ms")
+    return result
+
+
+def _write_yolo(result: DetectionResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yolo_label_text(result.boxes.numpy(), result.labels.numpy(), result.image.shape[:2]))
+
+
+def _categories(detector: Detector) -> list[dict]:
+    return [{"id": label, "name": name} for label, name in enumerate(detector.class_names) if label > 0]

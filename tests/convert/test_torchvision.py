@@ -1,0 +1,100 @@
+"""Key mapping from torchvision's Faster R-CNN checkpoints onto our recipes, and the conversion CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torchvision.models.detection import (
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+)
+
+from structured.api import Detector
+from structured.convert.torchvision import (
+    TORCHVISION_MODELS,
+    class_names_for,
+    convert_checkpoint_file,
+    convert_faster_rcnn,
+    num_classes_of,
+    recipe_name,
+)
+from structured.registry import MODELS
+from tests.conftest import REPO_ROOT
+
+BUILDERS = {
+    "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn,
+    "fasterrcnn_mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn,
+}
+
+
+@pytest.mark.parametrize("torchvision_name", sorted(BUILDERS))
+def test_every_key_maps_onto_the_recipe_with_the_same_shapes(torchvision_name):
+    torch.manual_seed(0)
+    reference = BUILDERS[torchvision_name](weights=None, weights_backbone=None, num_classes=7)
+    name = TORCHVISION_MODELS[torchvision_name]
+    ours = MODELS.build(name, num_classes=num_classes_of(reference.state_dict()))
+    converted = convert_faster_rcnn(reference.state_dict(), name)
+    expected = ours.state_dict()
+    batch_counters = {key for key in converted if key.endswith("num_batches_tracked")}
+    assert set(converted) - batch_counters == set(expected)
+    for key, value in expected.items():
+        assert converted[key].shape == value.shape, key
+    ours.load_state_dict(converted)
+    assert torch.equal(ours.rpn.head.objectness.weight, reference.rpn.head.cls_logits.weight)
+
+
+def test_old_rpn_conv_key_and_unknown_keys():
+    weight = torch.zeros(1)
+    converted = convert_faster_rcnn({"rpn.head.conv.weight": weight}, "faster_rcnn_r50_fpn")
+    assert list(converted) == ["rpn.head.conv.0.weight"]
+    with pytest.raises(KeyError, match="roi_heads.mask_head"):
+        convert_faster_rcnn({"roi_heads.mask_head.0.weight": weight}, "faster_rcnn_r50_fpn")
+    with pytest.raises(ValueError, match="no torchvision counterpart"):
+        convert_faster_rcnn({}, "faster_rcnn_vgg16")
+    with pytest.raises(ValueError, match="no torchvision mapping"):
+        recipe_name("fasterrcnn_resnet101")
+    assert recipe_name("fasterrcnn_resnet50_fpn") == "faster_rcnn_r50_fpn"
+
+
+def test_cli_converts_a_checkpoint_file(tmp_path):
+    torch.manual_seed(0)
+    reference = fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=4
+    ).eval()
+    source, destination = tmp_path / "tv.pth", tmp_path / "ours.pt"
+    torch.save(reference.state_dict(), source)
+    command = [
+        sys.executable,
+        "tools/convert_torchvision.py",
+        str(source),
+        str(destination),
+        "--model",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(destination, weights_only=True)
+    assert checkpoint["config"] == {"model": {"name": "faster_rcnn_mobilenet_v3_large_320_fpn", "num_classes": 3}}
+    assert checkpoint["class_names"] == ["__background__", "class1", "class2", "class3"]
+    detector = Detector.from_checkpoint(destination)
+    assert torch.equal(
+        detector.model.roi_heads.predictor.bbox_pred.weight, reference.roi_heads.box_predictor.bbox_pred.weight
+    )
+
+
+def test_coco_sized_models_get_coco_class_names():
+    names = class_names_for(90)
+    assert names[:3] == ["__background__", "person", "bicycle"] and len(names) == 91
+
+
+def test_a_file_that_is_not_a_state_dict_is_reported(tmp_path):
+    source = tmp_path / "bad.pth"
+    torch.save([1, 2, 3], source)
+    with pytest.raises(ValueError, match="bad.pth: expected a state dict"):
+        convert_checkpoint_file(source, tmp_path / "out.pt", "faster_rcnn_r50_fpn")
+    assert not (tmp_path / "out.pt").exists()

@@ -1,0 +1,189 @@
+"""RPN and RoI heads against torchvision's RegionProposalNetwork and RoIHeads (test oracles).
+
+Both sides get the same weights, features, proposals and targets; in eval mode the proposals and
+detections must be identical, in train mode (same seed: both samplers draw positives then negatives
+per image with ``torch.randperm``) the losses must be equal.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork as TorchvisionRPN
+from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from structured.boxes.anchors import AnchorGenerator
+from structured.detection.roi_heads import BoxPredictor, MultiLevelRoIAlign, RoIHeads, TwoMLPHead
+from structured.detection.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
+from structured.detection.transform import ImageBatch
+
+CHANNELS = 32
+STRIDES = (4, 8, 16, 32, 64)
+SIZES = ((32,), (64,), (128,), (256,), (512,))
+RATIOS = ((0.5, 1.0, 2.0),) * 5
+PADDED = (256, 320)
+IMAGE_SIZES = [(250, 310), (200, 256)]
+NUM_CLASSES = 6
+
+
+def make_features(seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(2, CHANNELS, -(-PADDED[0] // s), -(-PADDED[1] // s), generator=generator) for s in STRIDES
+    ]
+
+
+def make_targets(seed: int, empty_second: bool) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    targets = []
+    for index, (height, width) in enumerate(IMAGE_SIZES):
+        count = 0 if empty_second and index == 1 else 4
+        corners = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.6, height * 0.6])
+        sizes = torch.rand(count, 2, generator=generator) * 100 + 8
+        boxes = torch.cat((corners, corners + sizes), 1)
+        targets.append(
+            {"boxes": boxes, "labels": torch.randint(1, NUM_CLASSES + 1, (count,), generator=generator)}
+        )
+    return targets
+
+
+def rpn_pair(seed: int) -> tuple[TorchvisionRPN, RegionProposalNetwork]:
+    torch.manual_seed(seed)
+    reference_head = TorchvisionRPNHead(CHANNELS, 3)
+    with torch.no_grad():
+        reference_head.cls_logits.weight.normal_(0, 0.2)
+        reference_head.bbox_pred.weight.normal_(0, 0.05)
+    settings = {"training": 300, "testing": 200}
+    reference = TorchvisionRPN(
+        TorchvisionAnchors(SIZES, RATIOS), reference_head, 0.7, 0.3, 64, 0.5, settings, settings, 0.7
+    )
+    ours = RegionProposalNetwork(
+        AnchorGenerator(SIZES, RATIOS),
+        RPNHead(CHANNELS, 3),
+        batch_size_per_image=64,
+        train_settings=ProposalSettings(300, 300),
+        test_settings=ProposalSettings(200, 200),
+    )
+    renamed = {
+        key.replace("conv.0.0", "conv.0")
+        .replace("cls_logits", "objectness")
+        .replace("bbox_pred", "deltas"): value
+        for key, value in reference_head.state_dict().items()
+    }
+    ours.head.load_state_dict(renamed)
+    return reference, ours
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("training", [False, True])
+def test_rpn_proposals_and_losses_equal_torchvision(seed, training):
+    reference, ours = rpn_pair(seed)
+    reference.train(training)
+    ours.train(training)
+    features = make_features(seed)
+    targets = make_targets(seed, empty_second=seed == 1)
+    padded = torch.zeros(2, 3, *PADDED)
+    reference_features = OrderedDict((str(i), f) for i, f in enumerate(features))
+    torch.manual_seed(seed)
+    expected, expected_losses = reference(
+        ImageList(padded, IMAGE_SIZES), reference_features, targets if training else None
+    )
+    torch.manual_seed(seed)
+    proposals, losses = ours(ImageBatch(padded, IMAGE_SIZES), features, targets if training else None)
+    for mine, theirs in zip(proposals, expected, strict=True):
+        assert torch.equal(mine, theirs)
+    if training:
+        assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
+        for name, value in expected_losses.items():
+            torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-7)
+    else:
+        assert losses == {}
+
+
+def roi_pair(seed: int, score_thresh: float) -> tuple[TorchvisionRoIHeads, RoIHeads]:
+    torch.manual_seed(seed)
+    box_head = TorchvisionTwoMLPHead(CHANNELS * 49, 64)
+    predictor = FastRCNNPredictor(64, NUM_CLASSES + 1)
+    with torch.no_grad():
+        predictor.cls_score.weight.normal_(0, 0.5)
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    reference = TorchvisionRoIHeads(
+        pooler, box_head, predictor, 0.5, 0.5, 32, 0.25, None, score_thresh, 0.5, 50
+    )
+    ours = RoIHeads(
+        MultiLevelRoIAlign(STRIDES[:4]),
+        TwoMLPHead(CHANNELS * 49, 64),
+        BoxPredictor(64, NUM_CLASSES),
+        batch_size_per_image=32,
+        score_thresh=score_thresh,
+        detections_per_img=50,
+    )
+    ours.box_head.load_state_dict(box_head.state_dict())
+    ours.predictor.load_state_dict(predictor.state_dict())
+    return reference, ours
+
+
+def make_proposals(seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed + 100)
+    proposals = []
+    for count, (height, width) in zip((120, 7), IMAGE_SIZES, strict=True):
+        corners = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.8, height * 0.8])
+        sizes = torch.rand(count, 2, generator=generator) * torch.tensor([width * 0.5, height * 0.5]) + 1
+        proposals.append(torch.cat((corners, (corners + sizes).minimum(torch.tensor([width, height]))), 1))
+    return proposals
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("score_thresh", [0.0, 0.05])
+def test_roi_heads_detections_equal_torchvision(seed, score_thresh):
+    reference, ours = roi_pair(seed, score_thresh)
+    reference.eval()
+    features = make_features(seed)[:4]
+    proposals = make_proposals(seed)
+    reference_features = OrderedDict((str(i), f) for i, f in enumerate(features))
+    expected, _ = reference(reference_features, proposals, IMAGE_SIZES)
+    detections = ours.predict(features, proposals, IMAGE_SIZES)
+    assert sum(len(d["boxes"]) for d in detections) > 0
+    for mine, theirs in zip(detections, expected, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(mine[key], theirs[key]), key
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roi_heads_losses_equal_torchvision(seed):
+    reference, ours = roi_pair(seed, 0.05)
+    reference.train()
+    features = make_features(seed)[:4]
+    proposals = make_proposals(seed)
+    targets = make_targets(seed, empty_second=seed == 1)
+    reference_features = OrderedDict((str(i), f) for i, f in enumerate(features))
+    torch.manual_seed(seed)
+    _, expected = reference(reference_features, [p.clone() for p in proposals], IMAGE_SIZES, targets)
+    torch.manual_seed(seed)
+    losses = ours.loss(features, proposals, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg"}
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_level_assignment_equals_torchvision_level_mapper():
+    from torchvision.ops.poolers import LevelMapper
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(500, 2, generator=generator) * 600
+    boxes = torch.cat((corners, corners + torch.rand(500, 2, generator=generator) * 700 + 0.5), 1)
+    expected = LevelMapper(2, 5)([boxes])
+    assert torch.equal(MultiLevelRoIAlign((4, 8, 16, 32)).assign_levels(boxes), expected)
+
+
+def test_pooler_rejects_strides_that_are_not_powers_of_two():
+    with pytest.raises(ValueError, match="powers of two"):
+        MultiLevelRoIAlign((4, 12))

@@ -1,0 +1,212 @@
+"""Trainer: exact resume after a kill, records of a run, NaN stop, weights-only loading, recipe errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+import yaml
+
+from structured.config import ConfigError, load_config
+from structured.data.base import DetectionDataset
+from structured.data.recipes import build_datasets, data_config
+from structured.engine import (
+    CheckpointError,
+    NonFiniteLossError,
+    Trainer,
+    load_checkpoint,
+    read_log,
+    save_checkpoint,
+)
+from structured.engine.trainer import train_config
+from structured.registry import MODELS
+from tests.engine.conftest import toy_recipe
+from tests.engine.toy import TOY_NAME, build_toy_detector, register_toy
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by ``FaultyDataset`` to end a run abruptly (nothing after it runs, as after SIGKILL)."""
+
+
+class FaultyDataset(DetectionDataset):
+    """A view of a dataset that kills the run at its ``kill_at``-th fetch or poisons one sample in one epoch."""
+
+    def __init__(self, dataset: DetectionDataset, kill_at: int | None = None,
+                 poison: tuple[int, int] | None = None) -> None:
+        super().__init__(dataset.records, dataset.class_names[1:], dataset.transforms, seed=dataset.seed)
+        self.kill_at = kill_at
+        self.poison = poison
+        self.fetches = 0
+
+    def __getitem__(self, index: int):
+        self.fetches += 1
+        if self.kill_at is not None and self.fetches >= self.kill_at:
+            raise SimulatedKill(f"killed at fetch {self.fetches}")
+        image, target = super().__getitem__(index)
+        if self.poison == (self.epoch, index):
+            image = torch.full_like(image, float("nan"))
+        return image, target
+
+
+@pytest.fixture(scope="module")
+def registered_toy() -> Iterator[str]:
+    """The toy detector registered for the whole module (module-scoped runs below need it)."""
+    register_toy()
+    yield TOY_NAME
+    MODELS._builders.pop(TOY_NAME, None)
+
+
+@pytest.fixture(scope="module")
+def straight_run(registered_toy: str, tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 3-epoch (12-step) toy run with a checkpoint every 3 steps."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    config = load_config(toy_recipe(tiny_shapes, epochs=3, checkpoint_every_iters=3))
+    Trainer(config, run_dir, verbose=False).fit()
+    return run_dir
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_kill_gives_the_same_weights_as_a_straight_run(straight_run: Path, tiny_shapes: Path,
+                                                                   tmp_path: Path) -> None:
+    config = load_config(toy_recipe(tiny_shapes, epochs=3, checkpoint_every_iters=3))
+    train, val = build_datasets(data_config(config), seed=7)
+    # 8 images, batch 2: 4 steps per epoch, 2 fetches per step; fetch 14 is inside step 7, after the
+    # step-6 checkpoint (taken mid-epoch 2) and after an evaluation and a best.pt.
+    killed = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, kill_at=14), val_dataset=val, verbose=False)
+    with pytest.raises(SimulatedKill):
+        killed.fit()
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert (checkpoint["iteration"], checkpoint["epoch"], checkpoint["batch_in_epoch"]) == (6, 1, 2)
+    straight_weights = _weights(straight_run / "last.pt")
+    assert any(not torch.equal(value, straight_weights[key]) for key, value in checkpoint["model"].items())
+
+    resumed = Trainer(load_config(toy_recipe(tiny_shapes, epochs=3, checkpoint_every_iters=3)), tmp_path,
+                      resume=True, verbose=False)
+    resumed.fit()
+    final = load_checkpoint(tmp_path / "last.pt")
+    assert final["iteration"] == 12
+    assert final["model"].keys() == straight_weights.keys()
+    for key, value in final["model"].items():
+        assert torch.equal(value, straight_weights[key]), key
+    straight_optimizer = load_checkpoint(straight_run / "last.pt")["optimizer"]["state"]
+    for index, state in final["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], straight_optimizer[index]["momentum_buffer"])
+    steps = [entry["iteration"] for entry in read_log(tmp_path / "log.jsonl") if entry["kind"] == "train"]
+    assert steps == list(range(1, 13))
+
+
+def test_run_folder_holds_parseable_records(straight_run: Path) -> None:
+    entries = [json.loads(line) for line in (straight_run / "log.jsonl").read_text().splitlines()]
+    assert {entry["kind"] for entry in entries} == {"event", "train", "epoch"}
+    epochs = [entry for entry in entries if entry["kind"] == "epoch"]
+    assert [entry["epoch"] for entry in epochs] == [1, 2, 3]
+    assert all(0.0 <= entry["AP50"] <= 1.0 and entry["loss"] > 0 for entry in epochs)
+    rows = (straight_run / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["epoch", "iteration", "lr"] and len(rows) == 4
+    for name in ("loss.png", "map.png"):
+        picture = cv2.imread(str(straight_run / name))
+        assert picture is not None and picture.shape[0] > 100
+    resolved = yaml.safe_load((straight_run / "config.yaml").read_text())
+    assert resolved["model"]["num_classes"] == 5
+    best = load_checkpoint(straight_run / "best.pt")
+    assert best["best"]["metric"] == "AP50"
+    assert best["best"]["value"] == max(entry["AP50"] for entry in epochs)
+    assert best["class_names"][1:] == ["circle", "rectangle", "triangle", "ellipse", "star"]
+    assert not [path.name for path in straight_run.iterdir() if path.name.startswith(".")]
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(straight_run: Path, tiny_shapes: Path) -> None:
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(load_config(toy_recipe(tiny_shapes)), straight_run, verbose=False)
+
+
+def test_non_finite_loss_stops_with_the_step_and_term_and_keeps_last_checkpoint(
+        toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    config = load_config(toy_recipe(tiny_shapes, epochs=2, checkpoint_every_iters=1, eval_every_epochs=0))
+    train, _ = build_datasets(data_config(config), seed=7)
+    poisoned_index = 5
+    trainer = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, poison=(1, poisoned_index)), verbose=False)
+    bad_step = 4 + trainer.sampler.epoch_order(1).index(poisoned_index) // 2 + 1
+    with pytest.raises(NonFiniteLossError) as raised:
+        trainer.fit()
+    message = str(raised.value)
+    assert f"non-finite loss at iteration {bad_step} (epoch 2, " in message
+    assert "loss term 'loss_box' = nan" in message and "nothing was saved" in message
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["iteration"] == bad_step - 1
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
+    assert max(entry.get("iteration", 0) for entry in read_log(tmp_path / "log.jsonl")) == bad_step - 1
+
+
+def test_weights_only_loads_the_model_and_names_mismatched_keys(toy_model: str, tiny_shapes: Path,
+                                                                tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_toy_detector(num_classes=5)
+    save_checkpoint({"model": source.state_dict(), "iteration": 99}, tmp_path / "source.pt")
+    trainer = Trainer(load_config(toy_recipe(tiny_shapes)), tmp_path / "run", weights=tmp_path / "source.pt",
+                      verbose=False)
+    for key, value in source.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value)
+    assert trainer.position.iteration == 0
+
+    other = build_toy_detector(num_classes=3, width=4)
+    state = {**other.state_dict(), "extra.weight": torch.zeros(1)}
+    save_checkpoint({"model": state}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*head\.weight") as raised:
+        Trainer(load_config(toy_recipe(tiny_shapes)), tmp_path / "run2", weights=tmp_path / "other.pt", verbose=False)
+    assert "unexpected (1): extra.weight" in str(raised.value)
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.pt"):
+        load_checkpoint(tmp_path / "broken.pt")
+
+
+def test_accumulating_two_batches_of_one_equals_one_batch_of_two(toy_model: str, tiny_shapes: Path,
+                                                                 tmp_path: Path) -> None:
+    final_weights = []
+    for batch_size, accumulate in ((2, 1), (1, 2)):
+        # SGD: AdamW would blow the rounding noise in the (analytically zero) gradient of the conv bias
+        # before the BatchNorm up to full-size steps, which differ between the two summation orders.
+        recipe = toy_recipe(tiny_shapes, epochs=2, clip_grad_norm=100.0, accumulate_steps=accumulate,
+                            eval_every_epochs=0)
+        recipe["model"]["dropout"] = 0.0
+        recipe["data"]["batch_size"] = batch_size
+        trainer = Trainer(load_config(recipe), tmp_path / f"batch{batch_size}", verbose=False)
+        trainer.fit()
+        assert trainer.position.iteration == 8
+        final_weights.append(trainer.model.state_dict())
+    initial = build_toy_detector(num_classes=5, dropout=0.0).state_dict()
+    for key, value in final_weights[0].items():
+        torch.testing.assert_close(final_weights[1][key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(final_weights[0]["head.weight"], initial["head.weight"])
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train", "epoch", 3, r"unknown key 'epoch' in train.*Did you mean 'epochs'"),
+    ("train", "optimizer", "adam", r"train.optimizer must be one of \('sgd', 'adamw'\), got 'adam'"),
+    ("train", "best_metric", "mAP", r"train.best_metric must be one of"),
+    ("data", "batchsize", 2, r"unknown key 'batchsize' in data.*Did you mean 'batch_size'"),
+    ("data", "augment", "heavy", r"data.augment must be one of"),
+])
+def test_bad_recipe_keys_are_config_errors_naming_the_key(tiny_shapes: Path, section: str, key: str,
+                                                          value: object, expected: str) -> None:
+    recipe = toy_recipe(tiny_shapes)
+    recipe[section][key] = value
+    config = load_config(recipe)
+    with pytest.raises(ConfigError, match=expected):
+        train_config(config)
+        data_config(config)
+
+
+def test_num_classes_from_the_data_and_a_contradicting_value_is_an_error(toy_model: str, tiny_shapes: Path,
+                                                                        tmp_path: Path) -> None:
+    recipe = toy_recipe(tiny_shapes)
+    recipe["model"]["num_classes"] = 3
+    with pytest.raises(ConfigError, match=r"model.num_classes is 3 but the training data has 5 classes"):
+        Trainer(load_config(recipe), tmp_path, verbose=False)

@@ -1,0 +1,142 @@
+"""The Python API and batch inference: loading, predicting, filtering, exporting, skipping bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from structured import Detector
+from structured.inference import list_sources, run_inference
+from tools import infer as infer_tool
+
+CLASS_NAMES = ["__background__", "disc", "block", "wedge"]
+RECIPE = {"model": {"name": "faster_rcnn_r18_fpn", "num_classes": 3, "min_size": 96, "max_size": 128,
+                    "box_score_thresh": 0.0, "box_detections_per_img": 20}}
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    torch.manual_seed(0)
+    return Detector.from_config(RECIPE, class_names=CLASS_NAMES)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(detector, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": detector.model.state_dict(), "config": detector.config.data, "class_names": CLASS_NAMES},
+               path)
+    return path
+
+
+def images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (90 + 7 * i, 120, 3), dtype=np.uint8) for i in range(count)]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(detector, checkpoint):
+    loaded = Detector.from_checkpoint(checkpoint)
+    image = images(1)[0]
+    first, second = detector.predict(image), loaded.predict(image)
+    assert len(first) > 0
+    assert torch.equal(first.boxes, second.boxes) and torch.equal(first.labels, second.labels)
+    assert loaded.class_names == CLASS_NAMES
+
+
+def test_predict_accepts_paths_arrays_tensors_and_lists(detector, tmp_path):
+    image = images(1)[0]
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    from_path = detector.predict(path)
+    from_array = detector.predict(image)
+    from_tensor = detector.predict(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    assert torch.allclose(from_path.boxes, from_array.boxes) and torch.allclose(from_array.boxes, from_tensor.boxes)
+    batch = detector.predict([image, image[:60]])
+    assert isinstance(batch, list) and len(batch) == 2
+    assert (batch[1].boxes[:, 3] <= 60 + 1e-4).all()
+    assert from_path.source == str(path)
+
+
+def test_filter_plot_and_save(detector, tmp_path):
+    result = detector.predict(images(1)[0])
+    kept = result.filter(score_threshold=float(result.scores.median()), classes=["disc", 3])
+    assert all(name in ("disc", "wedge") for name in kept.names)
+    assert (kept.scores >= result.scores.median()).all()
+    with pytest.raises(ValueError, match="unknown class 'cat'; classes: disc, block, wedge"):
+        result.filter(classes=["cat"])
+    assert result.plot().shape == result.image.shape
+    assert result.save(tmp_path / "annotated.jpg").stat().st_size > 0
+    assert "detections" in repr(result)
+
+
+def test_to_coco_loads_in_pycocotools(detector):
+    result = detector.predict(images(1)[0])
+    entries = result.to_coco(image_id=7)
+    ground_truth = COCO()
+    ground_truth.dataset = {"images": [{"id": 7, "height": 90, "width": 120}],
+                            "categories": [{"id": i, "name": n} for i, n in enumerate(CLASS_NAMES) if i],
+                            "annotations": []}
+    ground_truth.createIndex()
+    loaded = ground_truth.loadRes(entries)
+    assert len(loaded.getAnnIds()) == len(result)
+
+
+def test_run_inference_skips_bad_files_and_writes_outputs(checkpoint, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for index, image in enumerate(images(3)):
+        cv2.imwrite(str(source / f"img{index}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    messages: list[str] = []
+    out = tmp_path / "out"
+    summary = run_inference(Detector.from_checkpoint(checkpoint), source, out, score_threshold=0.0,
+                            save_txt=True, report=messages.append)
+    assert summary.images == 3 and len(summary.skipped) == 1 and "broken.jpg" in summary.skipped[0][0]
+    assert any("skipped" in line and "broken.jpg" in line for line in messages)
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert len(list((out / "labels").glob("*.txt"))) == 3
+    results = json.loads((out / "predictions.json").read_text())
+    catalogue = json.loads((out / "images.json").read_text())
+    ground_truth = COCO()
+    ground_truth.dataset = {**catalogue, "annotations": []}
+    ground_truth.createIndex()
+    assert len(ground_truth.loadRes(results).getAnnIds()) == summary.detections > 0
+
+
+def test_run_inference_on_a_video(detector, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (120, 96))
+    for frame in images(3):
+        writer.write(cv2.resize(frame, (120, 96)))
+    writer.release()
+    summary = run_inference(detector, video, tmp_path / "out", report=lambda _: None)
+    assert summary.images == 3 and (tmp_path / "out" / "clip_annotated.mp4").stat().st_size > 0
+
+
+def test_sources_and_errors(tmp_path, checkpoint):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert list_sources(tmp_path) == [tmp_path / "a.png"]
+    assert list_sources(str(tmp_path / "*.txt")) == [tmp_path / "notes.txt"]
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        list_sources(str(tmp_path / "*.gif"))
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        Detector.from_checkpoint(tmp_path / "missing.pt")
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["model"]["num_classes"] = 5
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"do not fit the model: shape mismatch .*roi_heads"):
+        Detector.from_checkpoint(tmp_path / "other.pt")
+
+
+def test_infer_tool_exit_status(checkpoint, tmp_path, capsys):
+    image_path = tmp_path / "one.png"
+    cv2.imwrite(str(image_path), images(1)[0])
+    assert infer_tool.main([str(image_path), "--weights", str(checkpoint), "--out", str(tmp_path / "o")]) == 0
+    assert "1 images" in capsys.readouterr().out
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    assert infer_tool.main([str(tmp_path / "*.png"), "--weights", str(checkpoint), "--out", str(tmp_path / "p")]) == 1

@@ -1,0 +1,33 @@
+"""Convert a torchvision Faster R-CNN checkpoint into ours.
+
+python tools/convert_torchvision.py fasterrcnn_resnet50_fpn_coco.pth r50.pt --model faster_rcnn_r50_fpn --norm-eps 0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from structured.convert.torchvision import TORCHVISION_MODELS, convert_checkpoint_file
+
+
+def main() -> None:
+    """Parse arguments, convert, print what was written."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", help="torchvision state dict (.pth)")
+    parser.add_argument("destination", help="output checkpoint (.pt)")
+    choices = sorted({*TORCHVISION_MODELS, *TORCHVISION_MODELS.values()})
+    parser.add_argument(
+        "--model", required=True, choices=choices, help="our recipe or torchvision's model name"
+    )
+    parser.add_argument(
+        "--norm-eps", type=float, default=None, help="batch-norm eps (0 for torchvision's COCO r50)"
+    )
+    args = parser.parse_args()
+    checkpoint = convert_checkpoint_file(args.source, args.destination, args.model, args.norm_eps)
+    print(f"wrote {args.destination}: {checkpoint['config']['model']}, {len(checkpoint['model'])} tensors")
+
+
+if __name__ == "__main__":
+    main()
