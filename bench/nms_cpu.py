@@ -58,12 +58,14 @@ def opencv_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch
 
 
 def time_round_robin(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each contender, run in turns so that machine noise hits all alike."""
+    """Median milliseconds of each contender, run in turns (the order rotating) so that noise hits all alike."""
     for run in contenders.values():
         run()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
+    names = list(contenders)
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            run = contenders[name]
             start = time.perf_counter()
             run()
             samples[name].append((time.perf_counter() - start) * 1e3)

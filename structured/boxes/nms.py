@@ -88,13 +88,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
     if boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU):
         return _batched_nms_by_offset(boxes, scores, idxs, float(iou_threshold))
-    keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs) if on_cpu else None
-    if keep is None:
-        return _batched_nms_by_class(boxes, scores, idxs, float(iou_threshold))
-    kept_scores = scores[keep]
-    if bool((kept_scores[1:] != kept_scores[:-1]).all()):
-        return keep
-    return _sort_kept_by_score(keep, scores)
+    order, class_sizes = _class_segments(idxs)
+    if on_cpu and float((class_sizes.double() ** 2).sum()) / len(idxs) >= SPARSE_MIN_CLASS_SIZE:
+        keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs)
+        if keep is not None:
+            return _in_score_order(keep, scores)
+    return _batched_nms_by_class(boxes, scores, order, class_sizes, float(iou_threshold))
 
 
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
@@ -136,9 +135,9 @@ def _kernel_for(boxes: Tensor) -> NmsKernel:
 
 
 def _cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    keep = _sparse_nms(boxes, scores, iou_threshold)
+    keep = _sparse_nms(boxes, scores, iou_threshold) if boxes.shape[0] >= SPARSE_MIN_BOXES else None
     if keep is None:
-        return torchvision.ops.nms(boxes, scores, iou_threshold)
+        return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
     return keep
 
 
@@ -148,14 +147,29 @@ def _batched_nms_by_offset(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_thre
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def _batched_nms_by_class(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """One ``nms`` call per category."""
+def _class_segments(idxs: Tensor) -> tuple[Tensor, Tensor]:
+    """Box indices grouped by category (ascending within each) and the size of each group."""
+    order = torch.sort(idxs, stable=True).indices
+    return order, torch.unique_consecutive(idxs[order], return_counts=True)[1]
+
+
+def _batched_nms_by_class(
+    boxes: Tensor, scores: Tensor, order: Tensor, class_sizes: Tensor, iou_threshold: float
+) -> Tensor:
+    """One kernel call per category (``order`` and ``class_sizes`` from ``_class_segments``)."""
     kernel = _kernel_for(boxes)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-    for category in torch.unique(idxs):
-        members = torch.where(idxs == category)[0]
+    for members in order.split(class_sizes.tolist()):
         keep_mask[members[kernel(boxes[members], scores[members], iou_threshold)]] = True
     return _sort_kept_by_score(torch.where(keep_mask)[0], scores)
+
+
+def _in_score_order(keep: Tensor, scores: Tensor) -> Tensor:
+    """Kept indices already in stable score order, reordered as torchvision's only when scores tie."""
+    kept_scores = scores[keep]
+    if bool((kept_scores[1:] != kept_scores[:-1]).all()):
+        return keep
+    return _sort_kept_by_score(keep, scores)
 
 
 def _sort_kept_by_score(keep: Tensor, scores: Tensor) -> Tensor:
@@ -165,13 +179,9 @@ def _sort_kept_by_score(keep: Tensor, scores: Tensor) -> Tensor:
 
 
 def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None = None) -> Tensor | None:
-    """Greedy NMS over the sparse overlap graph; ``None`` when the set is too small or too dense for it."""
+    """Greedy NMS over the sparse overlap graph; ``None`` when the set is too dense for it (or not finite)."""
     num_boxes = boxes.shape[0]
-    if (
-        _typical_group_size(groups, num_boxes) < (SPARSE_MIN_BOXES if groups is None else SPARSE_MIN_CLASS_SIZE)
-        or boxes.dtype not in (torch.float32, torch.float64)
-        or not torch.isfinite(boxes).all()
-    ):
+    if boxes.dtype not in (torch.float32, torch.float64) or not torch.isfinite(boxes).all():
         return None
     order = torch.sort(scores, stable=True, descending=True).indices
     ranked_boxes = boxes[order].contiguous()
@@ -182,14 +192,6 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
     higher, lower = _suppressing_pairs(ranked_boxes, *cells, iou_threshold)
     kept_ranks = _resolve_greedy(num_boxes, higher, lower)
     return order[kept_ranks]
-
-
-def _typical_group_size(groups: Tensor | None, num_boxes: int) -> float:
-    """Size of the group a box is in, averaged over boxes (the whole set when there are no groups)."""
-    if groups is None:
-        return float(num_boxes)
-    sizes = torch.unique(groups, return_counts=True)[1].double()
-    return float((sizes * sizes).sum() / num_boxes)
 
 
 def core_shrink(iou_threshold: float) -> float:
