@@ -326,6 +326,18 @@ def build_faster_rcnn(
     return FasterRCNN(trunk, neck, rpn, roi_heads, transform, rpn_features, roi_features)
 
 
+_MOBILENET_FPN = dict(
+    num_classes=90,
+    backbone="mobilenet_v3_large",
+    backbone_levels=("c5_entry", "c5"),
+    rpn_features=("p5_entry", "p5", "p6"),
+    roi_features=("p5_entry", "p5"),
+    frozen_stages=3,
+    backbone_norm_eps=1e-5,
+    anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+    aspect_ratios=(ASPECT_RATIOS,) * 3,
+)
+
 RECIPES: dict[str, dict] = {
     "faster_rcnn_r50_fpn": dict(
         num_classes=90,
@@ -341,27 +353,9 @@ RECIPES: dict[str, dict] = {
         min_size=512,
         max_size=853,
     ),
-    "faster_rcnn_mobilenet_v3_large_fpn": dict(
-        num_classes=90,
-        backbone="mobilenet_v3_large",
-        backbone_levels=("c5_entry", "c5"),
-        rpn_features=("p5_entry", "p5", "p6"),
-        roi_features=("p5_entry", "p5"),
-        frozen_stages=3,
-        backbone_norm_eps=1e-5,
-        anchor_sizes=((32, 64, 128, 256, 512),) * 3,
-        aspect_ratios=(ASPECT_RATIOS,) * 3,
-    ),
+    "faster_rcnn_mobilenet_v3_large_fpn": dict(_MOBILENET_FPN),
     "faster_rcnn_mobilenet_v3_large_320_fpn": dict(
-        num_classes=90,
-        backbone="mobilenet_v3_large",
-        backbone_levels=("c5_entry", "c5"),
-        rpn_features=("p5_entry", "p5", "p6"),
-        roi_features=("p5_entry", "p5"),
-        frozen_stages=3,
-        backbone_norm_eps=1e-5,
-        anchor_sizes=((32, 64, 128, 256, 512),) * 3,
-        aspect_ratios=(ASPECT_RATIOS,) * 3,
+        **_MOBILENET_FPN,
         min_size=320,
         max_size=640,
         rpn_pre_nms_top_n_test=150,

@@ -17,26 +17,14 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
-from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
 
+from bench.detector_speed import freeze_batch_norms
 from structured.backbones import FrozenBatchNorm2d
 from structured.convert.torchvision import convert_faster_rcnn
 from structured.registry import MODELS
 
 BOX_TOLERANCE = 1e-3
 SCORE_TOLERANCE = 1e-4
-
-
-def freeze_batch_norms(module: nn.Module) -> None:
-    """Replace every BatchNorm2d of ``module`` by torchvision's FrozenBatchNorm2d with the same statistics."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = TorchvisionFrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            freeze_batch_norms(child)
 
 
 @torch.no_grad()
