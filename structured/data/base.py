@@ -118,8 +118,9 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
-        """uint8 ``[N, H, W]`` instance masks of ``record``; subclasses with masks override this."""
-        raise NotImplementedError(f"{type(self).__name__} has no instance masks")
+        """uint8 ``[N, H, W]`` instance masks of ``record``; formats with masks (COCO, mask folders) override this."""
+        raise ValueError(f"{type(self).__name__} has no instance masks ({record.path}); with_masks needs COCO "
+                         "segmentations or a mask folder")
 
     def load_polygons(self, record: ImageRecord) -> list[list[np.ndarray]] | None:
         """Per-instance polygon rings of ``record`` when the format has them, else None."""

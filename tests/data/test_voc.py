@@ -133,3 +133,10 @@ def test_segmentation_palette_masks_with_ignore(tmp_path: Path, synthetic_root: 
     write_palette_png(root / "SegmentationClass" / "x.png", class_map)
     with pytest.raises(ValueError, match=r"x\.png: class indices \[7\] outside 0\.\.2"):
         VOCSegmentation(root, class_names=("a", "b"))[0]
+
+
+def test_asking_voc_for_instance_masks_is_a_clear_error(synthetic_root):
+    dataset = VOCDetection(synthetic_root, split="train", class_names=SHAPE_CLASSES)
+    dataset.with_masks = True
+    with pytest.raises(ValueError, match=r"VOCDetection has no instance masks \(.*\.jpg\)"):
+        dataset[0]
