@@ -22,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from structured.config import Config, build_model, load_config
+from structured.data.base import numbered_class_names
 from structured.data.loading import image_to_tensor, read_image
 from structured.engine.checkpoint import apply_weights, load_checkpoint, load_weights, model_state_from
+from structured.evaluation.coco import predictions_to_coco_results
 from structured.visualize import draw_detections, save_image, to_rgb_uint8
 
 ImageInput = str | os.PathLike[str] | np.ndarray | Tensor
@@ -83,14 +85,14 @@ class DetectionResult:
         return save_image(self.plot(), path)
 
     def to_coco(self, image_id: int, label_to_category_id: Mapping[int, int] | None = None) -> list[dict[str, Any]]:
-        """COCO results entries (xywh boxes, category ids, RLE masks when present) for this image."""
-        from structured.evaluation.coco import predictions_to_coco_results
+        """COCO results entries (xywh boxes, category ids, RLE masks when present) for this image.
 
+        ``label_to_category_id`` maps labels to a dataset's category ids; by default the label is the id.
+        """
         prediction = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
         if self.masks is not None:
             prediction["masks"] = self.masks
-        mapping = label_to_category_id or {label: label for label in range(1, len(self.class_names))}
-        return predictions_to_coco_results([prediction], [image_id], mapping)
+        return predictions_to_coco_results([prediction], [image_id], label_to_category_id)
 
 
 class Detector:
@@ -157,7 +159,7 @@ def _numbered_classes(config: Config) -> list[str]:
     count = config.get("model.num_classes")
     if not isinstance(count, int):
         raise ValueError(f"{config.source}: no class names and no model.num_classes to number them")
-    return ["__background__", *(f"class{index}" for index in range(1, count + 1))]
+    return numbered_class_names(count)
 
 
 def _load_image(item: ImageInput) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Files written so that a crash never leaves a broken one, and JSON read with errors that say where.
 
-``atomic_output(path)`` yields a temporary path in the same folder; only when the block finishes is the
+``load_torch_file`` reads checkpoints and state dicts safely (``weights_only=True``), naming the file
+in its errors. ``atomic_output(path)`` yields a temporary path in the same folder; only when the block finishes is the
 file flushed to disk and renamed over ``path`` (``os.replace`` is atomic on POSIX), so readers see the
 old file or the new one, never half of one. Every writer in the package (checkpoints, configs, JSON,
 pictures) goes through it.
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 @contextlib.contextmanager
@@ -31,6 +34,21 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temp_name, path)
     finally:
         Path(temp_name).unlink(missing_ok=True)
+
+
+def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """The object saved in a torch file, read safely (``weights_only=True``) onto the CPU.
+
+    A missing file raises ``FileNotFoundError`` and an unreadable one ``ValueError``; both name ``what``
+    and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt, truncated or unsafe files
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> Path:

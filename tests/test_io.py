@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from structured.io import atomic_output, load_json, save_json, write_text
+from structured.io import atomic_output, load_json, load_torch_file, save_json, write_text
 
 
 def test_atomic_output_replaces_only_on_success(tmp_path):
@@ -30,3 +31,13 @@ def test_json_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="annotation file not found"):
         load_json(tmp_path / "missing.json", "annotation")
     assert json.loads(path.read_text()) == {"a": [1, 2]}
+
+
+def test_load_torch_file_names_the_file(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    assert torch.equal(load_torch_file(tmp_path / "good.pt")["w"], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match="weights not found: .*missing.pt"):
+        load_torch_file(tmp_path / "missing.pt", "weights")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:40])
+    with pytest.raises(ValueError, match="cannot read checkpoint .*cut.pt"):
+        load_torch_file(tmp_path / "cut.pt")

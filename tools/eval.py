@@ -16,7 +16,7 @@ from pathlib import Path
 
 from structured.config import build_model, load_config
 from structured.data.recipes import data_config, open_evaluation_dataset
-from structured.engine.checkpoint import load_checkpoint, load_weights
+from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
 from structured.engine.distributed import resolve_device
 from structured.evaluation.detector import evaluate_detector_on_dataset
 
@@ -42,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split)
-        checkpoint_classes = load_checkpoint(args.weights).get("class_names")
+        checkpoint = load_checkpoint(args.weights)
+        checkpoint_classes = checkpoint.get("class_names")
         if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
             raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
                              f"the dataset has {list(dataset.class_names)[1:]}")
         config.set("model.num_classes", len(dataset.class_names) - 1)
         model = build_model(config)
-        load_weights(model, args.weights)
+        apply_weights(model, model_state_from(checkpoint), args.weights)
         device = resolve_device(args.device)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

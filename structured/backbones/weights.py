@@ -23,6 +23,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from structured.io import load_torch_file
+
 OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 WRAPPER_KEYS = ("state_dict", "model")
 OUR_PREFIX = "trunk."
@@ -100,7 +102,7 @@ def imagenet_weights_url(arch: str, tag: str) -> str:
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The state dict stored in ``path`` (``weights_only=True``), unwrapped from ``state_dict``/``model``."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_torch_file(path, "pretrained checkpoint")
     for key in WRAPPER_KEYS:
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]

@@ -144,7 +144,7 @@ def _cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _batched_nms_by_offset(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Shift each category's boxes by ``idx * (max coordinate + 1)`` so categories never overlap."""
     offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return _kernel_for(boxes)(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def _class_segments(idxs: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,12 +27,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from structured.data.base import numbered_class_names
 from structured.detection.faster_rcnn import RECIPES
 from structured.engine.checkpoint import save_checkpoint
+from structured.io import load_torch_file
 from structured.registry import MODELS
 
 TORCHVISION_MODELS = {
@@ -134,7 +135,7 @@ def convert_checkpoint_file(
     ``fasterrcnn_resnet50_fpn`` weights). Returns the written dict.
     """
     name = recipe_name(model_name)
-    state_dict = torch.load(source, map_location="cpu", weights_only=True)
+    state_dict = load_torch_file(source, "torchvision checkpoint")
     if not isinstance(state_dict, Mapping):
         raise ValueError(
             f"{source}: expected a state dict (mapping of tensors), got {type(state_dict).__name__}"
@@ -158,4 +159,4 @@ def class_names_for(num_classes: int) -> list[str]:
     """COCO's names (torchvision's 90-class label space) when the count is COCO's, else numbered names."""
     if num_classes + 1 == len(_COCO_CATEGORIES):
         return list(_COCO_CATEGORIES)
-    return ["__background__", *(f"class{label}" for label in range(1, num_classes + 1))]
+    return numbered_class_names(num_classes)

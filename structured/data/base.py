@@ -26,6 +26,11 @@ from structured.data.validate import ValidationReport, check_images
 
 BACKGROUND = "__background__"
 
+
+def numbered_class_names(num_classes: int) -> list[str]:
+    """``[BACKGROUND, "class1", ..., "classC"]`` for a model whose classes have no names."""
+    return [BACKGROUND, *(f"class{label}" for label in range(1, num_classes + 1))]
+
 Transform = Callable[[np.ndarray, dict, np.random.Generator], tuple[np.ndarray, dict]]
 
 _PER_INSTANCE_TENSORS = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64,

@@ -22,7 +22,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from structured.data.base import DetectionDataset, ImageRecord, SemanticSegmentationDataset, Transform
+from structured.data.base import (
+    BACKGROUND,
+    DetectionDataset,
+    ImageRecord,
+    SemanticSegmentationDataset,
+    Transform,
+)
 from structured.data.loading import ImageReadError, read_image
 from structured.data.voc import IMAGE_EXTENSIONS, natural_key
 
@@ -125,4 +131,4 @@ class SemanticFolderDataset(SemanticSegmentationDataset):
         pairs = _find_mask_pairs(image_dir, mask_dir)
         if not pairs:
             raise ValueError(f"{image_dir}: no images with extensions {IMAGE_EXTENSIONS}")
-        super().__init__(pairs, ["__background__", *class_names], transforms, seed)
+        super().__init__(pairs, [BACKGROUND, *class_names], transforms, seed)

@@ -26,7 +26,13 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 import numpy as np
 
-from structured.data.base import DetectionDataset, ImageRecord, SemanticSegmentationDataset, Transform
+from structured.data.base import (
+    BACKGROUND,
+    DetectionDataset,
+    ImageRecord,
+    SemanticSegmentationDataset,
+    Transform,
+)
 from structured.data.validate import ValidationReport, sanitize_boxes, unknown_class_error
 
 VOC_CLASSES = (
@@ -241,4 +247,4 @@ class VOCSegmentation(SemanticSegmentationDataset):
             ids = read_split(root, split, task)
         pairs = [(image_id, _find_image(root / "JPEGImages", image_id, None), mask_dir / f"{image_id}.png")
                  for image_id in ids]
-        super().__init__(pairs, ["__background__", *class_names], transforms, seed)
+        super().__init__(pairs, [BACKGROUND, *class_names], transforms, seed)

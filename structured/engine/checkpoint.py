@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structured.io import atomic_output
+from structured.io import atomic_output, load_torch_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -42,15 +42,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a missing or unreadable file raises ``CheckpointError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU with ``weights_only=True``; a missing or unreadable file raises ``CheckpointError``."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+        state = load_torch_file(path, "checkpoint")
+    except (FileNotFoundError, ValueError) as error:
+        raise CheckpointError(str(error)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
     return state

@@ -217,12 +217,13 @@ def json_float(value: float) -> float | None:
 def predictions_to_coco_results(
     predictions: Sequence[Mapping[str, Tensor]],
     image_ids: Sequence[int],
-    label_to_category_id: Mapping[int, int],
+    label_to_category_id: Mapping[int, int] | None = None,
     mask_threshold: float = 0.5,
 ) -> list[dict[str, Any]]:
     """COCO results list from Prediction dicts (``boxes`` xyxy, ``scores``, ``labels`` 1..C, opt. ``masks``).
 
-    Boxes become xywh, labels become the original category ids through ``label_to_category_id``, and
+    Boxes become xywh, labels become the original category ids through ``label_to_category_id`` (``None``:
+    the label is the category id), and
     probability masks become RLEs of ``mask > mask_threshold`` (as torchvision's reference scripts).
     Results with masks carry both ``bbox`` and ``segmentation``, so one list serves both IoU types.
     """
@@ -240,7 +241,8 @@ def write_coco_results(results: Sequence[Mapping[str, Any]], path: str | Path) -
 
 
 def _image_results(
-    prediction: Mapping[str, Tensor], image_id: int, label_to_category_id: Mapping[int, int], threshold: float
+    prediction: Mapping[str, Tensor], image_id: int, label_to_category_id: Mapping[int, int] | None,
+    threshold: float,
 ) -> list[dict[str, Any]]:
     for key in ("boxes", "scores", "labels"):
         if key not in prediction:
@@ -255,12 +257,14 @@ def _image_results(
         for box, score, category_id in zip(boxes, scores, category_ids, strict=True)
     ]
     if "masks" in prediction:
-        for result, rle in zip(results, _encode_masks(prediction["masks"], threshold), strict=True):
+        for result, rle in zip(results, encode_masks(prediction["masks"], threshold), strict=True):
             result["segmentation"] = rle
     return results
 
 
-def _category_id(label: int, label_to_category_id: Mapping[int, int], image_id: int) -> int:
+def _category_id(label: int, label_to_category_id: Mapping[int, int] | None, image_id: int) -> int:
+    if label_to_category_id is None:
+        return label
     if label not in label_to_category_id:
         raise ValueError(
             f"prediction for image {image_id} has label {label} missing from label_to_category_id "
@@ -269,7 +273,7 @@ def _category_id(label: int, label_to_category_id: Mapping[int, int], image_id: 
     return int(label_to_category_id[label])
 
 
-def _encode_masks(masks: Tensor, threshold: float) -> list[dict[str, Any]]:
+def encode_masks(masks: Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
     """RLEs (JSON-ready, ``counts`` as str) of ``[K, H, W]`` (or ``[K, 1, H, W]``) probability masks."""
     binary = (masks.detach().cpu() > threshold).to(torch.uint8)
     if binary.ndim == 4:

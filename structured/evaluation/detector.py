@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from structured.data.loading import collate_detection
-from structured.evaluation.coco import CocoEvalResult, evaluate_coco, predictions_to_coco_results
+from structured.evaluation.coco import (
+    CocoEvalResult,
+    encode_masks,
+    evaluate_coco,
+    predictions_to_coco_results,
+)
 from structured.evaluation.plots import coco_pr_curves, plot_pr_curves
 from structured.evaluation.speed import SpeedResult, measure_speed
 from structured.io import save_json
@@ -41,7 +44,6 @@ def predict_dataset(
     """Ground truth and COCO results (category id = label) for the dataset items ``indices``, in eval mode."""
     loader = DataLoader(dataset, batch_size=batch_size, sampler=list(indices), num_workers=workers,
                         collate_fn=collate_detection)
-    identity = {label: label for label in range(1, len(dataset.class_names))}
     was_training = model.training
     model.eval()
     samples: list[GroundTruthSample] = []
@@ -55,7 +57,7 @@ def predict_dataset(
                 kept = {key: target[key] for key in ("boxes", "labels", "iscrowd", "masks") if key in target}
                 samples.append((image_id, int(image.shape[-2]), int(image.shape[-1]), kept))
                 cpu_prediction = {key: value.cpu() for key, value in prediction.items()}
-                results += predictions_to_coco_results([cpu_prediction], [image_id], identity)
+                results += predictions_to_coco_results([cpu_prediction], [image_id])
     model.train(was_training)
     return samples, results
 
@@ -67,23 +69,16 @@ def coco_ground_truth(samples: Sequence[GroundTruthSample], class_names: Sequenc
         images.append({"id": image_id, "height": height, "width": width})
         boxes = target["boxes"].to(torch.float64).tolist()
         crowd = target.get("iscrowd", torch.zeros(len(boxes), dtype=torch.int64)).tolist()
-        masks = target.get("masks")
-        for index, ((x1, y1, x2, y2), label, is_crowd) in enumerate(
-            zip(boxes, target["labels"].tolist(), crowd, strict=True)
-        ):
+        rles = encode_masks(target["masks"]) if "masks" in target else [None] * len(boxes)
+        for (x1, y1, x2, y2), label, is_crowd, rle in zip(boxes, target["labels"].tolist(), crowd, rles, strict=True):
             annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
                           "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                           "iscrowd": int(is_crowd)}
-            if masks is not None:
-                annotation["segmentation"] = _mask_rle(masks[index])
+            if rle is not None:
+                annotation["segmentation"] = rle
             annotations.append(annotation)
     categories = [{"id": label, "name": name} for label, name in enumerate(class_names) if label > 0]
     return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _mask_rle(mask: torch.Tensor) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.to(torch.uint8).numpy()))
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
 @dataclass
