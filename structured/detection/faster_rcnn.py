@@ -24,7 +24,14 @@ from torch import Tensor, nn
 
 from structured.backbones import FPN, Backbone, FrozenBatchNorm2d
 from structured.boxes.anchors import AnchorGenerator
-from structured.detection.roi_heads import BoxPredictor, MultiLevelRoIAlign, RoIHeads, TwoMLPHead, VGGBoxHead
+from structured.detection.roi_heads import (
+    BoxPredictor,
+    ConvFCHead,
+    MultiLevelRoIAlign,
+    RoIHeads,
+    TwoMLPHead,
+    VGGBoxHead,
+)
 from structured.detection.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from structured.detection.transform import DetectionTransform
 from structured.registry import BACKBONES, MODELS, NECKS
@@ -173,7 +180,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
-BOX_HEADS = ("two_mlp", "vgg")
+BOX_HEADS = ("two_mlp", "conv_fc", "vgg")
 
 
 def _build_backbone_and_neck(
@@ -184,6 +191,7 @@ def _build_backbone_and_neck(
     norm_eps: float | None,
     pretrained_backbone: str | None,
     fpn_channels: int | None,
+    fpn_norm_layer: str | None,
 ) -> tuple[Backbone, FPN | None, dict[str, int], dict[str, int]]:
     trunk = BACKBONES.build(
         backbone,
@@ -202,16 +210,26 @@ def _build_backbone_and_neck(
         in_strides=trunk.strides,
         out_channels=fpn_channels,
         extra_levels="maxpool",
+        norm_layer=fpn_norm_layer,
     )
     return trunk, neck, neck.out_channels, neck.strides
 
 
-def _box_head(kind: str, in_features: int, representation_size: int) -> nn.Module:
+def _box_head(
+    kind: str,
+    in_channels: int,
+    pooled_size: int,
+    representation_size: int,
+    conv_channels: Sequence[int],
+    norm_layer: str,
+) -> nn.Module:
     if kind not in BOX_HEADS:
         raise ValueError(f"box_head must be one of {BOX_HEADS}, got {kind!r}")
+    if kind == "conv_fc":
+        return ConvFCHead(in_channels, pooled_size, conv_channels, representation_size, norm_layer)
     if kind == "vgg":
-        return VGGBoxHead(in_features, representation_size)
-    return TwoMLPHead(in_features, representation_size)
+        return VGGBoxHead(in_channels * pooled_size**2, representation_size)
+    return TwoMLPHead(in_channels * pooled_size**2, representation_size)
 
 
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:
@@ -231,6 +249,7 @@ def build_faster_rcnn(
     backbone: str,
     backbone_levels: Sequence[str],
     fpn_channels: int | None = 256,
+    fpn_norm_layer: str | None = None,
     rpn_features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6"),
     roi_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
     frozen_stages: int = 2,
@@ -255,6 +274,8 @@ def build_faster_rcnn(
     rpn_score_thresh: float = 0.0,
     box_head: str = "two_mlp",
     representation_size: int = 1024,
+    box_head_conv_channels: Sequence[int] = (256, 256, 256, 256),
+    box_head_norm: str = "bn",
     roi_output_size: int = 7,
     roi_sampling_ratio: int = 2,
     box_fg_iou_thresh: float = 0.5,
@@ -271,7 +292,10 @@ def build_faster_rcnn(
     ``num_classes``: object classes without background. ``backbone_levels``: the backbone's levels fed to
     the FPN (or used directly without one). ``rpn_features``/``roi_features``: feature maps the RPN and
     RoIAlign use (one anchor level per RPN feature). The ``rpn_*``/``box_*`` settings are torchvision's
-    ``FasterRCNN`` arguments of the same names; ``box_head`` is ``"two_mlp"`` (FPN) or ``"vgg"``.
+    ``FasterRCNN`` arguments of the same names. ``fpn_norm_layer``: ``None`` or ``"gn"`` after each FPN
+    convolution. ``box_head``: ``"two_mlp"`` (FPN), ``"conv_fc"`` (``box_head_conv_channels`` normalised
+    convolutions, ``box_head_norm`` ``"bn"`` or ``"gn"``, then one layer; torchvision's v2 head) or
+    ``"vgg"``.
     """
     if num_classes < 1:
         raise ValueError(
@@ -285,6 +309,7 @@ def build_faster_rcnn(
         backbone_norm_eps,
         pretrained_backbone,
         fpn_channels,
+        fpn_norm_layer,
     )
     _check_levels(rpn_features, channels, "rpn_features")
     _check_levels(roi_features, channels, "roi_features")
@@ -307,8 +332,14 @@ def build_faster_rcnn(
         nms_thresh=rpn_nms_thresh,
         score_thresh=rpn_score_thresh,
     )
-    pooled_features = channels[roi_features[0]] * roi_output_size**2
-    head = _box_head(box_head, pooled_features, representation_size)
+    head = _box_head(
+        box_head,
+        channels[roi_features[0]],
+        roi_output_size,
+        representation_size,
+        box_head_conv_channels,
+        box_head_norm,
+    )
     roi_heads = RoIHeads(
         MultiLevelRoIAlign([strides[name] for name in roi_features], roi_output_size, roi_sampling_ratio),
         head,

@@ -7,6 +7,7 @@ per image with ``torch.randperm``) the losses must be equal.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import pytest
@@ -187,3 +188,42 @@ def test_level_assignment_equals_torchvision_level_mapper():
 def test_pooler_rejects_strides_that_are_not_powers_of_two():
     with pytest.raises(ValueError, match="powers of two"):
         MultiLevelRoIAlign((4, 12))
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(("conv_channels", "norm"), [((16, 24), "bn"), ((16,), "gn")])
+def test_conv_fc_head_equals_torchvision_v2_head(conv_channels, norm, training):
+    from functools import partial
+
+    from torch import nn
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+
+    from structured.detection.roi_heads import ConvFCHead
+
+    norm_layer = nn.BatchNorm2d if norm == "bn" else partial(nn.GroupNorm, math.gcd(32, conv_channels[0]))
+    torch.manual_seed(0)
+    reference = FastRCNNConvFCHead((CHANNELS, 7, 7), list(conv_channels), [64], norm_layer=norm_layer)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    ours = ConvFCHead(CHANNELS, 7, conv_channels, 64, norm)
+    ours.load_state_dict(reference.state_dict())
+    reference.train(training)
+    ours.train(training)
+    pooled = torch.randn(40, CHANNELS, 7, 7, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours(pooled), reference(pooled))
+    assert ours.out_features == 64
+
+
+def test_conv_fc_head_rejects_bad_settings():
+    from structured.detection.roi_heads import ConvFCHead
+
+    with pytest.raises(ValueError, match="norm_layer must be one of"):
+        ConvFCHead(CHANNELS, 7, (16,), 64, "layer")
+    with pytest.raises(ValueError, match="at least one convolution"):
+        ConvFCHead(CHANNELS, 7, (), 64)
