@@ -13,13 +13,15 @@ SCHEDULES = ("step", "cosine", "constant")
 
 
 def lr_factor(iteration: int, total_iterations: int, schedule: str = "step", milestones: Sequence[int] = (),
-              gamma: float = 0.1, warmup_iterations: int = 0, warmup_factor: float = 0.001) -> float:
+              gamma: float = 0.1, warmup_iterations: int = 0, warmup_factor: float = 0.001,
+              min_factor: float = 0.0) -> float:
     """Multiplier of the base learning rate at optimizer step ``iteration`` (0-based).
 
     - warm-up: for ``iteration < warmup_iterations`` the factor rises linearly from ``warmup_factor`` to 1
       and multiplies the schedule below;
     - ``step``: ``gamma ** (number of milestones <= iteration)`` (milestones in iterations);
-    - ``cosine``: ``0.5 * (1 + cos(pi * iteration / total_iterations))``, from 1 down to 0;
+    - ``cosine``: ``min_factor + (1 - min_factor) * 0.5 * (1 + cos(pi * iteration / total_iterations))``,
+      from 1 down to ``min_factor`` (torch's ``CosineAnnealingLR`` with ``eta_min = min_factor * lr``);
     - ``constant``: 1.
     """
     if schedule not in SCHEDULES:
@@ -27,7 +29,8 @@ def lr_factor(iteration: int, total_iterations: int, schedule: str = "step", mil
     if schedule == "step":
         factor = gamma ** sum(1 for milestone in milestones if milestone <= iteration)
     elif schedule == "cosine":
-        factor = 0.5 * (1.0 + math.cos(math.pi * min(iteration, total_iterations) / max(1, total_iterations)))
+        progress = min(iteration, total_iterations) / max(1, total_iterations)
+        factor = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
         factor = 1.0
     if iteration < warmup_iterations:

@@ -59,7 +59,12 @@ def test_warmup_then_step_matches_torch_linear_and_multistep() -> None:
     assert ours == pytest.approx(expected, rel=1e-9)
 
 
-def test_cosine_matches_torch_cosine_annealing() -> None:
-    expected = _torch_factors(lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=50), 50)
-    ours = [lr_factor(step, 50, "cosine") for step in range(50)]
-    assert ours == pytest.approx(expected, rel=1e-6, abs=1e-9)
+@pytest.mark.parametrize("min_factor", [0.0, 0.2])
+def test_cosine_matches_torch_cosine_annealing(min_factor: float) -> None:
+    def factory(optimizer):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=50, eta_min=min_factor)
+
+    expected = _torch_factors(factory, 60)
+    ours = [lr_factor(step, 50, "cosine", min_factor=min_factor) for step in range(60)]
+    assert ours[:51] == pytest.approx(expected[:51], rel=1e-6, abs=1e-9)
+    assert ours[50:] == pytest.approx([min_factor] * 10)
