@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) demo/quickstart.py
+	$(PY) demo/shapes_detector.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """Generic tester: every registered Faster R-CNN recipe honours the detector contract of DESIGN.md.
 
-Each recipe is built small (short side 128) and checked for: predictions in both modes, losses in both
+Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: predictions in both modes, losses in both
 modes (named finite scalars that back-propagate), images of odd and different sizes in one batch,
 images without objects, and deterministic eval predictions. Each recipe's YAML in configs/faster_rcnn
 states exactly the registered builder's arguments and defaults.
@@ -35,9 +35,15 @@ SMALL = {
 IMAGE_SIZES = [(97, 131), (150, 61)]
 
 
-@pytest.fixture(scope="module", params=sorted(RECIPES))
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo" / "shapes_faster_rcnn_r18_fpn.yaml"
+
+
+@pytest.fixture(scope="module", params=[*sorted(RECIPES), "demo recipe"])
 def detector(request):
     torch.manual_seed(0)
+    if request.param == "demo recipe":  # GroupNorm FPN and BatchNorm conv box head
+        model = yaml.safe_load(DEMO_RECIPE.read_text())["model"]
+        return MODELS.build(model.pop("name"), **{**model, **SMALL})
     return MODELS.build(request.param, **SMALL)
 
 
