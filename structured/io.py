@@ -20,9 +20,23 @@ from typing import Any
 import torch
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Permissions of a file created the usual way; mkstemp's temporary files are private (0600) instead.
+NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is synced and replaces ``path``, else vanishes."""
+    """Yield a temporary path beside ``path``; on success it is synced and replaces ``path``, else vanishes.
+
+    The file that replaces ``path`` gets the permissions a plainly created file would have (``0666`` less
+    the umask), not the private ``0600`` of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
@@ -31,6 +45,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(temp_name)
         with open(temp_name, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temp_name, NEW_FILE_MODE)
         os.replace(temp_name, path)
     finally:
         Path(temp_name).unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """Atomic writes and JSON reading with located errors."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -18,6 +20,13 @@ def test_atomic_output_replaces_only_on_success(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["data.txt"]
     write_text("new", path)
     assert path.read_text() == "new"
+
+
+def test_atomic_output_gives_the_permissions_of_a_plainly_created_file(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = write_text("x", tmp_path / "atomic.txt")
+    assert stat.S_IMODE(os.stat(written).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
 
 
 def test_json_round_trip_and_errors(tmp_path):
