@@ -28,6 +28,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import structured.detection  # noqa: F401  (registers the recipes)
 from structured.convert.torchvision import convert_faster_rcnn
+from structured.data.loading import read_image
 from structured.registry import MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def bench_image() -> tuple[torch.Tensor, str]:
     """A 480x640 RGB float image: raccoon-1.jpg resized when the shared data is there, else generated."""
     path = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "images" / "raccoon-1.jpg"
     if path.is_file():
-        pixels = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        pixels = read_image(path)
         pixels = cv2.resize(pixels, IMAGE_SIZE[::-1], interpolation=cv2.INTER_AREA)
         return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, path.name
     generator = torch.Generator().manual_seed(0)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torchvision
 
-from structured.boxes import batched_nms, nms
+from structured.boxes import batched_nms, box_convert, nms
 
 IOU_THRESHOLD = 0.5
 NUM_CLASSES = 80
@@ -45,14 +45,14 @@ def make_boxes(count: int, seed: int, clustered: bool) -> tuple[torch.Tensor, to
 
 def opencv_nms(boxes: torch.Tensor, scores: torch.Tensor) -> Callable[[], np.ndarray]:
     """A closure running cv2.dnn.NMSBoxes on prepared xywh float64 arrays."""
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double().numpy()
+    xywh = box_convert(boxes, "xyxy", "xywh").double().numpy()
     scores_np = scores.numpy()
     return lambda: cv2.dnn.NMSBoxes(xywh, scores_np, 0.0, IOU_THRESHOLD)
 
 
 def opencv_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor) -> Callable[[], np.ndarray]:
     """A closure running cv2.dnn.NMSBoxesBatched on prepared arrays."""
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double().numpy()
+    xywh = box_convert(boxes, "xyxy", "xywh").double().numpy()
     scores_np, classes_np = scores.numpy(), classes.int().numpy()
     return lambda: cv2.dnn.NMSBoxesBatched(xywh, scores_np, classes_np, 0.0, IOU_THRESHOLD)
 

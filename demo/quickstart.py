@@ -100,15 +100,16 @@ def main() -> None:
     image, true_boxes, true_labels = make_scene(rng, args.objects)
     boxes, scores, labels = make_candidates(rng, true_boxes, true_labels, per_object=60, clutter=150)
     confident = scores > 0.4
-    keep = torch.nonzero(confident).squeeze(1)[batched_nms(boxes[confident], scores[confident],
-                                                           labels[confident], 0.5)]
-    reference = torch.nonzero(confident).squeeze(1)[torchvision.ops.batched_nms(
-        boxes[confident], scores[confident], labels[confident], 0.5)]
+    confident_index = torch.nonzero(confident).squeeze(1)
+    keep = confident_index[batched_nms(boxes[confident], scores[confident], labels[confident], 0.5)]
+    reference = confident_index[torchvision.ops.batched_nms(boxes[confident], scores[confident],
+                                                            labels[confident], 0.5)]
 
-    fit = box_iou(torch.from_numpy(true_boxes).float(), boxes[keep]).amax(dim=1)
-    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    truth = torch.from_numpy(true_boxes).float()
     kept_boxes = boxes[keep]
-    matched = torch.from_numpy(true_boxes).float()[box_iou(kept_boxes, torch.from_numpy(true_boxes).float()).argmax(1)]
+    fit = box_iou(truth, kept_boxes).amax(dim=1)
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    matched = truth[box_iou(kept_boxes, truth).argmax(1)]
     round_trip = (coder.decode(coder.encode(matched, kept_boxes), kept_boxes) - matched).abs().max()
 
     print(f"scene: {args.objects} objects, {len(boxes)} candidate boxes ({int(confident.sum())} with score > 0.4)")

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from structured.data.loading import read_image
 from structured.data.synthetic import generate_dataset, iter_samples
 from structured.visualize import save_image, side_by_side
 
@@ -80,13 +80,13 @@ def write_fresh_images(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     scenes = {**SCENES, "image_size": 2 * SCENES["image_size"], "min_object_size": 2 * SCENES["min_object_size"]}
     for index, sample in enumerate(iter_samples(count, seed=FRESH_SEED, **scenes)):
-        cv2.imwrite(str(folder / f"fresh_{index:02d}.jpg"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+        save_image(sample.image, folder / f"fresh_{index:02d}.jpg")
     return folder
 
 
 def write_contact_sheet(pictures: list[Path], path: Path, columns: int = 4) -> Path:
     """The annotated ``pictures`` (all one size) in rows of ``columns``, titled by file name, as one image."""
-    images = [cv2.cvtColor(cv2.imread(str(picture)), cv2.COLOR_BGR2RGB) for picture in pictures]
+    images = [read_image(picture) for picture in pictures]
     images += [np.full_like(images[0], 255)] * (-len(images) % columns)
     titles = [picture.name for picture in pictures] + [""] * (len(images) - len(pictures))
     rows = [side_by_side(images[i:i + columns], titles[i:i + columns]) for i in range(0, len(images), columns)]

@@ -53,7 +53,7 @@ def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
         image = np.repeat(image, 3, axis=2)
     if image.dtype != np.uint8:
         image = np.clip(image * 255 if np.issubdtype(image.dtype, np.floating) else image, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image).copy()
+    return np.array(image, order="C")  # always one C-contiguous copy, never the input itself
 
 
 def draw_detections(

@@ -24,7 +24,7 @@ from functools import partial
 import torchvision
 from torch import Tensor, nn
 
-from structured.backbones.transfer import convert_norm_layers, freeze, has_batch_norm
+from structured.backbones.transfer import convert_norm_layers, freeze, has_batch_norm, unfreeze
 from structured.backbones.weights import load_pretrained
 from structured.registry import BACKBONES
 
@@ -118,8 +118,7 @@ class Backbone(nn.Module):
         if not 0 <= frozen_stages <= MAX_LEVEL:
             raise ValueError(f"frozen_stages must be in 0..{MAX_LEVEL}, got {frozen_stages}")
         for step in self.steps:
-            for parameter in self.trunk.get_submodule(step.module).parameters():
-                parameter.requires_grad_(True)
+            unfreeze(self.trunk.get_submodule(step.module))
         limit = 2**frozen_stages if frozen_stages else 0
         self.frozen_modules = tuple(step.module for step in self.steps if step.stride <= limit)
         for path in self.frozen_modules:

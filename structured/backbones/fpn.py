@@ -25,12 +25,12 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structured.backbones.transfer import group_norm
 from structured.registry import NECKS
 
 EXTRA_LEVELS = (None, "maxpool", "conv")
 EXTRA_FROM = ("p", "c")
 FPN_NORMS = (None, "gn")
-GROUP_NORM_GROUPS = 32
 
 
 def fpn_conv(in_channels: int, out_channels: int, kernel_size: int, norm_layer: str | None) -> nn.Sequential:
@@ -43,7 +43,7 @@ def fpn_conv(in_channels: int, out_channels: int, kernel_size: int, norm_layer: 
         nn.init.zeros_(conv.bias)
     layers: list[nn.Module] = [conv]
     if norm_layer == "gn":
-        layers.append(nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, out_channels), out_channels))
+        layers.append(group_norm(out_channels))
     return nn.Sequential(*layers)
 
 

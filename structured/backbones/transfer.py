@@ -6,6 +6,7 @@ Contract:
   or torchvision ``FrozenBatchNorm2d`` state dict loads into it unchanged.
 - ``convert_norm_layers(module, kind, eps)`` swaps every ``nn.BatchNorm2d`` for a frozen copy or a
   ``GroupNorm`` (keeping the affine parameters) and optionally sets ``eps`` on every batch norm.
+- ``group_norm(C)`` is the one GroupNorm layout of the package (gcd(32, C) groups).
 - ``freeze`` / ``unfreeze`` switch ``requires_grad`` of a module's parameters.
 - ``parameter_groups`` splits a model's trainable parameters into a backbone group and a heads group,
   each with its own learning rate, ready for ``torch.optim``.
@@ -70,10 +71,14 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    """The package's GroupNorm over ``channels``: gcd(32, C) groups, so any channel count divides evenly."""
+    return nn.GroupNorm(math.gcd(GROUP_NORM_MAX_GROUPS, channels), channels, eps=eps, affine=True)
+
+
 def group_norm_from_batch_norm(bn: nn.BatchNorm2d) -> nn.GroupNorm:
-    """A GroupNorm over the same channels (gcd(32, C) groups) that keeps ``bn``'s affine parameters."""
-    groups = math.gcd(GROUP_NORM_MAX_GROUPS, bn.num_features)
-    gn = nn.GroupNorm(groups, bn.num_features, eps=bn.eps, affine=True)
+    """A ``group_norm`` over the same channels that keeps ``bn``'s eps and affine parameters."""
+    gn = group_norm(bn.num_features, eps=bn.eps)
     if bn.affine:
         gn = gn.to(bn.weight.device)
         with torch.no_grad():

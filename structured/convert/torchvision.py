@@ -4,10 +4,8 @@
 (``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn``, ``..._320_fpn``) to those of the
 matching registered recipe; values are untouched. The mapping:
 
-- ``backbone.body.*`` -> ``backbone.trunk.*`` (ResNet) or ``backbone.trunk.features.*`` (MobileNet):
-  our trunks are torchvision's classification models with their own module names;
-- ``backbone.fpn.inner_blocks.i`` / ``layer_blocks.i`` -> ``neck.lateral.<level>`` / ``neck.output.<level>``
-  where ``<level>`` is the recipe's i-th backbone level (``c2..c5``, or ``c5_entry, c5`` for MobileNet);
+- ``backbone.*`` -> ``backbone.*`` / ``neck.*`` by ``structured.backbones.torchvision_keys`` (trunk keys
+  keep torchvision's module names; FPN block ``i`` goes to the recipe's i-th backbone level);
 - ``rpn.head.conv.i.0`` (or the older ``rpn.head.conv``) -> ``rpn.head.conv.<2i>``,
   ``cls_logits`` -> ``objectness``, ``bbox_pred`` -> ``deltas``;
 - ``roi_heads.box_head.*`` unchanged, ``roi_heads.box_predictor.*`` -> ``roi_heads.predictor.*``.
@@ -16,8 +14,7 @@ A key outside this mapping is an error naming it. ``convert_checkpoint_file`` co
 and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI). ``num_classes_of`` reads the class count (without
 background) from the predictor. Batch-norm ``eps`` is not stored in a checkpoint: torchvision's detection
 backbones use 1e-5 (our recipes' default, also for MobileNetV3 whose classifier uses 1e-3), except that its
-COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``backbone_norm_eps=0.0``); see
-``TORCHVISION_NORM_EPS``.
+COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``backbone_norm_eps=0.0``).
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from pathlib import Path
 from torch import Tensor
 from torchvision.models._meta import _COCO_CATEGORIES
 
+from structured.backbones.torchvision_keys import torchvision_backbone_key
 from structured.data.base import numbered_class_names
 from structured.detection.faster_rcnn import RECIPES
 from structured.engine.checkpoint import save_checkpoint
@@ -43,14 +41,6 @@ TORCHVISION_MODELS = {
 }
 """torchvision builder name -> our recipe name."""
 
-TORCHVISION_NORM_EPS = {
-    "fasterrcnn_resnet50_fpn": 0.0,
-    "fasterrcnn_mobilenet_v3_large_fpn": 1e-5,
-    "fasterrcnn_mobilenet_v3_large_320_fpn": 1e-5,
-}
-"""Batch-norm eps torchvision's published COCO weights of each model are used with."""
-
-_FPN_KEY = re.compile(r"backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(.+)")
 _RPN_CONV_KEY = re.compile(r"rpn\.head\.conv\.(\d+)\.0\.(weight|bias)")
 _FIXED_PREFIXES = (
     ("rpn.head.cls_logits.", "rpn.head.objectness."),
@@ -73,22 +63,10 @@ def _recipe(model_name: str) -> dict:
     return recipe
 
 
-def _trunk_prefix(backbone: str) -> str:
-    return "backbone.trunk.features." if backbone.startswith("mobilenet") else "backbone.trunk."
-
-
-def _rename(key: str, trunk_prefix: str, levels: tuple[str, ...]) -> str:
-    if key.startswith("backbone.body."):
-        return trunk_prefix + key[len("backbone.body.") :]
-    fpn = _FPN_KEY.fullmatch(key)
-    if fpn:
-        block, index, rest = fpn.groups()
-        if int(index) >= len(levels):
-            raise KeyError(
-                f"checkpoint key {key!r}: FPN block {index} but the recipe has levels {list(levels)}"
-            )
-        part = "lateral" if block == "inner_blocks" else "output"
-        return f"neck.{part}.{levels[int(index)]}.{rest}"
+def _rename(key: str, trunk: str, levels: tuple[str, ...]) -> str:
+    if key.startswith("backbone."):
+        part, ours = torchvision_backbone_key(key[len("backbone.") :], trunk, levels)
+        return f"{part}.{ours}"
     conv = _RPN_CONV_KEY.fullmatch(key)
     if conv:
         return f"rpn.head.conv.{2 * int(conv.group(1))}.{conv.group(2)}"
@@ -103,9 +81,9 @@ def _rename(key: str, trunk_prefix: str, levels: tuple[str, ...]) -> str:
 def convert_faster_rcnn(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
     """A torchvision Faster R-CNN ``state_dict`` with its keys renamed for our recipe ``model_name``."""
     recipe = _recipe(model_name)
-    prefix = _trunk_prefix(recipe["backbone"])
+    trunk = "mobilenet" if recipe["backbone"].startswith("mobilenet") else "resnet"
     levels = tuple(recipe["backbone_levels"])
-    return OrderedDict((_rename(key, prefix, levels), value) for key, value in state_dict.items())
+    return OrderedDict((_rename(key, trunk, levels), value) for key, value in state_dict.items())
 
 
 def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:

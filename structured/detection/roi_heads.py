@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from structured.backbones.transfer import group_norm
 from structured.boxes.coder import BoxCoder
 from structured.boxes.formats import box_area, clip_boxes, remove_small_boxes
 from structured.boxes.iou import box_iou
@@ -132,9 +133,7 @@ class ConvFCHead(nn.Sequential):
 
 
 def _head_norm(kind: str, channels: int) -> nn.Module:
-    if kind == "gn":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
-    return nn.BatchNorm2d(channels)
+    return group_norm(channels) if kind == "gn" else nn.BatchNorm2d(channels)
 
 
 class VGGBoxHead(nn.Module):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ from structured.engine.records import RunRecords
 from structured.engine.schedule import SCHEDULES, lr_factor
 from structured.evaluation.coco import STAT_NAMES, evaluate_coco
 from structured.evaluation.detector import coco_ground_truth, predict_dataset
+from structured.io import atomic_output
 
 OPTIMIZERS = ("sgd", "adamw")
 LAST_CHECKPOINT = "last.pt"
@@ -220,6 +222,7 @@ class Trainer:
         self.loader = build_train_loader(train_dataset, self.data_settings, self.sampler, self.settings.seed)
         self.batches_per_epoch = math.ceil(self.sampler.samples_per_replica / self.data_settings.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.settings.accumulate_steps)
+        self.milestone_iterations = [epoch * self.steps_per_epoch for epoch in self.settings.milestones]
         self.position = Position()
         self.resumed = resume
         self._epoch_losses: dict[str, float] = {}
@@ -281,9 +284,10 @@ class Trainer:
         """Write the current state to ``run_dir/<name>`` for each name (rank 0 only; RNG states of all ranks)."""
         rng_states = all_gather_objects(capture_rng_state())
         if self.context.is_main:
-            state = {**self._state(), "rng": rng_states}
-            for name in names:
-                save_checkpoint(state, self.run_dir / name)
+            first = save_checkpoint({**self._state(), "rng": rng_states}, self.run_dir / names[0])
+            for name in names[1:]:  # the same state again: copy the file instead of serialising twice
+                with atomic_output(self.run_dir / name) as temporary:
+                    shutil.copyfile(first, temporary)
         barrier()
 
     # ---------------------------------------------------------------------------------------- training
@@ -296,8 +300,8 @@ class Trainer:
     def current_lr(self) -> float:
         """Learning rate of the next step."""
         settings = self.settings
-        milestones = [milestone * self.steps_per_epoch for milestone in settings.milestones]
-        return settings.lr * lr_factor(self.position.iteration, self.total_iterations, settings.schedule, milestones,
+        return settings.lr * lr_factor(self.position.iteration, self.total_iterations, settings.schedule,
+                                       self.milestone_iterations,
                                        settings.gamma, settings.warmup_iters, settings.warmup_factor,
                                        settings.min_lr_factor)
 
@@ -366,7 +370,8 @@ class Trainer:
                 self._log_train(window, lr, len(window) / max(elapsed, 1e-9))
                 window, window_start = _LossWindow(), time.perf_counter()
             every = self.settings.checkpoint_every_iters
-            if every and self.position.iteration % every == 0 and self.position.batch_in_epoch < self.batches_per_epoch:
+            if (every and self.position.iteration % every == 0 and self.position.batch_in_epoch < self.batches_per_epoch
+                    and not self._reached_max_iters()):  # fit() saves at max_iters anyway
                 self.save(LAST_CHECKPOINT)
         progress.close()
         if len(window):
