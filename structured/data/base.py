@@ -81,7 +81,7 @@ def select_instances(target: dict, keep: np.ndarray) -> dict:
     keep = np.asarray(keep)
     indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
     selected = dict(target)
-    for key in (*_PER_INSTANCE_TENSORS, "area"):
+    for key in _PER_INSTANCE_TENSORS:
         if key in target:
             selected[key] = target[key][indices]
     if "polygons" in target:
@@ -107,8 +107,12 @@ class DetectionDataset(Dataset):
         self.report = report if report is not None else ValidationReport()
         self.records = list(records)
         if skip_bad:
-            readable = check_images([record.path for record in self.records], self.report)
-            self.records = [record for record, ok in zip(self.records, readable, strict=True) if ok]
+            self.drop_unreadable()
+
+    def drop_unreadable(self) -> None:
+        """Remove the records whose image cannot be read, adding each problem to ``report``."""
+        readable = check_images([record.path for record in self.records], self.report)
+        self.records = [record for record, ok in zip(self.records, readable, strict=True) if ok]
 
     @property
     def num_classes(self) -> int:

@@ -84,7 +84,7 @@ def _image_record(image: dict, annotations: list[dict], image_root: Path, id_to_
         labels=[id_to_label[a["category_id"]] for a in kept],
         height=size[0] if size else None, width=size[1] if size else None,
         iscrowd=np.asarray([int(a.get("iscrowd", 0)) for a in kept], dtype=np.int64),
-        extra={"segmentations": [a.get("segmentation") for a in kept], "annotation_ids": [a.get("id") for a in kept]},
+        extra={"segmentations": [a.get("segmentation") for a in kept]},
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,8 @@ def _place_image(source: Path, target: Path, image_mode: str) -> None:
 
 
 def _place_images(records: Sequence[ImageRecord], folder: Path, image_mode: str) -> None:
-    names = [record.path.name for record in records]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    counts = Counter(record.path.name for record in records)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise ValueError(f"image file names must be unique to share one folder; repeated: {duplicates[:5]}")
     if image_mode != "none":

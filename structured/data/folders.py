@@ -29,6 +29,7 @@ from structured.data.base import (
     SemanticSegmentationDataset,
     Transform,
 )
+from structured.data.geometry import masks_to_boxes
 from structured.data.loading import ImageReadError, read_image
 from structured.data.voc import IMAGE_EXTENSIONS, natural_key
 
@@ -71,16 +72,12 @@ class MaskFolderDataset(DetectionDataset):
         self.root = root
         self._empty_masks: set[Path] = set()
 
-    def _read_masks(self, record: ImageRecord, height: int, width: int) -> list[np.ndarray]:
+    def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
+        """uint8 ``[N, H, W]`` masks of ``record``; a mask whose size differs from the image is an error."""
         masks = [read_binary_mask(path) for path in record.extra["mask_paths"]]
         for path, mask in zip(record.extra["mask_paths"], masks, strict=True):
             if mask.shape != (height, width):
                 raise ValueError(f"{path}: mask is {mask.shape} (HxW) but the image {record.path} is {(height, width)}")
-        return masks
-
-    def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
-        """uint8 ``[N, H, W]`` masks of ``record``; a mask whose size differs from the image is an error."""
-        masks = self._read_masks(record, height, width)
         return np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
 
     def _drop_empty(self, record: ImageRecord, boxes: np.ndarray) -> np.ndarray:
@@ -96,15 +93,13 @@ class MaskFolderDataset(DetectionDataset):
         record = self.records[index]
         image = read_image(record.path)
         height, width = image.shape[:2]
-        masks = self._read_masks(record, height, width)
-        rectangles = np.asarray([cv2.boundingRect(mask) for mask in masks], dtype=np.float32).reshape(-1, 4)
-        boxes = np.concatenate((rectangles[:, :2], rectangles[:, :2] + rectangles[:, 2:]), axis=1)
+        masks = self.load_masks(record, height, width)
+        boxes = masks_to_boxes(masks)
         keep = self._drop_empty(record, boxes)
         target: dict[str, Any] = {"boxes": boxes[keep], "labels": np.ones(int(keep.sum()), dtype=np.int64),
                                   "iscrowd": np.zeros(int(keep.sum()), dtype=np.int64), "image_id": record.image_id}
         if self.with_masks:
-            kept = [mask for mask, ok in zip(masks, keep, strict=True) if ok]
-            target["masks"] = np.stack(kept) if kept else np.zeros((0, height, width), dtype=np.uint8)
+            target["masks"] = masks[keep]
         return image, target
 
 

@@ -40,7 +40,6 @@ from structured.data.base import DetectionDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.summary import detect_format, open_dataset
 from structured.data.transforms import Compose, RandomHorizontalFlip, Resize, training_transforms
-from structured.data.validate import check_images
 
 AUGMENT_PRESETS = ("standard", "flip", "none")
 
@@ -144,8 +143,7 @@ def _open(path: Path, fmt: str, settings: DataConfig, split: str | None) -> Dete
     if settings.with_masks:
         dataset.with_masks = True
     if settings.skip_bad:
-        readable = check_images([record.path for record in dataset.records], dataset.report)
-        dataset.records = [record for record, ok in zip(dataset.records, readable, strict=True) if ok]
+        dataset.drop_unreadable()
     return dataset
 
 

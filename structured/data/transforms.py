@@ -184,6 +184,14 @@ def _translation(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
 
 
+def _scale_sample(image: np.ndarray, target: dict, scale: float) -> Sample:
+    """Resize the sample by ``scale`` (each side rounded, at least one pixel)."""
+    height, width = image.shape[:2]
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    matrix = np.array([[new_width / width, 0.0, 0.0], [0.0, new_height / height, 0.0]])
+    return warp_sample(image, target, matrix, (new_height, new_width))
+
+
 class Resize:
     """Scale so the shorter side is ``min_size`` (one drawn at random when a sequence: multi-scale
     training) and the longer side at most ``max_size``."""
@@ -200,9 +208,7 @@ class Resize:
         scale = min_size / min(height, width)
         if self.max_size is not None and max(height, width) * scale > self.max_size:
             scale = self.max_size / max(height, width)
-        new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-        matrix = np.array([[new_width / width, 0.0, 0.0], [0.0, new_height / height, 0.0]])
-        return warp_sample(image, target, matrix, (new_height, new_width))
+        return _scale_sample(image, target, scale)
 
     def __repr__(self) -> str:
         return f"Resize(min_size={self.min_sizes}, max_size={self.max_size})"
@@ -217,37 +223,37 @@ class RandomScaleJitter:
         self.scale_range = scale_range
 
     def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator) -> Sample:
+        return _scale_sample(image, target, rng.uniform(*self.scale_range))
+
+
+class _RandomFlip:
+    """Apply the mirror ``_matrix(height, width)`` with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def _matrix(self, height: int, width: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator) -> Sample:
+        if rng.random() >= self.p:
+            return image, target
         height, width = image.shape[:2]
-        scale = rng.uniform(*self.scale_range)
-        new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-        matrix = np.array([[new_width / width, 0.0, 0.0], [0.0, new_height / height, 0.0]])
-        return warp_sample(image, target, matrix, (new_height, new_width))
+        return warp_sample(image, target, self._matrix(height, width), (height, width))
 
 
-class RandomHorizontalFlip:
+class RandomHorizontalFlip(_RandomFlip):
     """Mirror left-right with probability ``p``."""
 
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.p:
-            return image, target
-        height, width = image.shape[:2]
-        return warp_sample(image, target, np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0]]), (height, width))
+    def _matrix(self, height: int, width: int) -> np.ndarray:
+        return np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0]])
 
 
-class RandomVerticalFlip:
+class RandomVerticalFlip(_RandomFlip):
     """Mirror top-bottom with probability ``p``."""
 
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, image: np.ndarray, target: dict, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.p:
-            return image, target
-        height, width = image.shape[:2]
-        return warp_sample(image, target, np.array([[1.0, 0.0, 0.0], [0.0, -1.0, height]]), (height, width))
+    def _matrix(self, height: int, width: int) -> np.ndarray:
+        return np.array([[1.0, 0.0, 0.0], [0.0, -1.0, height]])
 
 
 class RandomCrop:
