@@ -23,6 +23,7 @@ import numpy as np
 from structured.api import DetectionResult, Detector
 from structured.data.convert import yolo_label_text
 from structured.data.loading import ImageReadError, read_image
+from structured.evaluation.detector import coco_categories
 from structured.io import save_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -87,28 +88,39 @@ def run_inference(
     results_json: list[dict] = []
     images_json: list[dict] = []
     for path in list_sources(source):
-        try:
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                frames = _predict_video(detector, path, out_dir, score_threshold, classes, summary, report)
-            else:
-                frames = [(path.name, _predict_file(detector, path, score_threshold, classes, summary, report))]
-        except (ImageReadError, OSError, ValueError) as error:
-            summary.skipped.append((str(path), str(error)))
-            report(f"skipped {path}: {error}")
-            continue
+        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        frames = _predict_source(detector, path, is_video, out_dir, score_threshold, classes, summary, report)
         for name, result in frames:
             image_id = len(images_json) + 1
             height, width = result.image.shape[:2]
             images_json.append({"id": image_id, "file_name": name, "height": height, "width": width})
             results_json.extend(result.to_coco(image_id))
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
+            if not is_video:
                 summary.outputs.append(result.save(out_dir / name))
             if save_txt:
                 _write_yolo(result, out_dir / "labels" / f"{Path(name).stem}.txt")
     summary.outputs.append(save_json(results_json, out_dir / "predictions.json"))
-    summary.outputs.append(save_json({"images": images_json, "categories": _categories(detector)},
-                                     out_dir / "images.json"))
+    catalogue = {"images": images_json, "categories": coco_categories(detector.class_names)}
+    summary.outputs.append(save_json(catalogue, out_dir / "images.json"))
     return summary
+
+
+def _predict_source(
+    detector: Detector, path: Path, is_video: bool, out_dir: Path, score_threshold: float,
+    classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
+) -> Iterator[tuple[str, DetectionResult]]:
+    """``(name, result)`` of the image or of each video frame; an unreadable input is reported and skipped.
+
+    Only errors raised while reading and predicting are caught, not those of the caller's loop body.
+    """
+    try:
+        if is_video:
+            yield from _predict_video(detector, path, out_dir, score_threshold, classes, summary, report)
+        else:
+            yield path.name, _predict_file(detector, path, score_threshold, classes, summary, report)
+    except (ImageReadError, OSError, ValueError) as error:
+        summary.skipped.append((str(path), str(error)))
+        report(f"skipped {path}: {error}")
 
 
 def _predict_file(
@@ -122,25 +134,24 @@ def _predict_file(
 def _predict_video(
     detector: Detector, path: Path, out_dir: Path, score_threshold: float, classes: Sequence[str | int] | None,
     summary: InferenceSummary, report: Callable[[str], None],
-) -> list[tuple[str, DetectionResult]]:
-    results, writer = [], None
+) -> Iterator[tuple[str, DetectionResult]]:
+    """``(name, result)`` of each frame, yielded once its annotated frame is written to the output video."""
+    writer = None
     target = out_dir / f"{path.stem}_annotated.mp4"
     try:
         for index, frame in enumerate(iter_frames(path)):
-            name = f"{path.stem}_{index:06d}.jpg"
             result = _timed_predict(detector, frame, f"{path}#{index}", score_threshold, classes, summary, report)
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
                                          (frame.shape[1], frame.shape[0]))
             writer.write(cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
-            results.append((name, result))
+            yield f"{path.stem}_{index:06d}.jpg", result
     finally:
         if writer is not None:
             writer.release()
             summary.outputs.append(target)
-    if not results:
+    if writer is None:  # the writer opens with the first frame
         raise ImageReadError(f"video {path} has no readable frame")
-    return results
 
 
 def _timed_predict(
@@ -161,7 +172,3 @@ def _timed_predict(
 def _write_yolo(result: DetectionResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yolo_label_text(result.boxes.numpy(), result.labels.numpy(), result.image.shape[:2]))
-
-
-def _categories(detector: Detector) -> list[dict]:
-    return [{"id": label, "name": name} for label, name in enumerate(detector.class_names) if label > 0]

@@ -94,3 +94,8 @@ def load_json(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any]
         raise ValueError(
             f"{what} file {path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from None
+
+
+def json_float(value: float) -> float | None:
+    """``value`` as a JSON-safe float: ``None`` for NaN."""
+    return None if value != value else float(value)

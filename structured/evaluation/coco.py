@@ -209,11 +209,6 @@ def evaluate_predictions(
 # ----------------------------------------------------------------------------------------------- I/O
 
 
-def json_float(value: float) -> float | None:
-    """``value`` as a JSON-safe float: ``None`` for NaN."""
-    return None if value != value else float(value)
-
-
 def predictions_to_coco_results(
     predictions: Sequence[Mapping[str, Tensor]],
     image_ids: Sequence[int],
@@ -250,7 +245,7 @@ def _image_results(
     boxes = box_convert(prediction["boxes"].detach().cpu().to(torch.float64), "xyxy", "xywh").tolist()
     scores = prediction["scores"].detach().cpu().tolist()
     category_ids = [
-        _category_id(int(label), label_to_category_id, image_id) for label in prediction["labels"]
+        _category_id(int(label), label_to_category_id, image_id) for label in prediction["labels"].tolist()
     ]
     results = [
         {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score}
@@ -336,13 +331,14 @@ def _parse_results(results: Sequence[Mapping[str, Any]], gt: _GroundTruth, iou_t
         raise ValueError(f"result {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
     order = np.lexsort((-scores, group))  # stable: ties keep the results order
     rank = _rank_in_group(group[order])
-    keep = order[rank < MAX_DETS[-1]]
+    in_limit = rank < MAX_DETS[-1]
+    keep = order[in_limit]
     has_boxes = iou_type == "bbox" or all(len(result.get("bbox", ())) == 4 for result in results)
     boxes = _box_column(results, "result")[keep] if has_boxes else np.zeros((len(keep), 4))
     segmentations = [_result_rle(results[i], i) for i in keep] if iou_type == "segm" else None
     return _Detections(
         group=group[keep],
-        rank=rank[rank < MAX_DETS[-1]],
+        rank=rank[in_limit],
         scores=scores[keep],
         boxes=boxes,
         areas=boxes[:, 2] * boxes[:, 3] if has_boxes else _rle_areas(segmentations),
@@ -440,9 +436,14 @@ def _rle_areas(rles: list[Any] | None) -> np.ndarray:
 
 def _gt_ignore_flags(gt: _GroundTruth) -> np.ndarray:
     """``[A, G]``: crowd, or ``area`` outside each area range."""
+    return gt.crowd[None, :] | _outside_area_ranges(gt.areas)
+
+
+def _outside_area_ranges(areas: np.ndarray) -> np.ndarray:
+    """``[A, N]``: whether each of the ``N`` areas lies outside each area range."""
     low = np.array([low for low, _ in AREA_RANGES])[:, None]
     high = np.array([high for _, high in AREA_RANGES])[:, None]
-    return gt.crowd[None, :] | (gt.areas[None, :] < low) | (gt.areas[None, :] > high)
+    return (areas[None, :] < low) | (areas[None, :] > high)
 
 
 def _candidate_pairs(gt: _GroundTruth, dets: _Detections) -> tuple[np.ndarray, np.ndarray]:
@@ -541,9 +542,7 @@ def _classify_detections(
     matched_gt: np.ndarray, gt_ignore: np.ndarray, det_areas: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[A, T, D]`` true-positive flags and counted (not ignored) flags."""
-    low = np.array([low for low, _ in AREA_RANGES])[:, None, None]
-    high = np.array([high for _, high in AREA_RANGES])[:, None, None]
-    outside = (det_areas[None, None, :] < low) | (det_areas[None, None, :] > high)
+    outside = _outside_area_ranges(det_areas)[:, None, :]
     ignored = np.broadcast_to(outside, matched_gt.shape).copy()
     area_index, threshold_index, det_index = np.nonzero(matched_gt >= 0)
     matched_ignored = gt_ignore[area_index, matched_gt[area_index, threshold_index, det_index]]

@@ -56,8 +56,7 @@ def predict_dataset(
                 image_id = next(positions) + 1
                 kept = {key: target[key] for key in ("boxes", "labels", "iscrowd", "masks") if key in target}
                 samples.append((image_id, int(image.shape[-2]), int(image.shape[-1]), kept))
-                cpu_prediction = {key: value.cpu() for key, value in prediction.items()}
-                results += predictions_to_coco_results([cpu_prediction], [image_id])
+                results += predictions_to_coco_results([prediction], [image_id])
     model.train(was_training)
     return samples, results
 
@@ -77,8 +76,12 @@ def coco_ground_truth(samples: Sequence[GroundTruthSample], class_names: Sequenc
             if rle is not None:
                 annotation["segmentation"] = rle
             annotations.append(annotation)
-    categories = [{"id": label, "name": name} for label, name in enumerate(class_names) if label > 0]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return {"images": images, "annotations": annotations, "categories": coco_categories(class_names)}
+
+
+def coco_categories(class_names: Sequence[str]) -> list[dict]:
+    """The COCO ``categories`` list of ``class_names`` (id = label), leaving out the background label 0."""
+    return [{"id": label, "name": name} for label, name in enumerate(class_names) if label > 0]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from structured.evaluation.coco import json_float
+from structured.io import json_float
 
 
 @dataclass(frozen=True)

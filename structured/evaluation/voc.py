@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from structured.boxes.iou import box_iou
-from structured.evaluation.coco import json_float
+from structured.io import json_float
 
 ELEVEN_RECALL_POINTS = np.arange(11) / 10
 
@@ -123,10 +123,9 @@ def evaluate_voc(
 
 @dataclass(frozen=True)
 class _Image:
-    det_boxes: Tensor  # [K, 4] float64 (extended by one pixel when pixel_plus_one)
+    overlaps: np.ndarray  # [K, N] float64 IoU of every detection with every ground truth
     det_scores: np.ndarray
     det_labels: np.ndarray
-    gt_boxes: Tensor
     gt_labels: np.ndarray
     gt_difficult: np.ndarray
 
@@ -151,11 +150,12 @@ def _image_arrays(
         raise ValueError(
             f"target {index}: 'difficult' has shape {gt_difficult.shape}, expected {gt_labels.shape}"
         )
+    det_boxes = _iou_boxes(prediction["boxes"], pixel_plus_one)
+    gt_boxes = _iou_boxes(target["boxes"], pixel_plus_one)
     return _Image(
-        det_boxes=_iou_boxes(prediction["boxes"], pixel_plus_one),
+        overlaps=box_iou(det_boxes, gt_boxes).numpy(),
         det_scores=torch.as_tensor(prediction["scores"]).cpu().double().numpy(),
         det_labels=torch.as_tensor(prediction["labels"]).cpu().numpy(),
-        gt_boxes=_iou_boxes(target["boxes"], pixel_plus_one),
         gt_labels=gt_labels,
         gt_difficult=gt_difficult,
     )
@@ -171,15 +171,15 @@ def _class_curve(
     images: Sequence[_Image], label: int, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Cumulative recall and precision over the ranked detections of one class, and its positive count."""
-    image_index, det_index, scores, best_iou, best_gt = [], [], [], [], []
+    image_index, scores, best_iou, best_gt, gt_masks = [], [], [], [], []
     positives = 0
     for i, image in enumerate(images):
         gt_mask = image.gt_labels == label
+        gt_masks.append(gt_mask)
         positives += int(np.count_nonzero(gt_mask & ~image.gt_difficult))
         dets = np.flatnonzero(image.det_labels == label)
-        overlaps = box_iou(image.det_boxes[dets], image.gt_boxes[gt_mask]).numpy()  # [K_c, N_c]
+        overlaps = image.overlaps[dets][:, gt_mask]  # [K_c, N_c]
         image_index.append(np.full(len(dets), i))
-        det_index.append(dets)
         scores.append(image.det_scores[dets])
         best_iou.append(overlaps.max(axis=1) if overlaps.shape[1] else np.full(len(dets), -np.inf))
         best_gt.append(overlaps.argmax(axis=1) if overlaps.shape[1] else np.zeros(len(dets), int))
@@ -187,7 +187,7 @@ def _class_curve(
     image_of = np.concatenate(image_index)[order]
     true_pos, false_pos = _assign(
         images,
-        label,
+        gt_masks,
         image_of,
         np.concatenate(best_iou)[order],
         np.concatenate(best_gt)[order],
@@ -201,15 +201,18 @@ def _class_curve(
 
 def _assign(
     images: Sequence[_Image],
-    label: int,
+    gt_masks: Sequence[np.ndarray],
     image_of: np.ndarray,
     best_iou: np.ndarray,
     best_gt: np.ndarray,
     iou_threshold: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """True/false positive flags of the ranked detections (difficult matches are neither)."""
-    difficult = {i: image.gt_difficult[image.gt_labels == label] for i, image in enumerate(images)}
-    detected = {i: np.zeros(len(flags), bool) for i, flags in difficult.items()}
+    """True/false positive flags of the ranked detections (difficult matches are neither).
+
+    ``gt_masks[i]`` selects the ground truth of the class in image ``i``.
+    """
+    difficult = [image.gt_difficult[gt_mask] for image, gt_mask in zip(images, gt_masks, strict=True)]
+    detected = [np.zeros(len(flags), bool) for flags in difficult]
     true_pos = np.zeros(len(image_of))
     false_pos = np.zeros(len(image_of))
     for rank, (i, iou, gt) in enumerate(
