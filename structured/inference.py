@@ -3,9 +3,9 @@
 ``run_inference(detector, source, out_dir)`` is what ``tools/infer.py`` runs. Every readable input gets an
 annotated picture in ``out_dir`` (a video gets an annotated video), all detections go to
 ``out_dir/predictions.json`` (a COCO results list: ``image_id``, xywh ``bbox``, ``score``,
-``category_id`` = label), ``out_dir/images.json`` maps image ids to file names and lists the
-categories, and with ``save_txt`` ``out_dir/labels/`` gets one YOLO label file per image. An unreadable
-input is reported by name and skipped; it never stops the run.
+``category_id``: the training data's own category id, as kept in the checkpoint), ``out_dir/images.json``
+maps image ids to file names and lists the categories, and with ``save_txt`` ``out_dir/labels/`` gets one
+YOLO label file per image. An unreadable input is reported by name and skipped; it never stops the run.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run_inference(
             if save_txt:
                 _write_yolo(result, out_dir / "labels" / f"{Path(name).stem}.txt")
     summary.outputs.append(save_json(results_json, out_dir / "predictions.json"))
-    catalogue = {"images": images_json, "categories": coco_categories(detector.class_names)}
+    catalogue = {"images": images_json, "categories": coco_categories(detector.class_names, detector.category_ids)}
     summary.outputs.append(save_json(catalogue, out_dir / "images.json"))
     return summary
 

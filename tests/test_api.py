@@ -11,7 +11,9 @@ import torch
 from pycocotools.coco import COCO
 
 from structured import Detector
+from structured.backbones import FrozenBatchNorm2d
 from structured.inference import list_sources, run_inference
+from tests.detection.test_faster_rcnn import assert_same_detections
 from tools import infer as infer_tool
 
 CLASS_NAMES = ["__background__", "disc", "block", "wedge"]
@@ -22,7 +24,7 @@ RECIPE = {"model": {"name": "faster_rcnn_r18_fpn", "num_classes": 3, "min_size":
 @pytest.fixture(scope="module")
 def detector() -> Detector:
     torch.manual_seed(0)
-    return Detector.from_config(RECIPE, class_names=CLASS_NAMES)
+    return Detector.from_config(RECIPE, class_names=CLASS_NAMES, optimize=False)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +41,41 @@ def images(count: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(detector, checkpoint):
-    loaded = Detector.from_checkpoint(checkpoint)
+    loaded = Detector.from_checkpoint(checkpoint, optimize=False)
     image = images(1)[0]
     first, second = detector.predict(image), loaded.predict(image)
     assert len(first) > 0
     assert torch.equal(first.boxes, second.boxes) and torch.equal(first.labels, second.labels)
     assert loaded.class_names == CLASS_NAMES
+
+
+def _with_trained_batch_norms(recipe: dict) -> dict:
+    """The recipe with trainable batch norms in the backbone (statistics updated below) and the conv box head."""
+    model = {**recipe["model"], "backbone_norm_layer": "bn", "frozen_stages": 0, "box_head": "conv_fc"}
+    return {**recipe, "model": model}
+
+
+def test_the_optimized_detector_gives_the_plain_detections(tmp_path):
+    torch.manual_seed(1)
+    plain = Detector.from_config(_with_trained_batch_norms(RECIPE), class_names=CLASS_NAMES, optimize=False)
+    plain.model.train()
+    with torch.no_grad():  # running statistics away from their initial 0 / 1, so folding them is not trivial
+        for image in images(3, seed=5):
+            plain.model([torch.from_numpy(image).permute(2, 0, 1).float() / 255],
+                        [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}])
+    path = tmp_path / "best.pt"
+    torch.save({"model": plain.model.state_dict(), "config": plain.config.data, "class_names": CLASS_NAMES}, path)
+    plain = Detector.from_checkpoint(path, optimize=False)
+    optimized = Detector.from_checkpoint(path)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.model.modules())
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)) for m in optimized.model.modules())
+    compared = 0
+    for image in images(4, seed=9):
+        expected, actual = plain.predict(image), optimized.predict(image)
+        keys = ("boxes", "scores", "labels")
+        assert_same_detections([{k: getattr(expected, k) for k in keys}], [{k: getattr(actual, k) for k in keys}])
+        compared += len(actual)
+    assert compared > 20
 
 
 def test_predict_accepts_paths_arrays_tensors_and_lists(detector, tmp_path):
@@ -140,3 +171,18 @@ def test_infer_tool_exit_status(checkpoint, tmp_path, capsys):
     assert "1 images" in capsys.readouterr().out
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert infer_tool.main([str(tmp_path / "*.png"), "--weights", str(checkpoint), "--out", str(tmp_path / "p")]) == 1
+
+
+def test_inference_writes_the_training_datas_category_ids(checkpoint, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    state["category_ids"] = [3, 7, 11]
+    torch.save(state, tmp_path / "coco_ids.pt")
+    source = tmp_path / "in"
+    source.mkdir()
+    cv2.imwrite(str(source / "one.png"), images(1)[0])
+    summary = run_inference(Detector.from_checkpoint(tmp_path / "coco_ids.pt"), source, tmp_path / "out",
+                            score_threshold=0.0, report=lambda _: None)
+    results = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    catalogue = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert summary.detections > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
+    assert [(c["id"], c["name"]) for c in catalogue["categories"]] == list(zip([3, 7, 11], CLASS_NAMES[1:], strict=True))

@@ -28,13 +28,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", nargs="+", help="keep only these class names")
     parser.add_argument("--save-txt", action="store_true", help="also write YOLO label files")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-optimize", dest="optimize", action="store_false",
+                        help="run the model as trained, without folding batch norms (same detections up to rounding)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run inference; exit status 1 when some input was skipped."""
     args = parse_args(argv)
-    detector = Detector.from_checkpoint(args.weights, device=args.device)
+    detector = Detector.from_checkpoint(args.weights, device=args.device, optimize=args.optimize)
     summary = run_inference(detector, args.source, args.out, args.score_thr, args.classes, args.save_txt)
     median = statistics.median(summary.seconds) * 1e3 if summary.seconds else float("nan")
     print(f"{summary.images} images, {summary.detections} detections, median {median:.1f} ms per image; "

@@ -27,6 +27,15 @@ from structured.data.validate import ValidationReport, check_images
 BACKGROUND = "__background__"
 
 
+def coco_image_id(record_id: int | str, index: int) -> int:
+    """The COCO image id of record ``index``: its own id when it is an integer, else ``index + 1``.
+
+    COCO data keeps its ids; VOC, YOLO and mask folders name images by file stem, which a COCO conversion
+    (``structured.data.convert.write_coco``) and the evaluation number by position instead.
+    """
+    return record_id if isinstance(record_id, int) else index + 1
+
+
 def numbered_class_names(num_classes: int) -> list[str]:
     """``[BACKGROUND, "class1", ..., "classC"]`` for a model whose classes have no names."""
     return [BACKGROUND, *(f"class{label}" for label in range(1, num_classes + 1))]
@@ -93,13 +102,16 @@ class DetectionDataset(Dataset):
     """Images with boxes (and optionally instance masks); subclasses provide records and masks.
 
     Attributes: ``class_names`` (``class_names[0] == "__background__"``, labels index the rest),
-    ``records`` (list of ``ImageRecord``), ``report`` (problems found while parsing), ``transforms``.
+    ``category_ids`` (the dataset's own id of label ``i`` at ``i - 1``: COCO's category ids, ``1..C`` for
+    formats without ids), ``records`` (list of ``ImageRecord``), ``report`` (problems found while parsing),
+    ``transforms``.
     """
 
     def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str], transforms: Transform | None = None,
                  with_masks: bool = False, seed: int = 0, skip_bad: bool = False,
                  report: ValidationReport | None = None) -> None:
         self.class_names = [BACKGROUND, *class_names]
+        self.category_ids = list(range(1, len(self.class_names)))
         self.transforms = transforms
         self.with_masks = with_masks
         self.seed = seed
@@ -125,6 +137,17 @@ class DetectionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def to_category_ids(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The dataset's own category ids (``category_ids``) of contiguous ``labels`` (``1..C``)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 1 or labels.max() > len(self.category_ids)):
+            raise ValueError(f"labels must be in 1..{len(self.category_ids)}, got {sorted(set(labels.tolist()))}")
+        return np.asarray(self.category_ids, dtype=np.int64)[labels - 1]
+
+    def coco_image_id(self, index: int) -> int:
+        """The COCO image id of sample ``index`` (see :func:`coco_image_id`)."""
+        return coco_image_id(self.records[index].image_id, index)
 
     def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
         """uint8 ``[N, H, W]`` instance masks of ``record``; formats with masks (COCO, mask folders) override this."""

@@ -156,13 +156,6 @@ class CocoDetection(DetectionDataset):
         self.category_id_to_label = {category_id: label for label, category_id in enumerate(category_ids, start=1)}
         self.report.warn(str(annotation_file))
 
-    def to_category_ids(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Original COCO category ids of contiguous ``labels`` (``1..C``)."""
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.size and (labels.min() < 1 or labels.max() > len(self.category_ids)):
-            raise ValueError(f"labels must be in 1..{len(self.category_ids)}, got {sorted(set(labels.tolist()))}")
-        return np.asarray(self.category_ids, dtype=np.int64)[labels - 1]
-
     def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
         """Decode the instance masks of ``record`` at the decoded image's size."""
         if (record.height, record.width) not in ((height, width), (None, None)):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structured.data.base import ImageRecord
+from structured.data.base import ImageRecord, coco_image_id
 from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
 from structured.data.validate import ValidationReport, sanitize_boxes
@@ -138,10 +138,6 @@ def _place_images(records: Sequence[ImageRecord], folder: Path, image_mode: str)
             _place_image(record.path, folder / record.path.name, image_mode)
 
 
-def _coco_image_id(record: ImageRecord, index: int) -> int:
-    return record.image_id if isinstance(record.image_id, int) else index + 1
-
-
 def write_coco(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
     """Write ``out/annotations.json`` (+ ``out/images``) and return the JSON path."""
     out = Path(out)
@@ -152,7 +148,7 @@ def write_coco(annotations: AnnotationSet, out: str | Path, image_mode: str = "s
         {"id": int(cid), "name": name} for cid, name in zip(category_ids, annotations.class_names, strict=True)]}
     for index, record in enumerate(annotations.records):
         height, width = _image_size(record)
-        image_id = _coco_image_id(record, index)
+        image_id = coco_image_id(record.image_id, index)
         content["images"].append({"id": image_id, "file_name": record.path.name, "height": height, "width": width})
         for box, label, crowd in zip(record.boxes.tolist(), record.labels.tolist(), record.iscrowd.tolist(), strict=True):
             x1, y1, x2, y2 = box

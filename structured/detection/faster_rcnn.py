@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -38,9 +39,17 @@ from structured.registry import BACKBONES, MODELS, NECKS
 from structured.types import Prediction, Target
 
 
-def _fold_into_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> None:
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-    shift = norm.bias - norm.running_mean * scale
+def _is_foldable_norm(module: nn.Module) -> bool:
+    """A frozen batch norm, or a batch norm in eval mode with running statistics (an affine map either way)."""
+    if isinstance(module, FrozenBatchNorm2d):
+        return True
+    return (isinstance(module, nn.BatchNorm2d) and not module.training and module.track_running_stats
+            and module.affine)
+
+
+def _fold_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
+    scale = norm.weight.detach() * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias.detach() - norm.running_mean * scale
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
     with torch.no_grad():
         conv.weight.mul_(scale.view(-1, 1, 1, 1))
@@ -48,7 +57,7 @@ def _fold_into_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> None:
 
 
 def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Names of (conv, frozen norm) children where the norm directly follows the conv in ``module``."""
+    """Names of (conv, foldable norm) children where the norm directly follows the conv in ``module``."""
     children = dict(module.named_children())
     names = list(children)
     if isinstance(module, nn.Sequential):
@@ -62,14 +71,15 @@ def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
     return [
         (conv, norm)
         for conv, norm in candidates
-        if isinstance(children[conv], nn.Conv2d) and isinstance(children[norm], FrozenBatchNorm2d)
+        if isinstance(children[conv], nn.Conv2d) and _is_foldable_norm(children[norm])
     ]
 
 
 def fold_frozen_batch_norms(model: nn.Module) -> int:
-    """Fold every frozen batch norm that directly follows a convolution into it (in place); returns the count.
+    """Fold every frozen (or eval-mode) batch norm that directly follows a convolution into it; returns the count.
 
-    A convolution followed by a frozen batch norm is an affine map of the convolution's output, so the norm's
+    A convolution followed by a frozen batch norm, or by a batch norm in eval mode (its running statistics
+    in use), is an affine map of the convolution's output, so the norm's
     scale and shift go into the convolution's weight and bias and the norm becomes ``nn.Identity``. The
     outputs are unchanged up to float rounding, with one pass over each activation less. Pairs are children
     of an ``nn.Sequential`` in a row, or ``convK``/``bnK`` attributes of one module (torchvision's ResNet
@@ -90,6 +100,21 @@ def _without_crowd(target: Target) -> Target:
         return target
     keep = target["iscrowd"] == 0
     return {**target, "boxes": target["boxes"][keep], "labels": target["labels"][keep]}
+
+
+@dataclass
+class RawDetections:
+    """What the network computes for a batch before post-processing (see ``FasterRCNN.raw_outputs``).
+
+    ``logits [K, C+1]`` and ``deltas [K, (C+1)*4]`` of the ``K`` proposals of all images, the proposals per
+    image (resized frame), the resized and the original image sizes.
+    """
+
+    logits: Tensor
+    deltas: Tensor
+    proposals: list[Tensor]
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
 
 
 class FasterRCNN(nn.Module):
@@ -126,11 +151,13 @@ class FasterRCNN(nn.Module):
         self.channels_last = False
 
     def optimize_for_inference(self, channels_last: bool = True) -> FasterRCNN:
-        """Fold frozen batch norms into convolutions and optionally run in channels-last layout; returns ``self``.
+        """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
 
         Outputs equal the unoptimised model's up to float rounding (see ``fold_frozen_batch_norms``); the
-        state dict changes, so call this after loading weights and do not save the result as a checkpoint.
+        state dict changes and trainable batch norms are gone, so call this after loading weights, for
+        inference only, and do not save the result as a checkpoint.
         """
+        self.eval()
         fold_frozen_batch_norms(self)
         self.channels_last = channels_last
         if channels_last:
@@ -153,18 +180,33 @@ class FasterRCNN(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[Target] | None = None
     ) -> dict[str, Tensor] | list[Prediction]:
-        """Losses (dict of named scalars) when ``targets`` are given, else one prediction per image."""
-        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        if targets is not None:
-            targets = [_without_crowd(target) for target in targets]
+        """Losses (dict of named scalars) when ``targets`` are given, else one prediction per image.
+
+        Inference is ``postprocess(raw_outputs(images))``: the split lets a speed measurement time the
+        network and the post-processing apart.
+        """
+        if targets is None:
+            return self.postprocess(self.raw_outputs(images))
+        targets = [_without_crowd(target) for target in targets]
         batch, targets = self.transform(images, targets)
         features = self.extract_features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, self._select(features, self.rpn_features), targets)
         roi_features = self._select(features, self.roi_features)
-        if targets is not None:
-            return {**rpn_losses, **self.roi_heads.loss(roi_features, proposals, targets)}
-        predictions = self.roi_heads.predict(roi_features, proposals, batch.image_sizes)
-        return self.transform.rescale_predictions(predictions, batch.image_sizes, original_sizes)
+        return {**rpn_losses, **self.roi_heads.loss(roi_features, proposals, targets)}
+
+    def raw_outputs(self, images: list[Tensor]) -> RawDetections:
+        """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batch, _ = self.transform(images, None)
+        features = self.extract_features(batch.tensors)
+        proposals, _ = self.rpn(batch, self._select(features, self.rpn_features), None)
+        logits, deltas = self.roi_heads.box_outputs(self._select(features, self.roi_features), proposals)
+        return RawDetections(logits, deltas, proposals, batch.image_sizes, original_sizes)
+
+    def postprocess(self, raw: RawDetections) -> list[Prediction]:
+        """Prediction dicts from :meth:`raw_outputs`: box decoding, thresholds, NMS, rescaling to each input."""
+        predictions = self.roi_heads.postprocess(raw.logits, raw.deltas, raw.proposals, raw.image_sizes)
+        return self.transform.rescale_predictions(predictions, raw.image_sizes, raw.original_sizes)
 
     def loss(self, images: list[Tensor], targets: list[Target]) -> dict[str, Tensor]:
         """Named scalar losses for ``images`` and their ``targets``."""

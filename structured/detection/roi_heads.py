@@ -205,7 +205,8 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
 
-    def _predict_boxes(self, features: list[Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def box_outputs(self, features: list[Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Class logits ``[K, C+1]`` and box deltas ``[K, (C+1)*4]`` of the ``K`` proposals of all images."""
         return self.predictor(self.box_head(self.pooler(features, proposals)))
 
     def sample_proposals(self, proposals: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,7 +232,7 @@ class RoIHeads(nn.Module):
         sampled_proposals = [s[0] for s in samples]
         labels = torch.cat([s[1] for s in samples])
         matched_gt = torch.cat([s[2] for s in samples])
-        logits, deltas = self._predict_boxes(features, sampled_proposals)
+        logits, deltas = self.box_outputs(features, sampled_proposals)
         positive = torch.where(labels > 0)[0]
         deltas = deltas.view(deltas.shape[0], -1, 4)[positive, labels[positive]]  # [K, C+1, 4] -> [P, 4]
         box_targets = self.box_coder.encode(matched_gt[positive], torch.cat(sampled_proposals)[positive])
@@ -242,7 +243,13 @@ class RoIHeads(nn.Module):
         self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> list[Prediction]:
         """Detections per image in the resized frame: ``boxes``, ``scores``, ``labels`` (1..C)."""
-        logits, deltas = self._predict_boxes(features, proposals)
+        logits, deltas = self.box_outputs(features, proposals)
+        return self.postprocess(logits, deltas, proposals, image_sizes)
+
+    def postprocess(
+        self, logits: Tensor, deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[Prediction]:
+        """Detections per image from the head's outputs: decode, softmax, score threshold, per-class NMS."""
         boxes = self.box_coder.decode(deltas.view(deltas.shape[0], -1, 4), torch.cat(proposals)[:, None])
         scores = F.softmax(logits, dim=-1)
         counts = [p.shape[0] for p in proposals]

@@ -70,8 +70,13 @@ from structured.engine.distributed import (
 )
 from structured.engine.records import RunRecords
 from structured.engine.schedule import SCHEDULES, lr_factor
-from structured.evaluation.coco import STAT_NAMES, evaluate_coco
-from structured.evaluation.detector import coco_ground_truth, predict_dataset
+from structured.evaluation.detector import (
+    METRIC_NAMES,
+    coco_ground_truth,
+    evaluate_results,
+    named_stats,
+    predict_dataset,
+)
 from structured.io import atomic_output
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -93,7 +98,7 @@ class TrainConfig:
     ``constant``; ``clip_grad_norm``
     (None: off); ``amp`` (CUDA only; ignored on CPU); ``accumulate_steps`` batches per step;
     ``eval_every_epochs`` (0: never); ``checkpoint_every_iters`` (0: only at epoch ends); ``best_metric``
-    one of the COCO stat names (``AP``, ``AP50``, ...); ``seed``; ``deterministic`` (turns on torch's
+    one of the COCO stat names (``AP``, ``AP50``, ... for boxes; ``segm_AP``, ... for masks); ``seed``; ``deterministic`` (turns on torch's
     process-wide deterministic kernels, warning where an op has none);
     ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
     (None: all epochs); ``find_unused_parameters`` for DistributedDataParallel.
@@ -134,7 +139,8 @@ def train_config(config: Config) -> TrainConfig:
     checks = (
         (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),
         (settings.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {settings.schedule!r}"),
-        (settings.best_metric in STAT_NAMES, f"train.best_metric must be one of {STAT_NAMES}, got {settings.best_metric!r}"),
+        (settings.best_metric in METRIC_NAMES,
+         f"train.best_metric must be one of {METRIC_NAMES}, got {settings.best_metric!r}"),
         (settings.epochs >= 1, f"train.epochs must be >= 1, got {settings.epochs}"),
         (settings.accumulate_steps >= 1, f"train.accumulate_steps must be >= 1, got {settings.accumulate_steps}"),
         (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
@@ -274,6 +280,7 @@ class Trainer:
             "best": dict(self.best),
             "config": self.config.data,
             "class_names": self.class_names,
+            "category_ids": list(self.train_dataset.category_ids),
         }
 
     def sync_buffers(self) -> None:
@@ -453,13 +460,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """COCO box mAP of the model on the validation set (all ranks share the images); the 12 stats by name."""
+        """COCO metrics of the model on the validation set by name (all ranks share the images)."""
         if self.val_dataset is None:
             return None
         self.sync_buffers()
         stats = evaluate_detector(self.model, self.val_dataset, self.context, self.data_settings.batch_size,
                                   self.data_settings.workers)
         self.network.train()
+        if self.best["metric"] not in stats:
+            raise ConfigError(f"{self.config.source}: train.best_metric is {self.best['metric']!r} but the validation "
+                              f"gives only {sorted(stats)} (segm_ metrics need a model with masks and masks in the data)")
         return stats
 
 
@@ -484,20 +494,21 @@ class _LossWindow:
 
 def evaluate_detector(model: nn.Module, dataset: DetectionDataset, context: DistributedContext,
                       batch_size: int = 2, workers: int = 0) -> dict[str, float]:
-    """COCO box metrics (the 12 stats by name) of ``model`` on ``dataset``, each rank predicting a share.
+    """COCO metrics of ``model`` on ``dataset`` by name (``AP``, ``AP50``, ...; ``segm_AP``, ... for masks),
+    each rank predicting a share.
 
-    Images are numbered ``index + 1`` in the ground truth built from the dataset's own targets; labels are
-    the category ids. Every rank gets the same result.
+    Scored as ``tools/eval.py`` scores it: against the original annotation file for COCO data, else the
+    ground truth a COCO conversion would write (``structured.evaluation.detector``). Every rank gets the
+    same result.
     """
     indices = list(range(context.rank, len(dataset), context.world_size))
     samples, results = predict_dataset(model, dataset, indices, context.device, batch_size, workers)
     gathered = all_gather_objects((samples, results))
     stats = None
     if context.is_main:
-        all_samples = sorted((sample for part, _ in gathered for sample in part), key=lambda sample: sample[0])
+        all_samples = [sample for part, _ in gathered for sample in part]
         all_results = [result for _, part in gathered for result in part]
-        evaluation = evaluate_coco(coco_ground_truth(all_samples, dataset.class_names), all_results, "bbox")
-        stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats, strict=True)}
+        stats = named_stats(evaluate_results(coco_ground_truth(dataset, all_samples), all_results))
     return broadcast_object(stats)
 
 

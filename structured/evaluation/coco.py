@@ -51,6 +51,7 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
 AREA_RANGES = ((0.0, 1e10), (0.0, 32.0**2), (32.0**2, 96.0**2), (96.0**2, 1e10))
 AREA_LABELS = ("all", "small", "medium", "large")
+_AREA_SLICE = 255
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 # (is AP, IoU threshold or None for the mean over thresholds, area label, maxDets) for each of the 12 stats.
@@ -341,7 +342,7 @@ def _parse_results(results: Sequence[Mapping[str, Any]], gt: _GroundTruth, iou_t
         rank=rank[in_limit],
         scores=scores[keep],
         boxes=boxes,
-        areas=boxes[:, 2] * boxes[:, 3] if has_boxes else _rle_areas(segmentations),
+        areas=boxes[:, 2] * boxes[:, 3] if has_boxes else rle_areas(segmentations),
         segmentations=segmentations,
     )
 
@@ -425,10 +426,16 @@ def _result_rle(result: Mapping[str, Any], index: int) -> Any:
     return segmentation
 
 
-def _rle_areas(rles: list[Any] | None) -> np.ndarray:
+def rle_areas(rles: Sequence[Any] | None) -> np.ndarray:
+    """Pixel areas (float64 ``[N]``) of COCO RLEs, any number of them.
+
+    ``pycocotools.mask.area`` fails with ``OverflowError`` on lists of more than 255 RLEs (pycocotools
+    2.0.11 under numpy 2 keeps the count in a uint8), so the list is measured in slices of 255.
+    """
     if not rles:
         return np.zeros(0)
-    return mask_utils.area(rles).astype(np.float64)
+    slices = [mask_utils.area(list(rles[start:start + _AREA_SLICE])) for start in range(0, len(rles), _AREA_SLICE)]
+    return np.concatenate(slices).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------- matching

@@ -2,7 +2,8 @@
 
 Contract: ``measure_speed(model, inputs, preprocess=..., postprocess=...)`` runs ``warmup`` untimed and then
 ``iterations`` timed passes of ``postprocess(model(preprocess(inputs)))`` on one fixed batch and returns a
-:class:`SpeedResult`. Each stage is timed with ``time.perf_counter`` around the call; on CUDA the device
+:class:`SpeedResult` (``forward=`` times another callable of the model, e.g. the network part of a
+detector's inference, in place of ``model`` itself). Each stage is timed with ``time.perf_counter`` around the call; on CUDA the device
 is synchronised (``torch.cuda.synchronize``) before every clock read, so queued kernels are charged to the
 stage that launched them. All three stages run under ``torch.inference_mode()``; the model runs in
 ``eval()`` mode (restored afterwards), and under ``torch.autocast`` when ``amp`` is set (float16 on CUDA, bfloat16 on
@@ -68,6 +69,15 @@ class SpeedResult:
     fps: float
     peak_memory_mb: float
     memory_kind: str
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def headline(self) -> str:
+        """One line: mean time of each stage, FPS, and the device, threads, batch and image size."""
+        stages = ", ".join(f"{name} {self.stages[name].mean_ms:.1f} ms" for name in STAGES[:3])
+        image = f", image {self.image_size[0]}x{self.image_size[1]} (HxW)" if self.image_size else ""
+        return (f"speed: {stages}; {self.fps:.1f} FPS on {self.device}, {torch.get_num_threads()} threads, "
+                f"batch {self.batch_size}{image}")
 
     @property
     def description(self) -> str:
@@ -82,8 +92,8 @@ class SpeedResult:
         return (
             f"{self.iterations} timed iterations after {self.warmup} warm-up, batch size {self.batch_size}, "
             f"device {self.device}, {amp}, torch threads {torch.get_num_threads()}; {sync}. Per batch: "
-            f"preprocess = {self.stage_names['preprocess']}, model = {self.stage_names['model']} forward in "
-            f"eval mode, postprocess = {self.stage_names['postprocess']}, all under inference_mode. "
+            f"preprocess = {self.stage_names['preprocess']}, model = {self.stage_names['model']} in eval "
+            f"mode, postprocess = {self.stage_names['postprocess']}, all under inference_mode. "
             f"Total mean {total.mean_ms:.2f} ms, median {total.median_ms:.2f} ms, p90 {total.p90_ms:.2f} ms; "
             f"FPS {self.fps:.1f} images/s = batch size / mean total. Peak memory {self.peak_memory_mb:.1f} MiB "
             f"({self.memory_kind})."
@@ -104,6 +114,9 @@ class SpeedResult:
             "fps": self.fps,
             "peak_memory_mb": self.peak_memory_mb,
             "memory_kind": self.memory_kind,
+            "image_size": None if self.image_size is None else list(self.image_size),
+            "threads": torch.get_num_threads(),
+            "headline": self.headline,
             "description": self.description,
         }
 
@@ -113,6 +126,7 @@ def measure_speed(
     inputs: Any,
     *,
     preprocess: Callable[[Any], Any] | None = None,
+    forward: Callable[[Any], Any] | None = None,
     postprocess: Callable[[Any], Any] | None = None,
     batch_size: int | None = None,
     warmup: int = 10,
@@ -120,12 +134,15 @@ def measure_speed(
     amp: bool = False,
     amp_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> SpeedResult:
     """Time ``postprocess(model(preprocess(inputs)))`` stage by stage (see the module docstring).
 
     ``inputs`` is one batch (a tensor, a list of images, anything ``preprocess`` accepts); ``batch_size``
     defaults to its length. ``device`` defaults to the model's; it is only used for synchronisation,
-    autocast and memory: ``inputs``/``preprocess`` must put data there.
+    autocast and memory: ``inputs``/``preprocess`` must put data there. ``forward`` (default ``model``) is
+    the callable timed as the model stage; ``model`` is still the module put in eval mode. ``image_size``
+    (height, width of the input images) is only reported.
     """
     if warmup < 0 or iterations < 1:
         raise ValueError(
@@ -134,7 +151,7 @@ def measure_speed(
     batch_size = batch_size if batch_size is not None else _batch_length(inputs)
     device = torch.device(device) if device is not None else _model_device(model)
     autocast_dtype = _autocast_dtype(device, amp, amp_dtype)
-    stages = {"preprocess": preprocess or _identity, "model": model, "postprocess": postprocess or _identity}
+    stages = {"preprocess": preprocess or _identity, "model": forward or model, "postprocess": postprocess or _identity}
     was_training = model.training
     model.eval()
     try:
@@ -159,6 +176,7 @@ def measure_speed(
         fps=batch_size / (summaries["total"].mean_ms / 1e3),
         peak_memory_mb=peak_memory_mb,
         memory_kind=memory_kind,
+        image_size=image_size,
     )
 
 
@@ -192,7 +210,7 @@ def _callable_name(function: Callable[[Any], Any]) -> str:
     if function is _identity:
         return "identity (nothing given)"
     if isinstance(function, nn.Module):
-        return type(function).__name__
+        return f"{type(function).__name__} forward"
     return getattr(function, "__qualname__", type(function).__name__)
 
 

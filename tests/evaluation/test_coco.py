@@ -72,6 +72,14 @@ def test_segm_equals_pycocotools(seed, with_boxes):
     assert_same_as_pycocotools(dataset, results, "segm")
 
 
+@pytest.mark.parametrize("with_boxes", [False, True])
+def test_segm_equals_pycocotools_on_thousands_of_results(with_boxes):
+    """pycocotools' mask.area overflows on lists of more than 255 RLEs (numpy 2): ours measures any number."""
+    dataset, results = random_segm_case(7, with_boxes, num_images=400)
+    assert len(results) > 1000 and len({r["image_id"] for r in results}) > 255
+    assert_same_as_pycocotools(dataset, results, "segm")
+
+
 def test_identical_scores_and_duplicate_boxes_follow_list_order():
     box = [10.0, 10.0, 20.0, 20.0]
     dataset = {
