@@ -6,7 +6,7 @@ Two layouts are read:
   layout ``structured.data.convert`` writes;
 - an ultralytics dataset file ``data.yaml`` (given itself, or as the folder holding it)::
 
-      path: .                 # dataset root, relative to the yaml's folder (default: that folder)
+      path: .                 # dataset root, relative to the yaml's folder (that folder when absent or not there)
       train: images/train     # image folder(s) of each split, relative to ``path``
       val: images/val
       names: [cat, dog]       # or {0: cat, 1: dog}; ``nc``, when given, must match
@@ -166,9 +166,12 @@ def _classes_txt(root: Path, class_names: Sequence[str] | None) -> list[str]:
 
 
 def _check_classes_file(classes_file: Path, data: YoloDataFile) -> None:
-    if classes_file.is_file() and _classes_txt(classes_file.parent, None) != data.class_names:
-        raise ValueError(f"{classes_file} lists {_classes_txt(classes_file.parent, None)} but {data.path} names "
-                         f"{data.class_names}; make them agree or remove classes.txt")
+    if not classes_file.is_file():
+        return
+    listed = _classes_txt(classes_file.parent, None)
+    if listed != data.class_names:
+        raise ValueError(f"{classes_file} lists {listed} but {data.path} names {data.class_names}; "
+                         "make them agree or remove classes.txt")
 
 
 def _images_in(folder: Path) -> list[Path]:
