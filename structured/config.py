@@ -15,16 +15,25 @@ sections that name a registered part hold that builder's keyword arguments::
 
 ``load_config`` reads the file and applies overrides; ``validate_section`` checks every key of a
 section against the registered builder's signature, so a misspelt key is an error that names the key,
-the file and the valid keys instead of being silently ignored.
+the file and the valid keys instead of being silently ignored. Values are checked against the
+parameter's annotation before anything is built (``float``, ``int | None``, ``Sequence[int]``, ``bool``,
+``str``, ...; an int is accepted where a float is expected); a wrong-typed value is a ``ConfigError``
+naming the file or the ``--set`` it came from, the key, the expected type and the value. Annotations
+that are not plain data (modules, callables) or cannot be resolved are not checked.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import copy
+import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,6 +75,8 @@ class Config:
             raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
         self.data: dict[str, Any] = copy.deepcopy(dict(data))
         self.source = source
+        self.overrides: dict[str, str] = {}
+        """The ``--set`` text (``a.b=value``) behind each overridden dotted key, for error messages."""
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key, _MISSING)
@@ -97,6 +108,10 @@ class Config:
                 raise ConfigError(f"{self.source}: cannot set {dotted_key!r}: {prefix!r} is a value, not a section")
             node = child
         node[parts[-1]] = value
+
+    def overrides_under(self, section: str) -> dict[str, str]:
+        """The ``--set`` texts of the keys directly inside ``section``, by key (``{"lr": "train.lr=abc"}``)."""
+        return overrides_under(self.overrides, section)
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML text."""
@@ -145,6 +160,14 @@ def apply_override(config: Config, override: str) -> None:
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     config.set(key, value)
+    config.overrides[key] = f"{key}={text.strip()}"
+
+
+def overrides_under(overrides: Mapping[str, str], section: str) -> dict[str, str]:
+    """The entries of ``overrides`` (dotted key -> ``--set`` text) directly inside ``section``, by key."""
+    prefix = f"{section}."
+    return {key[len(prefix):]: text for key, text in overrides.items()
+            if key.startswith(prefix) and "." not in key[len(prefix):]}
 
 
 def parse_value(text: str) -> Any:
@@ -179,10 +202,13 @@ def _split_list(text: str) -> list[str]:
     return items
 
 
-def validate_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>") -> None:
-    """Check a ``{name: ..., **kwargs}`` section against the registered builder's keyword arguments.
+def validate_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>",
+                     overrides: Mapping[str, str] | None = None) -> None:
+    """Check a ``{name: ..., **kwargs}`` section against the registered builder's keyword arguments and types.
 
-    Nested parts (``backbone``, ``neck``) given as mappings with a ``name`` are checked the same way.
+    ``where`` is the section's dotted key (``model``); ``overrides`` the recipe's ``--set`` texts by dotted
+    key (``Config.overrides``), named in errors. Nested parts (``backbone``, ``neck``) given as mappings
+    with a ``name`` are checked the same way.
     """
     if not isinstance(section, Mapping):
         raise ConfigError(f"{source}: {where!r} must be a mapping with a 'name', got {type(section).__name__}")
@@ -191,21 +217,35 @@ def validate_section(section: Mapping[str, Any], registry: Registry, where: str,
             f"{source}: {where!r} has no 'name'; expected one of the registered {registry.kind}s: "
             + ", ".join(registry.names())
         )
+    overrides = overrides or {}
+    if not isinstance(section["name"], str):
+        origin = _origin(source, overrides_under(overrides, where), "name")
+        raise ConfigError(f"{origin}: {where}.name must be a string naming a registered {registry.kind}, "
+                          f"got {section['name']!r}")
     try:
         builder = registry.get(section["name"])
     except KeyError as error:
         raise ConfigError(f"{source}: {where}.name: {error}") from None
     arguments = {key: value for key, value in section.items() if key != "name"}
-    validate_keys(builder, arguments, f"{where} ({section['name']})", source)
+    validate_keys(builder, arguments, f"{where} ({section['name']})", source, overrides_under(overrides, where))
     for key, value in arguments.items():
-        if key in NESTED_PARTS and isinstance(value, Mapping) and "name" in value:
-            validate_section(value, NESTED_PARTS[key], f"{where}.{key}", source)
+        if _is_nested_part(key, value):
+            validate_section(value, NESTED_PARTS[key], f"{where}.{key}", source, overrides)
+
+
+def _is_nested_part(key: str, value: Any) -> bool:
+    return key in NESTED_PARTS and isinstance(value, Mapping) and "name" in value
 
 
 def validate_keys(
-    builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str = "<dict>"
+    builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str = "<dict>",
+    overrides: Mapping[str, str] | None = None,
 ) -> None:
-    """Raise ``ConfigError`` for a key ``builder`` does not accept or a required key that is missing."""
+    """Raise ``ConfigError`` for a key ``builder`` does not accept, a required key that is missing, or a
+    value whose type does not fit the parameter's annotation (nested parts are checked as sections).
+
+    ``overrides`` maps keys to the ``--set`` text they came from, named in the error beside the file.
+    """
     parameters = inspect.signature(builder).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         return
@@ -228,11 +268,96 @@ def validate_keys(
     ]
     if missing:
         raise ConfigError(f"{source}: {where} is missing required key(s): {', '.join(missing)}")
+    check_types(builder, arguments, where, source, overrides or {})
 
 
-def build_from_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>") -> Any:
-    """Validate a ``{name: ..., **kwargs}`` section and call its builder."""
-    validate_section(section, registry, where, source)
+def check_types(builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str,
+                overrides: Mapping[str, str]) -> None:
+    """Raise ``ConfigError`` for the first value of ``arguments`` that does not fit ``builder``'s annotation."""
+    hints = _parameter_hints(builder)
+    for key, value in arguments.items():
+        expected = hints.get(key, Any)
+        if not _is_nested_part(key, value) and not value_fits(value, expected):
+            raise ConfigError(f"{_origin(source, overrides, key)}: {key!r} in {where} must be {type_name(expected)}, "
+                              f"got {value!r} ({type(value).__name__})")
+
+
+def _origin(source: str, overrides: Mapping[str, str], key: str) -> str:
+    """Where the value of ``key`` came from: the file, and the ``--set`` when it was overridden."""
+    return f"{source} (--set {overrides[key]})" if key in overrides else source
+
+
+def _parameter_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of ``builder``'s parameters; ``{}`` when they cannot be resolved."""
+    while isinstance(builder, functools.partial):
+        builder = builder.func
+    annotated = builder if dataclasses.is_dataclass(builder) or not inspect.isclass(builder) else builder.__init__
+    try:
+        return typing.get_type_hints(annotated)
+    except (NameError, TypeError):
+        return {}
+
+
+_SEQUENCE_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+def value_fits(value: Any, expected: Any) -> bool:
+    """Whether a YAML / ``--set`` value fits the annotation ``expected``; annotations other than plain data
+    (``bool``, ``int``, ``float``, ``str``, ``None``, unions, sequences, mappings, literals) accept anything."""
+    origin, arguments = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, arm) for arm in arguments)
+    if expected is type(None):
+        return value is None
+    if expected in (bool, int, float, str):
+        return _scalar_fits(value, expected)
+    if origin is typing.Literal:
+        return value in arguments
+    if origin in _SEQUENCE_ORIGINS:
+        return _sequence_fits(value, origin, arguments)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping) and all(value_fits(item, arguments[-1] if arguments else Any)
+                                                  for item in value.values())
+    return True
+
+
+def _scalar_fits(value: Any, expected: type) -> bool:
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _sequence_fits(value: Any, origin: Any, arguments: tuple) -> bool:
+    if not isinstance(value, (list, tuple)):
+        return False
+    if origin is tuple and arguments and arguments[-1] is not Ellipsis:
+        return len(value) == len(arguments) and all(map(value_fits, value, arguments))
+    item_type = arguments[0] if arguments else Any
+    return all(value_fits(item, item_type) for item in value)
+
+
+def type_name(expected: Any) -> str:
+    """A short readable form of an annotation: ``float``, ``int | None``, ``Sequence[int]``."""
+    origin, arguments = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arm) for arm in arguments)
+    if expected is type(None):
+        return "None"
+    if expected is Ellipsis:
+        return "..."
+    if origin is typing.Literal:
+        return " or ".join(repr(choice) for choice in arguments)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in arguments)}]"
+    return getattr(expected, "__name__", str(expected))
+
+
+def build_from_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>",
+                       overrides: Mapping[str, str] | None = None) -> Any:
+    """Validate a ``{name: ..., **kwargs}`` section (see ``validate_section``) and call its builder."""
+    validate_section(section, registry, where, source, overrides)
     arguments = {key: copy.deepcopy(value) for key, value in section.items() if key != "name"}
     return registry.build(section["name"], **arguments)
 
@@ -242,4 +367,4 @@ def build_model(config: Config | Mapping[str, Any]) -> Any:
     config = config if isinstance(config, Config) else Config(config)
     if "model" not in config.data:
         raise ConfigError(f"{config.source}: no 'model' section; expected model: {{name: ..., ...}}")
-    return build_from_section(config.data["model"], MODELS, "model", config.source)
+    return build_from_section(config.data["model"], MODELS, "model", config.source, config.overrides)

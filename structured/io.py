@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,8 +56,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     """The object saved in a torch file, read safely (``weights_only=True``) onto the CPU.
 
-    A missing file raises ``FileNotFoundError`` and an unreadable one ``ValueError``; both name ``what``
-    and the file.
+    A missing file raises ``FileNotFoundError``; an empty, truncated or corrupt one, or one holding Python
+    objects that ``weights_only`` loading refuses, raises ``ValueError``. Each is one sentence naming
+    ``what`` and the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,7 +66,19 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt, truncated or unsafe files
-        raise ValueError(f"cannot read {what} {path}: {error}") from None
+        raise ValueError(f"cannot read {what} {path}: {_torch_load_failure(error)}") from None
+
+
+def _torch_load_failure(error: Exception) -> str:
+    """What went wrong in ``torch.load``, in one clause (torch's own messages run to several paragraphs)."""
+    message = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in message:
+        refused = re.search(r"GLOBAL (\S+)", message)
+        culprit = f" ({refused.group(1)})" if refused else ""
+        return (f"it holds Python objects{culprit} that safe loading (weights_only=True) refuses; expected "
+                "tensors and plain containers, e.g. a file written by torch.save(model.state_dict(), path)")
+    first_sentence = message.split(". ")[0].strip() or type(error).__name__
+    return f"it is empty, truncated or not written by torch.save ({first_sentence})"
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> Path:

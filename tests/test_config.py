@@ -1,5 +1,8 @@
 """Configs: YAML loading, typed overrides, validation against builder signatures, dumping."""
 
+from collections.abc import Callable, Sequence
+from typing import Literal
+
 import pytest
 import yaml
 
@@ -10,8 +13,10 @@ from structured.config import (
     build_from_section,
     load_config,
     parse_value,
+    type_name,
     validate_keys,
     validate_section,
+    value_fits,
 )
 from structured.registry import Registry
 
@@ -176,3 +181,66 @@ def test_missing_key_error_names_source():
     assert config.get("a.c", 7) == 7
     with pytest.raises(KeyError, match=r"recipe.yaml: no key 'a.c'"):
         config["a.c"]
+
+
+@pytest.mark.parametrize(
+    ("value", "annotation", "fits"),
+    [
+        (1, float, True),
+        (0.5, float, True),
+        ("abc", float, False),
+        (True, int, False),
+        (True, bool, True),
+        (1, bool, False),
+        (2.5, int, False),
+        (None, int | None, True),
+        ("x", int | None, False),
+        ([1, 2], Sequence[int], True),
+        ([1, "x"], Sequence[int], False),
+        ("ab", Sequence[str], False),
+        ([[16], [32.0]], Sequence[Sequence[float]], True),
+        (3, int | Sequence[int], True),
+        ([1, 2], tuple[int, int], True),
+        ([1], tuple[int, int], False),
+        ({"a": 1}, dict[str, int], True),
+        ({"a": "b"}, dict[str, int], False),
+        ("sgd", Literal["sgd", "adamw"], True),
+        ("adam", Literal["sgd", "adamw"], False),
+        (object(), Callable[..., int], True),
+    ],
+)
+def test_value_fits_annotation(value, annotation, fits):
+    assert value_fits(value, annotation) is fits
+
+
+def test_type_name_is_short_and_readable():
+    assert type_name(int | None) == "int | None"
+    assert type_name(Sequence[Sequence[float]]) == "Sequence[Sequence[float]]"
+    assert type_name(float) == "float"
+
+
+def test_wrong_typed_override_names_the_set_the_key_the_type_and_the_value(recipe_file, registries):
+    models, _ = registries
+    config = load_config(recipe_file, ["model.score_thresh=abc"])
+    with pytest.raises(ConfigError) as error:
+        validate_section(config["model"], models, "model", config.source, config.overrides)
+    assert str(error.value) == (f"{recipe_file} (--set model.score_thresh=abc): 'score_thresh' in model (toy_detector) "
+                                "must be float, got 'abc' (str)")
+    config = load_config(recipe_file, ["model.backbone.depth=[1]"])
+    with pytest.raises(ConfigError, match=r"--set model.backbone.depth=\[1\]\): 'depth' in model.backbone "
+                                          r"\(toy_backbone\) must be int, got \[1\] \(list\)"):
+        validate_section(config["model"], models, "model", config.source, config.overrides)
+
+
+def test_wrong_typed_recipe_value_names_the_file_and_an_int_is_a_float(tmp_path, registries):
+    models, _ = registries
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text("model:\n  name: toy_detector\n  num_classes: three\n  score_thresh: 1\n")
+    config = load_config(recipe)
+    with pytest.raises(ConfigError, match=rf"^{recipe}: 'num_classes' in model \(toy_detector\) must be int, "
+                                          r"got 'three' \(str\)$"):
+        validate_section(config["model"], models, "model", config.source)
+    config.set("model.num_classes", 3)
+    validate_section(config["model"], models, "model", config.source)
+    with pytest.raises(ConfigError, match="model.name must be a string"):
+        validate_section({"name": 3}, models, "model")

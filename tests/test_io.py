@@ -50,3 +50,23 @@ def test_load_torch_file_names_the_file(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:40])
     with pytest.raises(ValueError, match="cannot read checkpoint .*cut.pt"):
         load_torch_file(tmp_path / "cut.pt")
+
+
+class _NotAllowed:
+    """A class ``weights_only`` loading refuses to unpickle."""
+
+
+def test_load_torch_file_errors_are_one_sentence_naming_the_file_and_the_cause(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:300])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"object": _NotAllowed()}, tmp_path / "pickle.pt")
+    messages = {}
+    for name in ("cut.pt", "empty.pt", "pickle.pt"):
+        with pytest.raises(ValueError) as error:
+            load_torch_file(tmp_path / name)
+        messages[name] = str(error.value)
+    assert all("\n" not in message and f"checkpoint {tmp_path / name}" in message for name, message in messages.items())
+    assert "empty, truncated or not written by torch.save" in messages["cut.pt"]
+    assert "empty, truncated" in messages["empty.pt"]
+    assert "_NotAllowed" in messages["pickle.pt"] and "weights_only=True" in messages["pickle.pt"]

@@ -14,6 +14,7 @@ import torch
 
 import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.profiling import format_table, profile_backbone
+from structured.cli import reports_usage_errors
 from structured.registry import BACKBONES
 
 
@@ -33,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
-    """Print the requested table."""
+    """Print the requested table; exit status 2 for unusable input (an unknown backbone name)."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.names or BACKBONES.names()

@@ -2,7 +2,7 @@
 
 Usage: python tools/convert_dataset.py --from coco SRC --to voc DST [--images DIR] [--classes a,b,c]
        [--split NAME] [--image-mode symlink|copy|none]
-SRC is a COCO .json file (with --images), a VOC folder or a YOLO folder; DST is an output folder.
+SRC is a COCO .json file (with --images), a VOC folder, a YOLO folder or data.yaml; DST is an output folder.
 See structured/data/convert.py for the layouts written and what each format can hold.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from structured.cli import reports_usage_errors
 from structured.data.convert import ANNOTATION_FORMATS, IMAGE_MODES, read_annotations, write_annotations
 
 
@@ -23,21 +24,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--to", dest="target_format", required=True, choices=ANNOTATION_FORMATS)
     parser.add_argument("--images", default=None, help="image folder of a COCO source")
     parser.add_argument("--classes", default=None, help="comma-separated class names fixing the label order")
-    parser.add_argument("--split", default=None, help="VOC ImageSets/Main split to read (default: every XML)")
+    parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (default: every XML) or data.yaml split (default: train)")
     parser.add_argument("--image-mode", default="symlink", choices=IMAGE_MODES)
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
-    """Convert and print what was written."""
+    """Convert and print what was written; exit status 2 for unusable input."""
     args = parse_args(argv)
     classes = args.classes.split(",") if args.classes else None
-    try:
-        annotations = read_annotations(args.source_format, args.source, args.images, classes, args.split)
-        written = write_annotations(annotations, args.target_format, args.destination, args.image_mode)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    annotations = read_annotations(args.source_format, args.source, args.images, classes, args.split)
+    written = write_annotations(annotations, args.target_format, args.destination, args.image_mode)
     boxes = sum(len(record.labels) for record in annotations.records)
     print(f"{len(annotations.records)} images, {boxes} boxes, {len(annotations.class_names)} classes -> {written}")
     return 0

@@ -6,12 +6,15 @@ python tools/convert_torchvision.py fasterrcnn_resnet50_fpn_coco.pth r50.pt --mo
 from __future__ import annotations
 
 import argparse
+import sys
 
+from structured.cli import reports_usage_errors
 from structured.convert.torchvision import TORCHVISION_MODELS, convert_checkpoint_file
 
 
-def main() -> None:
-    """Parse arguments, convert, print what was written."""
+@reports_usage_errors
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, convert, print what was written; exit status 2 for unusable input."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -24,10 +27,11 @@ def main() -> None:
     parser.add_argument(
         "--norm-eps", type=float, default=None, help="batch-norm eps (0 for torchvision's COCO r50)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     checkpoint = convert_checkpoint_file(args.source, args.destination, args.model, args.norm_eps)
     print(f"wrote {args.destination}: {checkpoint['config']['model']}, {len(checkpoint['model'])} tensors")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from structured.cli import reports_usage_errors
 from structured.config import build_model, load_config
 from structured.data.recipes import data_config, open_evaluation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
@@ -41,26 +42,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; exit status 2 for unusable input."""
     args = parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split)
-        checkpoint = load_checkpoint(args.weights)
-        checkpoint_classes = checkpoint.get("class_names")
-        if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
-            raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
-                             f"the dataset has {list(dataset.class_names)[1:]}")
-        config.set("model.num_classes", len(dataset.class_names) - 1)
-        model = build_model(config)
-        apply_weights(model, model_state_from(checkpoint), args.weights)
-        if args.optimize:
-            model.optimize_for_inference()
-        device = resolve_device(args.device)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.overrides)
+    dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split)
+    checkpoint = load_checkpoint(args.weights)
+    checkpoint_classes = checkpoint.get("class_names")
+    if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
+        raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
+                         f"the dataset has {list(dataset.class_names)[1:]}")
+    config.set("model.num_classes", len(dataset.class_names) - 1)
+    model = build_model(config)
+    apply_weights(model, model_state_from(checkpoint), args.weights)
+    if args.optimize:
+        model.optimize_for_inference()
+    device = resolve_device(args.device)
     evaluation = evaluate_detector_on_dataset(model.to(device), dataset, args.out, device, args.batch_size,
                                               speed_iterations=args.speed_iters)
     print(evaluation.report())

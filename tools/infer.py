@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from structured import Detector
+from structured.cli import reports_usage_errors
 from structured.inference import run_inference
 
 
@@ -33,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
-    """Run inference; exit status 1 when some input was skipped."""
+    """Run inference; exit status 1 when some input was skipped, 2 for unusable input."""
     args = parse_args(argv)
     detector = Detector.from_checkpoint(args.weights, device=args.device, optimize=args.optimize)
     summary = run_inference(detector, args.source, args.out, args.score_thr, args.classes, args.save_txt)

@@ -2,7 +2,7 @@
 
 Usage: python tools/inspect_dataset.py DATA [--format auto|coco|voc|yolo|folders] [--images DIR]
        [--split NAME] [--mosaic mosaic.png] [--samples 16]
-DATA is a COCO .json file, a VOC folder, a YOLO folder or a DSB2018-style mask folder.
+DATA is a COCO .json file, a VOC folder, a YOLO folder or data.yaml, or a DSB2018-style mask folder.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import sys
 import warnings
 
+from structured.cli import reports_usage_errors
 from structured.data.summary import (
     DATASET_FORMATS,
     format_summary,
@@ -26,22 +27,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("data", help="COCO .json file, VOC / YOLO / mask folder")
     parser.add_argument("--format", default="auto", choices=DATASET_FORMATS)
     parser.add_argument("--images", default=None, help="image folder of a COCO file (default: guessed)")
-    parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (default: every XML)")
+    parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (default: every XML) or data.yaml split (default: train)")
     parser.add_argument("--mosaic", default="mosaic.png", help="output PNG of annotated samples ('' for none)")
     parser.add_argument("--samples", type=int, default=16, help="number of samples in the mosaic")
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
-    """Print the summary, write the mosaic; exit status 1 when problems were found."""
+    """Print the summary, write the mosaic; exit status 1 when problems were found, 2 for unusable input."""
     args = parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the summary lists the same problems
-        try:
-            dataset = open_dataset(args.data, args.format, args.images, args.split)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        dataset = open_dataset(args.data, args.format, args.images, args.split)
     summary = summarize_dataset(dataset)
     print(format_summary(summary, args.data))
     if args.mosaic:

@@ -4,8 +4,9 @@ Usage: python tools/train_det.py configs/faster_rcnn/faster_rcnn_r18_fpn.yaml
            [--data PATH] [--set train.lr=0.01 ...] [--out runs/NAME] [--resume] [--weights W] [--device D]
 Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_det.py CONFIG ...
 
---data PATH   train on the dataset at PATH (COCO .json, VOC folder, YOLO folder, mask folder; format guessed)
-              instead of the recipe's; model.num_classes is then taken from the data.
+--data PATH   train on the dataset at PATH (COCO .json, VOC folder, YOLO folder or data.yaml, mask folder; format
+              guessed) instead of the recipe's; model.num_classes is then taken from the data. A data.yaml (or
+              VOCdevkit) with train and val splits trains on train and validates on val.
 --resume      continue the run in --out exactly where its last.pt stopped (model, optimizer, schedule,
               AMP scaler, epoch and position in it, random states).
 --weights W   start a new run from the model weights of checkpoint W (nothing else is loaded).
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 import structured.detection  # noqa: F401  (registers the detectors)
+from structured.cli import reports_usage_errors
 from structured.config import load_config
 from structured.data.recipes import use_data_path
 from structured.engine import NonFiniteLossError, shutdown_distributed, train_from_config
@@ -39,13 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_usage_errors
 def main(argv: list[str] | None = None) -> int:
     """Train; exit status 2 for unusable input, 1 when training stopped on a non-finite loss."""
     args = parse_args(argv)
     if args.resume and args.weights:
-        print("error: --resume continues a run with all its state; --weights starts a new one. Pick one.",
-              file=sys.stderr)
-        return 2
+        raise ValueError("--resume continues a run with all its state; --weights starts a new one. Pick one.")
     try:
         config = load_config(args.config, args.overrides)
         if args.data is not None:
@@ -57,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         shutdown_distributed()
     if best["value"] is not None:

@@ -1,4 +1,4 @@
-"""Datasets (COCO, Pascal VOC, mask folders, synthetic shapes), augmentation, validation and loading.
+"""Datasets (COCO, Pascal VOC, YOLO, mask folders, synthetic shapes), augmentation, validation and loading.
 
 Every detection dataset returns ``(Tensor[3, H, W] float in [0, 1], Target)`` (see ``structured.types``)
 and carries ``class_names`` with ``class_names[0] == "__background__"``; batches come from
@@ -23,6 +23,7 @@ from structured.data.synthetic import SHAPE_CLASSES, generate_dataset, iter_samp
 from structured.data.transforms import training_transforms
 from structured.data.validate import ValidationReport
 from structured.data.voc import VOC_CLASSES, VOCDetection, VOCSegmentation, parse_voc_xml
+from structured.data.yolo import read_yolo
 
 __all__ = [
     "BACKGROUND",
@@ -51,6 +52,7 @@ __all__ = [
     "read_annotations",
     "read_image",
     "read_index_png",
+    "read_yolo",
     "seed_worker",
     "summarize_dataset",
     "training_transforms",

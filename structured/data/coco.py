@@ -10,6 +10,11 @@ dropped (both counted in ``dataset.report``, see ``structured.data.validate``). 
 (``include_crowd=False`` drops crowd regions). Images without annotations stay as negatives unless
 ``skip_empty=True``. Masks (``with_masks=True``) are decoded from polygons, compressed or uncompressed
 RLE with pycocotools; an annotation without segmentation gets its box as mask.
+
+Exports as Roboflow writes them carry a placeholder category (id 0, named after the supercategory of
+all the others, with no annotation); such a category is left out of the classes and noted in
+``dataset.report``. A ``bbox`` must hold four numbers; anything else is a ``ValueError`` naming the
+file, the annotation id and the image.
 """
 
 from __future__ import annotations
@@ -33,17 +38,29 @@ def _require(entry: dict, keys: Sequence[str], where: str) -> None:
         raise ValueError(f"{where}: missing key(s) {missing}; present: {sorted(entry)}")
 
 
-def _parse_categories(content: dict, source: str) -> tuple[list[int], list[str]]:
+def _parse_categories(content: dict, source: str, report: ValidationReport) -> tuple[list[int], list[str]]:
     categories = content.get("categories")
     if not categories:
         raise ValueError(f"{source}: no 'categories' list; a COCO instances file needs one")
     for index, category in enumerate(categories):
         _require(category, ("id", "name"), f"{source} categories[{index}]")
-    categories = sorted(categories, key=lambda category: category["id"])
+    placeholders = _placeholder_categories(categories, content.get("annotations", []))
+    for category in placeholders:
+        report.note(f"{source}: category id={category['id']} {category['name']!r} has no annotations and is the "
+                    "supercategory of the others (a placeholder, as Roboflow exports write); not used as a class")
+    categories = sorted((c for c in categories if c not in placeholders), key=lambda category: category["id"])
     ids = [int(category["id"]) for category in categories]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{source}: duplicate category ids in {ids}")
     return ids, [str(category["name"]) for category in categories]
+
+
+def _placeholder_categories(categories: list[dict], annotations: list) -> list[dict]:
+    """The categories no annotation uses whose name is the supercategory of other categories."""
+    used = {annotation.get("category_id") for annotation in annotations if isinstance(annotation, dict)}
+    parents = {category.get("supercategory") for category in categories
+               if category.get("supercategory") != category["name"]}
+    return [category for category in categories if category["id"] not in used and category["name"] in parents]
 
 
 def _parse_images(content: dict, source: str) -> dict[Any, dict]:
@@ -67,8 +84,17 @@ def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int],
             raise ValueError(f"{where}: refers to image_id {annotation['image_id']!r}, which is not in 'images'")
         if annotation["category_id"] not in id_to_label:
             raise unknown_class_error(annotation["category_id"], id_to_label, where, "category id")
+        _check_bbox(annotation["bbox"], images[annotation["image_id"]], where)
         grouped[annotation["image_id"]].append(annotation)
     return grouped
+
+
+def _check_bbox(bbox: Any, image: dict, where: str) -> None:
+    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox)
+    if not numbers:
+        raise ValueError(f"{where} (image_id={image['id']}, {image['file_name']}): bbox must be 4 numbers "
+                         f"[x, y, width, height], got {bbox!r}")
 
 
 def _image_record(image: dict, annotations: list[dict], image_root: Path, id_to_label: dict[int, int],
@@ -100,7 +126,7 @@ def parse_coco(annotation_file: str | Path, image_root: str | Path, include_crow
     content = load_json(annotation_file, "annotation")
     if not isinstance(content, dict):
         raise ValueError(f"{source}: expected a JSON object with 'images', 'annotations', 'categories'")
-    category_ids, class_names = _parse_categories(content, source)
+    category_ids, class_names = _parse_categories(content, source, report)
     id_to_label = {category_id: label for label, category_id in enumerate(category_ids, start=1)}
     images = _parse_images(content, source)
     grouped = _group_annotations(content, images, id_to_label, source)

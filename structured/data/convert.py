@@ -8,7 +8,8 @@ Every format is read into an ``AnnotationSet`` (``ImageRecord`` s with continuou
 - ``yolo``: ``<out>/labels/*.txt`` (``class cx cy w h``, normalised, class ``label - 1``) + ``<out>/images/``
   + ``<out>/classes.txt`` (one name per line).
 
-Images are symlinked (default), copied, or left alone (``image_mode``). What each format can hold:
+YOLO is also read from an ultralytics ``data.yaml`` (see ``structured.data.yolo``). Images are symlinked
+(default), copied, or left alone (``image_mode``). What each format can hold:
 VOC stores integer pixels (1-based inclusive), so its boxes are rounded to whole pixels; YOLO stores six
 decimals of the normalised coordinates (within 1e-3 px for images under 1000 px); only COCO keeps category
 ids and ``iscrowd``; only VOC keeps ``difficult``. Segmentations are not converted. Integer-pixel boxes
@@ -29,8 +30,8 @@ import numpy as np
 from structured.data.base import ImageRecord, coco_image_id
 from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
-from structured.data.validate import ValidationReport, sanitize_boxes
-from structured.data.voc import IMAGE_EXTENSIONS, VOCDetection, natural_key, write_voc_xml
+from structured.data.voc import VOCDetection, write_voc_xml
+from structured.data.yolo import read_yolo
 from structured.io import save_json
 
 ANNOTATION_FORMATS = ("coco", "voc", "yolo")
@@ -57,55 +58,11 @@ def _image_size(record: ImageRecord) -> tuple[int, int]:
     return read_image_size(record.path)
 
 
-def read_yolo(root: str | Path, class_names: Sequence[str] | None = None) -> AnnotationSet:
-    """Read ``root/images`` + ``root/labels/<stem>.txt`` (+ ``root/classes.txt`` unless ``class_names``)."""
-    root = Path(root)
-    if class_names is None:
-        classes_file = root / "classes.txt"
-        if not classes_file.is_file():
-            raise ValueError(f"{classes_file} not found; pass class_names or write one class name per line there")
-        class_names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-    images = sorted((p for p in (root / "images").glob("*") if p.suffix in IMAGE_EXTENSIONS),
-                    key=lambda p: natural_key(p.name))
-    report = ValidationReport()
-    records = [_yolo_record(image, root / "labels" / f"{image.stem}.txt", len(class_names), report) for image in images]
-    report.warn(str(root))
-    return AnnotationSet(records, list(class_names))
-
-
-def _yolo_rows(label_file: Path, num_classes: int) -> np.ndarray:
-    if not label_file.is_file():
-        return np.zeros((0, 5))
-    rows = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            values = [float(v) for v in fields[:5]]
-        except ValueError:
-            raise ValueError(f"{label_file} line {number}: expected 'class cx cy w h' numbers, got {line!r}") from None
-        if len(fields) < 5 or not values[0].is_integer() or not 0 <= values[0] < num_classes:
-            raise ValueError(f"{label_file} line {number}: expected 'class cx cy w h' with class in "
-                             f"0..{num_classes - 1}, got {line!r}")
-        rows.append(values)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
-
-
-def _yolo_record(image: Path, label_file: Path, num_classes: int, report: ValidationReport) -> ImageRecord:
-    height, width = read_image_size(image)
-    rows = _yolo_rows(label_file, num_classes)
-    centre, size = rows[:, 1:3] * [width, height], rows[:, 3:5] * [width, height]
-    boxes, keep = sanitize_boxes(np.concatenate((centre - size / 2, centre + size / 2), axis=1), (height, width),
-                                 str(label_file), report)
-    return ImageRecord(image_id=image.stem, path=image, boxes=boxes[keep], labels=rows[keep, 0].astype(np.int64) + 1,
-                       height=height, width=width)
-
-
 def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None = None,
                      class_names: Sequence[str] | None = None, split: str | None = None) -> AnnotationSet:
     """Read ``source`` in ``fmt``: a COCO JSON file (``image_root`` = its image folder), a VOC root (optional
-    ``split``) or a YOLO root. ``class_names`` fixes the label order for VOC and YOLO."""
+    ``split``) or a YOLO root or ``data.yaml`` (optional ``split``, default ``train``; see
+    ``structured.data.yolo``). ``class_names`` fixes the label order for VOC and YOLO."""
     _check_choice(fmt, ANNOTATION_FORMATS, "format")
     if fmt == "coco":
         if image_root is None:
@@ -115,7 +72,8 @@ def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None
     if fmt == "voc":
         dataset = VOCDetection(source, split=split, class_names=class_names)
         return AnnotationSet(dataset.records, dataset.class_names[1:])
-    return read_yolo(source, class_names)
+    yolo = read_yolo(source, class_names, split)
+    return AnnotationSet(yolo.records, yolo.class_names)
 
 
 def _place_image(source: Path, target: Path, image_mode: str) -> None:

@@ -4,10 +4,10 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
 
     data:
       format: auto            # auto | coco | voc | yolo | folders (see structured.data.summary.detect_format)
-      train: path             # COCO .json, VOC folder (VOCdevkit or flat), YOLO folder, mask folder
+      train: path             # COCO .json, VOC folder (VOCdevkit or flat), YOLO folder or data.yaml, mask folder
       val: null               # same forms; null: see val_split / val_fraction
       image_root: null        # COCO image folder (default: found next to the .json)
-      train_split: null       # VOC ImageSets/Main/<split>.txt
+      train_split: null       # VOC ImageSets/Main/<split>.txt, or a data.yaml split (train, val, test)
       val_split: null
       val_fraction: 0.0       # without a val set, hold out this fraction of train (seeded, by image)
       augment: standard       # standard (photometric, zoom-out, IoU crop, flip, resize) | flip | none
@@ -19,8 +19,9 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       skip_bad: false         # decode every image once and leave out unreadable ones
 
 Rules for paths: a folder whose dataset sits one level down (``dsb2018_nuclei/stage1_train``) is found
-when it is the only one there; a VOCdevkit folder with ``ImageSets/Main/train.txt`` and ``val.txt`` and
-no splits or ``val`` given trains on ``train`` and validates on ``val``.
+when it is the only one there; a VOCdevkit folder with ``ImageSets/Main/train.txt`` and ``val.txt``, or
+a YOLO ``data.yaml`` (the file or its folder) with ``train`` and ``val`` entries, with no splits or
+``val`` given trains on ``train`` and validates on ``val``.
 
 ``num_classes``: when the recipe's ``model`` section leaves it out, :func:`fill_num_classes` sets it to
 the training set's class count; when it is given it must equal that count.
@@ -40,6 +41,7 @@ from structured.data.base import DetectionDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.summary import detect_format, open_dataset
 from structured.data.transforms import Compose, RandomHorizontalFlip, Resize, training_transforms
+from structured.data.yolo import yolo_splits
 
 AUGMENT_PRESETS = ("standard", "flip", "none")
 
@@ -69,7 +71,7 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
     section = config.get("data", {}) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{config.source}: 'data' must be a mapping, got {type(section).__name__}")
-    validate_keys(DataConfig, section, "data", config.source)
+    validate_keys(DataConfig, section, "data", config.source, config.overrides_under("data"))
     settings = DataConfig(**section)
     if require_train and settings.train is None:
         raise ConfigError(f"{config.source}: data.train is not set; give a dataset path in the recipe or --data PATH")
@@ -120,11 +122,13 @@ def locate_dataset(path: str | Path, fmt: str = "auto") -> tuple[Path, str]:
 
 
 def _default_splits(path: Path, fmt: str, settings: DataConfig) -> tuple[str | None, str | None]:
+    """``(train split, val split)``: the recipe's, else ``train`` / ``val`` when the dataset defines both."""
+    if settings.val is not None or settings.train_split is not None or settings.val_split is not None:
+        return settings.train_split, settings.val_split
     main = path / "ImageSets" / "Main"
-    if (fmt == "voc" and settings.val is None and settings.train_split is None and settings.val_split is None
-            and (main / "train.txt").is_file() and (main / "val.txt").is_file()):
-        return "train", "val"
-    return settings.train_split, settings.val_split
+    voc_splits = fmt == "voc" and (main / "train.txt").is_file() and (main / "val.txt").is_file()
+    yolo_splits_given = fmt == "yolo" and {"train", "val"} <= set(yolo_splits(path))
+    return ("train", "val") if voc_splits or yolo_splits_given else (None, None)
 
 
 def _train_transforms(settings: DataConfig) -> Compose | None:

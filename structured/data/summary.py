@@ -1,7 +1,8 @@
 """Dataset inspection: open any supported layout, count images / boxes / sizes / problems, draw a mosaic.
 
 ``open_dataset`` recognises a COCO JSON file, a VOC folder (VOCdevkit or flat), a YOLO folder
-(``images/`` + ``labels/`` + ``classes.txt``) and a DSB2018-style mask folder. ``summarize_dataset``
+(``images/`` + ``labels/`` + ``classes.txt``) or ultralytics ``data.yaml`` (the file or its folder) and a
+DSB2018-style mask folder. ``summarize_dataset``
 decodes every image once, so unreadable files show up as problems instead of failing mid-training.
 """
 
@@ -16,11 +17,11 @@ import numpy as np
 
 from structured.data.base import DetectionDataset
 from structured.data.coco import CocoDetection
-from structured.data.convert import read_yolo
 from structured.data.folders import MaskFolderDataset
 from structured.data.loading import ImageReadError
 from structured.data.validate import ValidationReport
-from structured.data.voc import VOCDetection
+from structured.data.voc import IMAGE_EXTENSIONS, VOCDetection
+from structured.data.yolo import YAML_SUFFIXES, read_yolo, yolo_data_file
 from structured.visualize import draw_detections, save_image
 
 DATASET_FORMATS = ("auto", "coco", "voc", "yolo", "folders")
@@ -30,6 +31,8 @@ def detect_format(path: Path) -> str:
     """The layout of ``path``: ``coco``, ``voc``, ``yolo`` or ``folders``; ``ValueError`` when none fits."""
     if path.suffix == ".json":
         return "coco"
+    if path.suffix in YAML_SUFFIXES or (path.is_dir() and yolo_data_file(path) is not None):
+        return "yolo"
     if (path / "Annotations").is_dir() or (path / "annotations").is_dir():
         return "voc"
     if (path / "labels").is_dir() and (path / "images").is_dir():
@@ -37,31 +40,41 @@ def detect_format(path: Path) -> str:
     if path.is_dir() and any((child / "images").is_dir() for child in path.iterdir()):
         return "folders"
     raise ValueError(f"{path}: cannot tell the dataset format; expected a COCO .json file, a VOC folder "
-                     f"(Annotations/ or annotations/), a YOLO folder (images/ + labels/) or <id>/images/ + <id>/masks/")
+                     f"(Annotations/ or annotations/), a YOLO folder (images/ + labels/) or data.yaml, or <id>/images/ + <id>/masks/")
 
 
 def _coco_image_root(annotation_file: Path) -> Path:
+    """``images/`` beside the file or its folder, ``JPEGImages/`` beside its folder, else the file's own
+    folder when it holds images (Roboflow's ``train/_annotations.coco.json`` among ``train/*.jpg``)."""
     for candidate in (annotation_file.parent / "images", annotation_file.parent.parent / "images",
                       annotation_file.parent.parent / "JPEGImages"):
         if candidate.is_dir():
             return candidate
-    raise ValueError(f"{annotation_file}: image folder not found next to it; pass image_root")
+    if any(child.suffix in IMAGE_EXTENSIONS for child in annotation_file.parent.iterdir()):
+        return annotation_file.parent
+    raise ValueError(f"{annotation_file}: image folder not found (looked for images/ beside it and beside its "
+                     "folder, ../JPEGImages/, and images in its own folder); pass image_root")
 
 
 def open_dataset(path: str | Path, fmt: str = "auto", image_root: str | Path | None = None,
                  split: str | None = None) -> DetectionDataset:
-    """Open ``path`` as a detection dataset (masks not loaded), guessing the format when ``fmt="auto"``."""
+    """Open ``path`` as a detection dataset (masks not loaded), guessing the format when ``fmt="auto"``.
+
+    ``split`` is a VOC ``ImageSets/Main`` split or a ``data.yaml`` split (``train``, ``val``; default ``train``).
+    """
     path = Path(path)
     if fmt not in DATASET_FORMATS:
         raise ValueError(f"format must be one of {DATASET_FORMATS}, got {fmt!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "coco":
         return CocoDetection(path, image_root if image_root is not None else _coco_image_root(path))
     if fmt == "voc":
         return VOCDetection(path, split=split)
     if fmt == "yolo":
-        annotations = read_yolo(path)
-        return DetectionDataset(annotations.records, annotations.class_names)
+        annotations = read_yolo(path, split=split)
+        return DetectionDataset(annotations.records, annotations.class_names, report=annotations.report)
     return MaskFolderDataset(path, with_masks=False)
 
 
@@ -82,6 +95,7 @@ def summarize_dataset(dataset: DetectionDataset) -> DatasetSummary:
     summary = DatasetSummary(num_images=len(dataset))
     summary.problems.counts.update(dataset.report.counts)
     summary.problems.messages.extend(dataset.report.messages)
+    summary.problems.notes.extend(dataset.report.notes)
     for index in range(len(dataset)):
         try:
             image, target = dataset.load_sample(index)
@@ -108,6 +122,8 @@ def format_summary(summary: DatasetSummary, source: str) -> str:
     common = ", ".join(f"{w}x{h} ({n})" for (h, w), n in summary.image_sizes.most_common(5))
     lines.append(f"image sizes (WxH, most common): {common}")
     lines.append(summary.problems.summary("problems") if summary.problems else "problems: none")
+    if summary.problems.notes and not summary.problems:
+        lines += [f"note: {note}" for note in summary.problems.notes]
     return "\n".join(lines)
 
 

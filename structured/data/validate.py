@@ -11,7 +11,9 @@ Documented outcomes, shared by every loader:
 - an image without objects: valid (a negative), not a problem.
 
 Counted problems are collected in a ``ValidationReport``; loaders emit one ``warnings.warn`` summary per
-dataset rather than one warning per box.
+dataset rather than one warning per box. ``notes`` record how a loader read an export that is fine but
+unusual (a COCO placeholder supercategory left out of the classes); they are shown, not counted as
+problems.
 """
 
 from __future__ import annotations
@@ -30,32 +32,38 @@ MAX_LISTED_PROBLEMS = 20
 
 @dataclass
 class ValidationReport:
-    """Problems found in a dataset: a count per kind and one message per occurrence."""
+    """Problems found in a dataset: a count per kind and one message per occurrence; plus notes."""
 
     counts: Counter = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, kind: str, message: str) -> None:
         """Record one problem of ``kind`` (for example ``"clipped_box"``) described by ``message``."""
         self.counts[kind] += 1
         self.messages.append(message)
 
+    def note(self, message: str) -> None:
+        """Record how the data was read where it is worth knowing (not a problem)."""
+        self.notes.append(message)
+
     def __bool__(self) -> bool:
         return bool(self.messages)
 
     def summary(self, source: str) -> str:
-        """A short text: counts per kind, then the first ``MAX_LISTED_PROBLEMS`` messages."""
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.counts.items()))
+        """A short text: counts per kind, then the first ``MAX_LISTED_PROBLEMS`` messages, then the notes."""
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.counts.items())) or "no problems"
         listed = self.messages[:MAX_LISTED_PROBLEMS]
         more = len(self.messages) - len(listed)
         lines = [f"{source}: {kinds}", *(f"  {message}" for message in listed)]
         if more > 0:
             lines.append(f"  ... and {more} more")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def warn(self, source: str) -> None:
-        """Emit the summary as one ``UserWarning`` when anything was found."""
-        if self:
+        """Emit the summary as one ``UserWarning`` when anything was found or noted."""
+        if self or self.notes:
             warnings.warn(self.summary(source), UserWarning, stacklevel=3)
 
 

@@ -134,7 +134,7 @@ def train_config(config: Config) -> TrainConfig:
     section = config.get("train", {}) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{config.source}: 'train' must be a mapping, got {type(section).__name__}")
-    validate_keys(TrainConfig, section, "train", config.source)
+    validate_keys(TrainConfig, section, "train", config.source, config.overrides_under("train"))
     settings = TrainConfig(**section)
     checks = (
         (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),

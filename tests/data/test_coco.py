@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 from structured.data.coco import CocoDetection
 from structured.data.loading import ImageReadError
+from structured.data.summary import format_summary, open_dataset, summarize_dataset
 from structured.data.synthetic import SHAPE_CLASSES
 from tests.data.conftest import CATEGORY_IDS
 
@@ -151,3 +152,32 @@ def test_mask_size_mismatch_is_an_error(tmp_path: Path, content: dict, synthetic
     dataset = CocoDetection(_write(tmp_path, content), synthetic_root / "JPEGImages", with_masks=True)
     with pytest.raises(ValueError, match="declares 64x128"):
         dataset[0]
+
+
+def test_a_bbox_that_is_not_four_numbers_names_the_file_annotation_and_image(tmp_path: Path, content: dict) -> None:
+    annotation = content["annotations"][3]
+    annotation["bbox"][2] = "ten"
+    image = next(image for image in content["images"] if image["id"] == annotation["image_id"])
+    with pytest.raises(ValueError) as error:
+        CocoDetection(_write(tmp_path, content), tmp_path)
+    message = str(error.value)
+    assert f"instances.json annotation id={annotation['id']}" in message and image["file_name"] in message
+    assert "bbox must be 4 numbers" in message and "'ten'" in message
+
+
+def test_roboflow_export_images_beside_the_json_and_placeholder_supercategory(tmp_path: Path, content: dict,
+                                                                               synthetic_root: Path) -> None:
+    split = tmp_path / "train"
+    split.mkdir()
+    for image in content["images"]:
+        (split / image["file_name"]).symlink_to(synthetic_root / "JPEGImages" / image["file_name"])
+    for category in content["categories"]:
+        category["supercategory"] = "shapes"
+    content["categories"].insert(0, {"id": 0, "name": "shapes", "supercategory": "none"})
+    (split / "_annotations.coco.json").write_text(json.dumps(content))
+    with pytest.warns(UserWarning, match="category id=0 'shapes' has no annotations"):
+        dataset = open_dataset(split / "_annotations.coco.json")
+    assert dataset.class_names[1:] == list(SHAPE_CLASSES) and dataset.category_ids == list(CATEGORY_IDS)
+    assert dataset.records[0].path.parent == split and not dataset.report
+    summary = format_summary(summarize_dataset(dataset), "export")
+    assert "problems: none" in summary and "not used as a class" in summary

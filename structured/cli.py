@@ -1,0 +1,43 @@
+"""How the command-line tools report unusable input: one line ``error: <sentence>`` and exit status 2.
+
+Every tool decorates its ``main(argv)`` with :func:`reports_usage_errors`. The toolkit signals input it
+cannot use (a missing or unreadable file, a wrong-typed recipe value, a malformed annotation) with
+``ValueError`` (``ConfigError``, ``CheckpointError`` and ``ImageReadError`` are kinds of it) or an
+``OSError`` about a path, and an unknown registered name with ``UnknownNameError``; those become one line on stderr naming the culprit. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+from structured.registry import UnknownNameError
+
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, UnknownNameError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+    PermissionError,
+)
+"""The exception types that mean "this input cannot be used", not "the toolkit has a bug"."""
+
+USAGE_ERROR_STATUS = 2
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (runs of whitespace, newlines included, become one space)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def reports_usage_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a tool's ``main(argv)`` so unusable input prints ``error: <sentence>`` and returns status 2."""
+
+    @functools.wraps(main)
+    def guarded(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except USAGE_ERRORS as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return USAGE_ERROR_STATUS
+
+    return guarded

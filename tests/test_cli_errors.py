@@ -1,0 +1,92 @@
+"""Every tool, run as a subprocess on unusable input, ends with one ``error:`` line naming the culprit and
+exit status 2, never a traceback (``structured.cli``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from structured.cli import reports_usage_errors
+from structured.config import build_model, load_config
+from structured.data.synthetic import generate_dataset
+from structured.engine.checkpoint import save_checkpoint
+from tests.conftest import REPO_ROOT
+
+SMOKE_RECIPE = REPO_ROOT / "configs" / "smoke" / "faster_rcnn_r18_fpn_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny COCO set, a good checkpoint and the broken inputs, all under one folder."""
+    root = tmp_path_factory.mktemp("cli_inputs")
+    generate_dataset(root / "shapes", num_train=2, num_val=1, image_size=64, formats=("coco",))
+    config = load_config(SMOKE_RECIPE, ["model.num_classes=5"])
+    model = build_model(config)
+    save_checkpoint({"model": model.state_dict(), "config": config.data,
+                     "class_names": ["__background__", *"abcde"]}, root / "good.pt")
+    (root / "cut.pt").write_bytes((root / "good.pt").read_bytes()[:4096])
+    torch.save({"path": pathlib.PurePosixPath("x")}, root / "pickle.pt")
+    content = json.loads((root / "shapes" / "annotations" / "instances_train.json").read_text())
+    content["annotations"][0]["bbox"][1] = "ten"
+    (root / "bad_bbox.json").write_text(json.dumps(content))
+    (root / "typed.yaml").write_text(SMOKE_RECIPE.read_text().replace("batch_size: 2", "batch_size: two"))
+    (root / "yolo_without_classes" / "images").mkdir(parents=True)
+    (root / "yolo_without_classes" / "labels").mkdir()
+    return root
+
+
+CASES = {
+    "missing checkpoint": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/missing.pt"],
+                           "checkpoint not found: {root}/missing.pt"),
+    "truncated checkpoint": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/cut.pt"],
+                             "cannot read checkpoint {root}/cut.pt: it is empty, truncated"),
+    "pickle refused by weights_only": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/pickle.pt"],
+                                       "{root}/pickle.pt: it holds Python objects (pathlib.PurePosixPath)"),
+    "missing source": (["infer.py", "{root}/nothing.jpg", "--weights", "{root}/good.pt", "--out", "{root}/out"],
+                       "input not found: {root}/nothing.jpg"),
+    "--set train.lr=abc": (["train_det.py", str(SMOKE_RECIPE), "--set", "train.lr=abc", "--out", "{root}/run"],
+                           "(--set train.lr=abc): 'lr' in train must be float, got 'abc' (str)"),
+    "wrong-typed recipe value": (["train_det.py", "{root}/typed.yaml", "--out", "{root}/run"],
+                                 "{root}/typed.yaml: 'batch_size' in data must be int, got 'two' (str)"),
+    "unknown key": (["eval.py", str(SMOKE_RECIPE), "--weights", "{root}/good.pt", "--data",
+                     "{shapes}/annotations/instances_val.json", "--set", "data.batchsize=2"],
+                    "unknown key 'batchsize' in data"),
+    "COCO bbox string": (["inspect_dataset.py", "{root}/bad_bbox.json", "--images", "{shapes}/JPEGImages"],
+                         "bad_bbox.json annotation id=1 (image_id=1, 000001.jpg): bbox must be 4 numbers"),
+    "YOLO folder without classes": (["convert_dataset.py", "{root}/yolo_without_classes", "{root}/converted",
+                                     "--from", "yolo", "--to", "coco"],
+                                    "{root}/yolo_without_classes/classes.txt not found"),
+    "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
+                                  "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tool_reports_unusable_input_in_one_line_with_status_2(inputs: Path, case: str) -> None:
+    arguments, culprit = CASES[case]
+    fields = {"root": inputs, "shapes": inputs / "shapes"}
+    command = [sys.executable, str(REPO_ROOT / "tools" / arguments[0]), *(a.format(**fields) for a in arguments[1:])]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=inputs, capture_output=True, text=True, env=environment, timeout=300,
+                               check=False)
+    output = completed.stdout + completed.stderr
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert completed.returncode == 2, output
+    assert "Traceback" not in output
+    assert len(error_lines) == 1 and culprit.format(**fields) in error_lines[0], output
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    @reports_usage_errors
+    def main(argv: list[str] | None = None) -> int:
+        raise RuntimeError("a genuine bug")
+
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        main([])
