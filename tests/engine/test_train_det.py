@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,21 +12,15 @@ import yaml
 import structured.detection  # noqa: F401  (registers the detectors)
 from structured.config import build_model, load_config
 from structured.engine import load_checkpoint, read_log
+from tests.conftest import REPO_ROOT
+from tests.engine.conftest import train_det_tool
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE_RECIPE = REPO_ROOT / "configs" / "smoke" / "faster_rcnn_r18_fpn_tiny.yaml"
-
-
-def _train_det():
-    spec = importlib.util.spec_from_file_location("train_det", REPO_ROOT / "tools" / "train_det.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_train_resume_evaluate_and_reload_on_synthetic_coco(tiny_shapes: Path, tmp_path: Path, capsys) -> None:
-    tool = _train_det()
+    tool = train_det_tool()
     recipe = yaml.safe_load(SMOKE_RECIPE.read_text())
     recipe["data"].update(train=str(tiny_shapes / "annotations" / "instances_train.json"),
                           val=str(tiny_shapes / "annotations" / "instances_val.json"), val_fraction=0.0,
@@ -66,7 +59,7 @@ def test_train_resume_evaluate_and_reload_on_synthetic_coco(tiny_shapes: Path, t
 @pytest.mark.parametrize("name", ["raccoon", "dsb2018_nuclei"])
 def test_train_det_accepts_the_real_folders_directly(shared_data: Path, tmp_path: Path, name: str) -> None:
     run = tmp_path / name
-    code = _train_det().main([str(SMOKE_RECIPE), "--data", str(shared_data / name), "--out", str(run),
+    code = train_det_tool().main([str(SMOKE_RECIPE), "--data", str(shared_data / name), "--out", str(run),
                               "--device", "cpu", "--set", "train.max_iters=2", "train.log_every=1",
                               "data.batch_size=1"])
     assert code == 0
