@@ -1,5 +1,5 @@
-"""Trainer: exact resume after a kill, world size kept on resume, records of a run, NaN stop, weights-only
-loading, recipe errors."""
+"""Trainer: exact resume after a kill, world size kept on resume, the toy learns, records of a run, NaN stop,
+weights-only loading, recipe errors."""
 
 from __future__ import annotations
 
@@ -121,6 +121,21 @@ def test_resume_with_another_world_size_is_an_error_naming_both(toy_model: str, 
     assert train_det_tool().main([str(tmp_path / "recipe.yaml"), "--out", str(tmp_path), "--resume"]) == 2
     printed = capsys.readouterr().err
     assert printed.count("\n") == 1 and "world size 3 but this run has world size 1" in printed
+
+
+def test_the_toy_learns_its_box_and_class_within_ten_epochs(toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    recipe = toy_recipe(tiny_shapes, epochs=10, lr=0.1, schedule="constant", milestones=[], eval_every_epochs=0,
+                        log_every=4)
+    Trainer(load_config(recipe), tmp_path, verbose=False).fit()
+    epochs = [entry for entry in read_log(tmp_path / "log.jsonl") if entry["kind"] == "epoch"]
+    assert len(epochs) == 10
+
+    def fall(term: str) -> float:
+        """Mean ``term`` of the last two epochs over that of the first."""
+        return (epochs[-1][term] + epochs[-2][term]) / 2 / epochs[0][term]
+
+    assert fall("loss_box") < 0.75, [entry["loss_box"] for entry in epochs]  # measured 0.56
+    assert fall("loss_cls") < 0.9, [entry["loss_cls"] for entry in epochs]  # measured 0.77
 
 
 def test_run_folder_holds_parseable_records(straight_run: Path) -> None:
