@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 
 import structured.detection  # noqa: F401  (registers the detectors)
 from structured.config import build_model, load_config
+from structured.engine import read_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo" / "shapes_detector.py"
@@ -45,8 +46,12 @@ def test_demo_generates_trains_evaluates_and_infers(tmp_path: Path):
         assert f"=== {step}" in printed
     assert "Average Precision  (AP) @[ IoU=0.50 " in printed and "FPS" in printed
     assert (out / "run" / "best.pt").is_file() and (out / "run" / "last.pt").is_file()
+    steps = [entry for entry in read_log(out / "run" / "log.jsonl") if entry["kind"] == "train"]
+    # Too short a run for a useful AP (measured AP50 0.005), long enough for the heads to start learning.
+    assert steps[-1]["loss_classifier"] < 0.9 * steps[0]["loss_classifier"], steps  # measured 0.81
+    assert steps[-1]["loss"] < 0.95 * steps[0]["loss"], steps  # measured 0.85
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert -1.0 <= metrics["metrics"]["bbox"]["stats"]["AP50"] <= 1.0 and metrics["speed"] is not None
+    assert 0.0 <= metrics["metrics"]["bbox"]["stats"]["AP50"] <= 1.0 and metrics["speed"] is not None
     pictures = sorted(path.name for path in (out / "predictions").glob("*.jpg"))
     assert pictures == [f"fresh_{index:02d}.jpg" for index in range(3)]
     assert (out / "predictions_sheet.png").is_file()

@@ -3,7 +3,7 @@
 A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``)::
 
     {"format": 1, "model": state_dict, "optimizer": state_dict, "scaler": state_dict,
-     "epoch": e, "batch_in_epoch": b, "iteration": i, "rng": {...}, "best": {...},
+     "epoch": e, "batch_in_epoch": b, "iteration": i, "world_size": w, "rng": [{...} per rank], "best": {...},
      "config": resolved recipe dict, "class_names": [...]}
 
 ``epoch`` / ``batch_in_epoch`` say where training continues: batch ``b`` of epoch ``e`` (``b = 0`` at an

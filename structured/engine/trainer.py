@@ -16,7 +16,8 @@ Resume (``resume=True``) reloads ``run_dir/last.pt``: model, optimizer, AMP scal
 inside the epoch, best metric, random-generator states. The data order of an epoch is a pure function of
 ``(seed, epoch)`` (``ResumableSampler``) and augmentation of ``(seed, epoch, index)``, so the resumed run
 sees the same batches and, on CPU with ``deterministic: true``, ends with the same weights as an
-uninterrupted one. ``weights=PATH`` only loads model weights before training (a new run).
+uninterrupted one. A resume must use the world size the checkpoint was saved with (``CheckpointError``
+otherwise). ``weights=PATH`` only loads model weights before training (a new run).
 
 A non-finite loss (on any rank) raises :class:`NonFiniteLossError` before the backward pass, naming the
 step, epoch, batch and loss term; nothing is saved, so ``last.pt`` stays the last good checkpoint.
@@ -53,6 +54,7 @@ from structured.data.recipes import (
     fill_num_classes,
 )
 from structured.engine.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_weights,
@@ -259,13 +261,22 @@ class Trainer:
 
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.run_dir / LAST_CHECKPOINT)
+        self._check_world_size(checkpoint)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["iteration"])
         self.best = dict(checkpoint["best"])
-        rng_states = checkpoint["rng"]
-        restore_rng_state(rng_states[self.context.rank] if self.context.rank < len(rng_states) else rng_states[0])
+        restore_rng_state(checkpoint["rng"][self.context.rank])
+
+    def _check_world_size(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another world size: data shares and random states are per rank."""
+        saved = checkpoint.get("world_size", len(checkpoint["rng"]))  # older checkpoints: one RNG state per rank
+        if saved != self.context.world_size:
+            raise CheckpointError(
+                f"--resume: {self.run_dir / LAST_CHECKPOINT} was saved by a run of world size {saved} but this "
+                f"run has world size {self.context.world_size}; resume with {saved} processes, or start a new "
+                f"run from its weights with --weights")
 
     # ------------------------------------------------------------------------------------- checkpoints
 
@@ -277,6 +288,7 @@ class Trainer:
             "epoch": self.position.epoch,
             "batch_in_epoch": self.position.batch_in_epoch,
             "iteration": self.position.iteration,
+            "world_size": self.context.world_size,
             "best": dict(self.best),
             "config": self.config.data,
             "class_names": self.class_names,

@@ -1,4 +1,4 @@
-"""Faster R-CNN trains end to end: on generated images the loss falls within a short run."""
+"""Faster R-CNN trains end to end: on generated images every loss term falls within a short run."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_r18_fpn_loss_falls_on_generated_rectangles():
     generator = torch.Generator().manual_seed(0)
     images, targets = zip(*[rectangles_sample(generator) for _ in range(2)], strict=True)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    history = []
+    history: dict[str, list[float]] = {}
     for _ in range(12):
         losses = model(list(images), list(targets))
         assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
@@ -54,9 +54,20 @@ def test_r18_fpn_loss_falls_on_generated_rectangles():
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        history.append(total.item())
-    assert all(math.isfinite(value) for value in history)
-    assert sum(history[-3:]) / 3 < 0.6 * sum(history[:3]) / 3, history
+        for name, value in {**losses, "loss": total}.items():
+            history.setdefault(name, []).append(value.item())
+    assert all(math.isfinite(value) for values in history.values() for value in values)
+
+    def fall(name: str) -> float:
+        """Mean loss ``name`` of the last three steps over that of the first three."""
+        return sum(history[name][-3:]) / sum(history[name][:3])
+
+    # Each head learns on its own: measured ratios beside the thresholds.
+    assert fall("loss") < 0.5, history["loss"]  # 0.33
+    assert fall("loss_objectness") < 0.5, history["loss_objectness"]  # 0.31 (RPN classification)
+    assert fall("loss_rpn_box_reg") < 0.7, history["loss_rpn_box_reg"]  # 0.42
+    assert fall("loss_classifier") < 0.5, history["loss_classifier"]  # 0.26 (box head classification)
+    assert fall("loss_box_reg") < 0.8, history["loss_box_reg"]  # 0.56
 
 
 def test_images_without_objects_give_finite_losses_and_gradients():

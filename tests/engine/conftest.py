@@ -1,14 +1,19 @@
-"""Fixtures of the engine tests: the toy detector in MODELS and a small synthetic dataset on disk."""
+"""Fixtures of the engine tests: the toy detector in MODELS, a small synthetic dataset on disk, the train tool."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from structured.data.synthetic import generate_dataset
 from structured.registry import MODELS
+from tests.conftest import REPO_ROOT
 from tests.engine.toy import TOY_NAME, build_toy_detector
+
+TRAIN_DET = REPO_ROOT / "tools" / "train_det.py"
 
 
 @pytest.fixture
@@ -37,3 +42,11 @@ def toy_recipe(root: Path, **train: object) -> dict:
                  "max_size": 64, "batch_size": 2},
         "train": settings,
     }
+
+
+def train_det_tool() -> ModuleType:
+    """``tools/train_det.py`` loaded as a module, so that its ``main(argv)`` runs inside the test process."""
+    spec = importlib.util.spec_from_file_location("train_det", TRAIN_DET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

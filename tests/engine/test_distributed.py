@@ -1,4 +1,4 @@
-"""Two gloo processes on CPU train the toy detector and end with identical weights."""
+"""Two gloo processes on CPU train the toy detector and end with identical weights; one process cannot resume them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from structured.config import load_config
-from structured.engine import Trainer, load_checkpoint, read_log, shutdown_distributed
+from structured.engine import CheckpointError, Trainer, load_checkpoint, read_log, shutdown_distributed
 from tests.engine.conftest import toy_recipe
 from tests.engine.toy import register_toy
 
@@ -35,7 +35,7 @@ def _train_rank(rank: int, world_size: int, port: int, data_root: str, out: str)
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_agree_on_weights(tiny_shapes: Path, tmp_path: Path) -> None:
+def test_two_gloo_processes_agree_on_weights_and_one_process_cannot_resume_them(toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
     mp.spawn(_train_rank, args=(2, _free_port(), str(tiny_shapes), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -43,10 +43,12 @@ def test_two_gloo_processes_agree_on_weights(tiny_shapes: Path, tmp_path: Path) 
         assert torch.equal(value, rank1[key]), key
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     # 8 images over 2 ranks, 2 per batch: 2 steps per epoch, 2 epochs
-    assert checkpoint["iteration"] == 4 and len(checkpoint["rng"]) == 2
+    assert checkpoint["iteration"] == 4 and checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
     for key, value in checkpoint["model"].items():
         assert torch.equal(value, rank0[key]), key
     log = read_log(tmp_path / "run" / "log.jsonl")
     assert log[0]["world_size"] == 2
     assert [entry["iteration"] for entry in log if entry["kind"] == "train"] == [1, 2, 3, 4]
     assert all("AP50" in entry for entry in log if entry["kind"] == "epoch")
+    with pytest.raises(CheckpointError, match="world size 2 but this run has world size 1"):
+        Trainer(load_config(toy_recipe(tiny_shapes, epochs=3)), tmp_path / "run", resume=True, verbose=False)

@@ -11,8 +11,8 @@ import torch
 from structured.config import load_config
 from structured.data.recipes import build_datasets, data_config
 from structured.engine import Trainer, load_checkpoint, read_log
-from tests.engine.conftest import toy_recipe
-from tests.engine.test_train_det import SMOKE_RECIPE, _train_det
+from tests.engine.conftest import toy_recipe, train_det_tool
+from tests.engine.test_train_det import SMOKE_RECIPE
 from tests.engine.test_trainer import FaultyDataset, SimulatedKill
 
 pytestmark = pytest.mark.gpu
@@ -40,7 +40,7 @@ def test_amp_training_resumes_exactly_on_cuda(toy_model: str, tiny_shapes: Path,
 
 def test_faster_rcnn_trains_with_amp_on_cuda_through_train_det(tiny_shapes: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    code = _train_det().main([str(SMOKE_RECIPE), "--data", str(tiny_shapes / "annotations" / "instances_train.json"),
+    code = train_det_tool().main([str(SMOKE_RECIPE), "--data", str(tiny_shapes / "annotations" / "instances_train.json"),
                               "--out", str(run), "--device", "cuda", "--set", "train.amp=true", "train.max_iters=3",
                               "train.log_every=1"])
     assert code == 0

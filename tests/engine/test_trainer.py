@@ -1,4 +1,5 @@
-"""Trainer: exact resume after a kill, records of a run, NaN stop, weights-only loading, recipe errors."""
+"""Trainer: exact resume after a kill, world size kept on resume, the toy learns, records of a run, NaN stop,
+weights-only loading, recipe errors."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from structured.engine import (
 )
 from structured.engine.trainer import train_config
 from structured.registry import MODELS
-from tests.engine.conftest import toy_recipe
+from tests.engine.conftest import toy_recipe, train_det_tool
 from tests.engine.toy import TOY_NAME, build_toy_detector, register_toy
 
 
@@ -100,6 +101,41 @@ def test_resume_after_kill_gives_the_same_weights_as_a_straight_run(straight_run
         assert torch.equal(state["momentum_buffer"], straight_optimizer[index]["momentum_buffer"])
     steps = [entry["iteration"] for entry in read_log(tmp_path / "log.jsonl") if entry["kind"] == "train"]
     assert steps == list(range(1, 13))
+
+
+def test_resume_with_another_world_size_is_an_error_naming_both(toy_model: str, tiny_shapes: Path,
+                                                                tmp_path: Path, capsys) -> None:
+    recipe = toy_recipe(tiny_shapes, max_iters=1, eval_every_epochs=0)
+    Trainer(load_config(recipe), tmp_path, verbose=False).fit()
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["world_size"] == 1 and len(checkpoint["rng"]) == 1
+    save_checkpoint({**checkpoint, "world_size": 2}, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt was saved by a run of world size 2 but this run has world "
+                                              r"size 1; resume with 2 processes"):
+        Trainer(load_config(recipe), tmp_path, resume=True, verbose=False)
+
+    # A checkpoint from before "world_size" was stored: its number of RNG states (one per rank) tells.
+    legacy = {key: value for key, value in checkpoint.items() if key not in ("world_size", "format")}
+    save_checkpoint({**legacy, "rng": checkpoint["rng"] * 3}, tmp_path / "last.pt")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert train_det_tool().main([str(tmp_path / "recipe.yaml"), "--out", str(tmp_path), "--resume"]) == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and "world size 3 but this run has world size 1" in printed
+
+
+def test_the_toy_learns_its_box_and_class_within_ten_epochs(toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    recipe = toy_recipe(tiny_shapes, epochs=10, lr=0.1, schedule="constant", milestones=[], eval_every_epochs=0,
+                        log_every=4)
+    Trainer(load_config(recipe), tmp_path, verbose=False).fit()
+    epochs = [entry for entry in read_log(tmp_path / "log.jsonl") if entry["kind"] == "epoch"]
+    assert len(epochs) == 10
+
+    def fall(term: str) -> float:
+        """Mean ``term`` of the last two epochs over that of the first."""
+        return (epochs[-1][term] + epochs[-2][term]) / 2 / epochs[0][term]
+
+    assert fall("loss_box") < 0.75, [entry["loss_box"] for entry in epochs]  # measured 0.56
+    assert fall("loss_cls") < 0.9, [entry["loss_cls"] for entry in epochs]  # measured 0.77
 
 
 def test_run_folder_holds_parseable_records(straight_run: Path) -> None:
