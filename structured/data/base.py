@@ -43,7 +43,7 @@ def numbered_class_names(num_classes: int) -> list[str]:
 Transform = Callable[[np.ndarray, dict, np.random.Generator], tuple[np.ndarray, dict]]
 
 _PER_INSTANCE_TENSORS = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64,
-                         "difficult": torch.bool, "masks": torch.uint8}
+                         "difficult": torch.bool, "masks": torch.uint8, "area": torch.float32}
 
 
 @dataclass
@@ -85,10 +85,17 @@ def target_to_tensors(target: dict) -> dict:
     return converted
 
 
-def select_instances(target: dict, keep: np.ndarray) -> dict:
-    """A copy of the numpy ``target`` with only the instances where ``keep`` (bool or index array) holds."""
-    keep = np.asarray(keep)
-    indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+def select_instances(target: dict, keep: np.ndarray | torch.Tensor) -> dict:
+    """A copy of ``target`` with only the instances where ``keep`` (bool or index array) holds.
+
+    Works on the numpy targets of augmentation and on the tensor targets models see (``keep`` a tensor):
+    every per-instance entry (boxes, labels, masks, iscrowd, difficult, area, polygons) is selected.
+    """
+    if isinstance(keep, torch.Tensor):
+        indices = keep.nonzero().flatten() if keep.dtype == torch.bool else keep
+    else:
+        keep = np.asarray(keep)
+        indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
     selected = dict(target)
     for key in _PER_INSTANCE_TENSORS:
         if key in target:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from structured.backbones import FPN, Backbone, FrozenBatchNorm2d
 from structured.boxes.anchors import AnchorGenerator
+from structured.data.base import select_instances
 from structured.detection.roi_heads import (
     BoxPredictor,
     ConvFCHead,
@@ -98,8 +99,7 @@ def fold_frozen_batch_norms(model: nn.Module) -> int:
 def _without_crowd(target: Target) -> Target:
     if "iscrowd" not in target:
         return target
-    keep = target["iscrowd"] == 0
-    return {**target, "boxes": target["boxes"][keep], "labels": target["labels"][keep]}
+    return select_instances(target, target["iscrowd"] == 0)
 
 
 @dataclass
@@ -191,8 +191,14 @@ class FasterRCNN(nn.Module):
         batch, targets = self.transform(images, targets)
         features = self.extract_features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, self._select(features, self.rpn_features), targets)
-        roi_features = self._select(features, self.roi_features)
-        return {**rpn_losses, **self.roi_heads.loss(roi_features, proposals, targets)}
+        return {**rpn_losses, **self.head_losses(features, proposals, targets)}
+
+    def head_losses(
+        self, features: OrderedDict[str, Tensor], proposals: list[Tensor], targets: list[Target]
+    ) -> dict[str, Tensor]:
+        """The second stage's losses on a balanced sample of ``proposals`` (resized frame)."""
+        sample = self.roi_heads.sample(proposals, targets)
+        return self.roi_heads.loss(self._select(features, self.roi_features), sample)
 
     def raw_outputs(self, images: list[Tensor]) -> RawDetections:
         """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +168,30 @@ class BoxPredictor(nn.Module):
         return self.cls_score(features), self.bbox_pred(features)
 
 
+@dataclass
+class RoISample:
+    """The proposals sampled for training and what each was matched to.
+
+    ``proposals`` per image ``[S_i, 4]`` (resized frame); over all images, in that order: ``labels [S]``
+    (``0`` background, else the matched ground truth's class) and ``matched_boxes [S, 4]``;
+    ``matched_index`` per image ``[S_i]``: the index of the matched ground-truth instance in that image's
+    target (``0`` for background proposals, whose match is not used), so instance masks can be looked up.
+    """
+
+    proposals: list[Tensor]
+    labels: Tensor
+    matched_boxes: Tensor
+    matched_index: list[Tensor]
+
+    def positives(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per image the positive proposals and their matched indices, and their labels over all images."""
+        counts = [len(p) for p in self.proposals]
+        positive = [labels > 0 for labels in self.labels.split(counts)]
+        proposals = [p[keep] for p, keep in zip(self.proposals, positive, strict=True)]
+        indices = [i[keep] for i, keep in zip(self.matched_index, positive, strict=True)]
+        return proposals, indices, self.labels[self.labels > 0]
+
+
 class RoIHeads(nn.Module):
     """Box branch of Faster R-CNN: pooling, box head, predictor, sampling, loss and post-processing.
 
@@ -209,8 +234,8 @@ class RoIHeads(nn.Module):
         """Class logits ``[K, C+1]`` and box deltas ``[K, (C+1)*4]`` of the ``K`` proposals of all images."""
         return self.predictor(self.box_head(self.pooler(features, proposals)))
 
-    def sample_proposals(self, proposals: Tensor, target: Target) -> tuple[Tensor, Tensor, Tensor]:
-        """One image's sampled proposals ``[S, 4]``, their labels ``[S]`` and matched gt boxes ``[S, 4]``."""
+    def sample_proposals(self, proposals: Tensor, target: Target) -> RoISample:
+        """One image's balanced sample of proposals (ground-truth boxes included) with their matches."""
         gt_boxes = target["boxes"].to(proposals.dtype)
         proposals = torch.cat((proposals, gt_boxes))
         matches = self.matcher(box_iou(gt_boxes, proposals))
@@ -222,20 +247,26 @@ class RoIHeads(nn.Module):
             labels = torch.where(matches >= 0, labels, torch.where(matches == BELOW_LOW_THRESHOLD, 0, -1))
         positive, negative = self.sampler.sample(labels)
         sampled = torch.cat((positive, negative))
-        return proposals[sampled], labels[sampled], gt_boxes[matches[sampled].clamp(min=0)]
+        matched_index = matches[sampled].clamp(min=0)
+        return RoISample([proposals[sampled]], labels[sampled], gt_boxes[matched_index], [matched_index])
 
-    def loss(
-        self, features: list[Tensor], proposals: list[Tensor], targets: list[Target]
-    ) -> dict[str, Tensor]:
-        """``loss_classifier`` and ``loss_box_reg`` on a balanced sample of proposals per image."""
+    def sample(self, proposals: list[Tensor], targets: list[Target]) -> RoISample:
+        """The balanced sample of every image, concatenated (see :class:`RoISample`)."""
         samples = [self.sample_proposals(p, t) for p, t in zip(proposals, targets, strict=True)]
-        sampled_proposals = [s[0] for s in samples]
-        labels = torch.cat([s[1] for s in samples])
-        matched_gt = torch.cat([s[2] for s in samples])
-        logits, deltas = self.box_outputs(features, sampled_proposals)
+        return RoISample(
+            proposals=[s.proposals[0] for s in samples],
+            labels=torch.cat([s.labels for s in samples]),
+            matched_boxes=torch.cat([s.matched_boxes for s in samples]),
+            matched_index=[s.matched_index[0] for s in samples],
+        )
+
+    def loss(self, features: list[Tensor], sample: RoISample) -> dict[str, Tensor]:
+        """``loss_classifier`` and ``loss_box_reg`` on the sampled proposals (:meth:`sample`)."""
+        logits, deltas = self.box_outputs(features, sample.proposals)
+        labels = sample.labels
         positive = torch.where(labels > 0)[0]
         deltas = deltas.view(deltas.shape[0], -1, 4)[positive, labels[positive]]  # [K, C+1, 4] -> [P, 4]
-        box_targets = self.box_coder.encode(matched_gt[positive], torch.cat(sampled_proposals)[positive])
+        box_targets = self.box_coder.encode(sample.matched_boxes[positive], torch.cat(sample.proposals)[positive])
         box_loss = F.smooth_l1_loss(deltas, box_targets, beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
         return {"loss_classifier": F.cross_entropy(logits, labels), "loss_box_reg": box_loss}
 

@@ -3,7 +3,7 @@
 ``DetectionTransform`` takes the contract's input — a list of float ``[3, H, W]`` images in [0, 1] of any
 sizes, and optional targets — and returns an ``ImageBatch``: one zero-padded ``[B, 3, H', W']`` tensor
 whose sides are multiples of ``size_divisible``, the size of each resized image inside it, and the
-targets with boxes scaled to the resized frame. ``rescale_predictions`` maps predicted boxes from the
+targets with boxes scaled (and instance masks resized, nearest neighbour) to the resized frame. ``rescale_predictions`` maps predicted boxes from the
 resized frame back to each input image.
 
 Resizing follows torchvision's ``GeneralizedRCNNTransform`` exactly, so that checkpoints trained with it
@@ -45,6 +45,16 @@ def scale_boxes(boxes: Tensor, old_size: tuple[int, int], new_size: tuple[int, i
     old = torch.tensor(old_size, dtype=torch.float32, device=boxes.device)
     ratio_y, ratio_x = (new / old).unbind()
     return boxes * torch.stack((ratio_x, ratio_y, ratio_x, ratio_y))
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Instance masks ``[N, H, W]`` resized to ``size`` with nearest-neighbour sampling (same dtype)."""
+    if masks.shape[-2:] == size:
+        return masks
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, *size))
+    resized = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+    return resized.to(masks.dtype)
 
 
 def _check_image(image: Tensor, index: int) -> None:
@@ -165,6 +175,12 @@ class DetectionTransform(nn.Module):
         _check_target(target, index)
         resized = dict(target)
         resized["boxes"] = scale_boxes(target["boxes"], (int(old_size[0]), int(old_size[1])), new_size)
+        if "masks" in target:
+            expected = [target["boxes"].shape[0], int(old_size[0]), int(old_size[1])]
+            if list(target["masks"].shape) != expected:
+                raise ValueError(f"target {index} 'masks' must be [N, H, W] = {expected} (one per box, the image's "
+                                 f"size), got {list(target['masks'].shape)}")
+            resized["masks"] = resize_masks(target["masks"], new_size)
         return resized
 
     @staticmethod

@@ -5,8 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from structured.data import transforms as T
+from structured.data.base import select_instances
 from structured.data.geometry import masks_to_boxes
 from structured.data.synthetic import iter_samples
 
@@ -193,3 +195,13 @@ def test_bad_arguments_are_refused() -> None:
         T.RandomScaleJitter((2.0, 1.0))
     with pytest.raises(ValueError, match="max_scale"):
         T.RandomZoomOut(0.5)
+
+
+def test_select_instances_takes_every_per_instance_tensor():
+    target = {"boxes": torch.arange(12.0).view(3, 4), "labels": torch.tensor([1, 2, 3]),
+              "masks": torch.arange(3, dtype=torch.uint8).view(3, 1, 1).expand(3, 2, 2),
+              "iscrowd": torch.tensor([0, 1, 0]), "image_id": 7}
+    selected = select_instances(target, target["iscrowd"] == 0)
+    assert selected["labels"].tolist() == [1, 3] and selected["masks"][:, 0, 0].tolist() == [0, 2]
+    assert selected["boxes"].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]] and selected["image_id"] == 7
+    assert select_instances(target, torch.tensor([2]))["labels"].tolist() == [3]

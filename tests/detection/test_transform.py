@@ -81,3 +81,27 @@ def test_bad_inputs_are_named():
             [torch.rand(3, 8, 8)] * 2,
             [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
         )
+
+
+@pytest.mark.parametrize(("min_size", "max_size"), [(800, 1333), (128, 160)])
+def test_instance_masks_resize_as_torchvision_resizes_them(min_size, max_size):
+    generator = torch.Generator().manual_seed(max_size)
+    images = [torch.rand(3, h, w, generator=generator) for h, w in SIZES[:5]]
+    targets = []
+    for image in images:
+        target = random_target(generator, *image.shape[-2:])
+        target["masks"] = (torch.rand(5, *image.shape[-2:], generator=generator) > 0.6).to(torch.uint8)
+        targets.append(target)
+    reference = GeneralizedRCNNTransform(min_size, max_size, MEAN, STD).train()
+    _, expected = reference(images, [dict(t) for t in targets])
+    _, resized = DetectionTransform(min_size, max_size, MEAN, STD).train()(images, targets)
+    for mine, theirs in zip(resized, expected, strict=True):
+        assert mine["masks"].dtype == torch.uint8 and torch.equal(mine["masks"], theirs["masks"])
+
+
+def test_masks_that_do_not_fit_their_image_are_refused():
+    image = torch.rand(3, 40, 50)
+    target = random_target(torch.Generator().manual_seed(0), 40, 50)
+    target["masks"] = torch.zeros(5, 40, 49, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"target 0 'masks' must be \[N, H, W\] = \[5, 40, 50\]"):
+        DetectionTransform(32, 64, MEAN, STD)([image], [target])
