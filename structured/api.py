@@ -3,6 +3,7 @@
     detector = Detector.from_checkpoint("runs/shapes/best.pt")
     result = detector.predict("image.jpg")           # a path, an RGB array or a [3, H, W] tensor
     result.boxes, result.scores, result.labels, result.class_names
+    result.masks, result.binary(), result.polygons()   # instance models: [K, H, W] probabilities
     result.save("annotated.jpg"); result.to_coco(image_id=1)
 
 ``predict`` on a list returns a list. Results are in the input image's pixel frame (Prediction
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from structured.config import Config, build_model, load_config
 from structured.data.base import numbered_class_names
+from structured.data.geometry import masks_to_polygons
 from structured.data.loading import image_to_tensor, read_image
 from structured.engine.checkpoint import apply_weights, load_checkpoint, load_weights, model_state_from
 from structured.evaluation.coco import predictions_to_coco_results
@@ -76,6 +78,18 @@ class DetectionResult:
         if item not in self.class_names:
             raise ValueError(f"unknown class {item!r}; classes: {', '.join(self.class_names[1:])}")
         return list(self.class_names).index(item)
+
+    def binary(self, threshold: float = 0.5) -> Tensor | None:
+        """Boolean ``[K, H, W]`` masks, ``masks > threshold``; None for a model without masks."""
+        return None if self.masks is None else self.masks > threshold
+
+    def polygons(self, threshold: float = 0.5) -> list[list[np.ndarray]]:
+        """Per detection its mask's outer contours as ``[K, 2]`` (x, y) pixel rings, largest first (``[]``
+        for each detection of a model without masks)."""
+        binary = self.binary(threshold)
+        if binary is None:
+            return [[] for _ in range(len(self))]
+        return masks_to_polygons(binary.numpy())
 
     def plot(self) -> np.ndarray:
         """The image with boxes, class names, scores (and masks) drawn on it, RGB ``uint8``."""

@@ -5,7 +5,8 @@ annotated picture in ``out_dir`` (a video gets an annotated video), all detectio
 ``out_dir/predictions.json`` (a COCO results list: ``image_id``, xywh ``bbox``, ``score``,
 ``category_id``: the training data's own category id, as kept in the checkpoint), ``out_dir/images.json``
 maps image ids to file names and lists the categories, and with ``save_txt`` ``out_dir/labels/`` gets one
-YOLO label file per image. An unreadable input is reported by name and skipped; it never stops the run.
+YOLO label file per image (YOLO-seg polygons for a model with masks). An unreadable input is reported by
+name and skipped; it never stops the run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from structured.api import DetectionResult, Detector
-from structured.data.convert import yolo_label_text
+from structured.data.convert import yolo_label_text, yolo_segment_text
 from structured.data.loading import ImageReadError, read_image
 from structured.evaluation.detector import coco_categories
 from structured.io import save_json
@@ -170,5 +171,11 @@ def _timed_predict(
 
 
 def _write_yolo(result: DetectionResult, path: Path) -> None:
+    """YOLO labels of ``result``: segments (YOLO-seg polygons) for a model with masks, else boxes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yolo_label_text(result.boxes.numpy(), result.labels.numpy(), result.image.shape[:2]))
+    size = result.image.shape[:2]
+    if result.masks is not None:
+        text = yolo_segment_text(result.polygons(), result.labels.numpy(), size)
+    else:
+        text = yolo_label_text(result.boxes.numpy(), result.labels.numpy(), size)
+    path.write_text(text)

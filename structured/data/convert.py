@@ -153,6 +153,21 @@ def yolo_label_text(boxes: np.ndarray, labels: np.ndarray, image_size: tuple[int
                    for label, (cx, cy), (w, h) in zip(np.asarray(labels).tolist(), centre, size, strict=True))
 
 
+def yolo_segment_text(polygons: Sequence[Sequence[np.ndarray]], labels: np.ndarray, image_size: tuple[int, int]) -> str:
+    """YOLO-seg label lines ``class x1 y1 x2 y2 ...`` (normalised) of each instance's largest ring.
+
+    ``polygons`` per instance a list of ``[K, 2]`` (x, y) pixel rings, largest first (as
+    ``structured.data.geometry.masks_to_polygons`` gives them); instances without a ring get no line.
+    """
+    height, width = image_size
+    lines = []
+    for rings, label in zip(polygons, np.asarray(labels).tolist(), strict=True):
+        if rings:
+            points = (np.asarray(rings[0], dtype=np.float64) / [width, height]).clip(0, 1).reshape(-1)
+            lines.append(f"{label - 1} " + " ".join(f"{value:.6f}" for value in points) + "\n")
+    return "".join(lines)
+
+
 WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}
 
 

@@ -1,14 +1,16 @@
-"""Boxes derived from instance geometry: tight boxes of binary masks and of polygon rings.
+"""Instance geometry: tight boxes of binary masks and of polygon rings, and polygons of binary masks.
 
 A pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)`` in continuous coordinates, so the tight
 box of a mask is ``(min col, min row, max col + 1, max row + 1)``. An empty mask or an instance without
-rings has the degenerate box ``(0, 0, 0, 0)``.
+rings has the degenerate box ``(0, 0, 0, 0)``. Polygons of masks trace the outer boundary through the
+centres of the boundary pixels (``col + 0.5, row + 0.5``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 
@@ -29,3 +31,17 @@ def rings_to_box(rings: Sequence[np.ndarray]) -> np.ndarray:
         return np.zeros(4, dtype=np.float32)
     points = np.concatenate(rings, axis=0)
     return np.concatenate((points.min(axis=0), points.max(axis=0))).astype(np.float32)
+
+
+def masks_to_polygons(masks: np.ndarray) -> list[list[np.ndarray]]:
+    """Per instance of uint8/bool ``[N, H, W]`` masks, its outer contours as float32 ``[K, 2]`` (x, y) rings.
+
+    Rings are largest first; parts smaller than 3 points (single pixels, thin lines) are left out, so an
+    empty or speck-sized mask has no ring.
+    """
+    polygons = []
+    for mask in np.asarray(masks):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        rings = [contour.reshape(-1, 2).astype(np.float32) + 0.5 for contour in contours if len(contour) >= 3]
+        polygons.append(sorted(rings, key=lambda ring: -abs(cv2.contourArea(ring))))
+    return polygons
