@@ -15,7 +15,9 @@ sections that name a registered part hold that builder's keyword arguments::
 
 ``load_config`` reads the file and applies overrides; ``validate_section`` checks every key of a
 section against the registered builder's signature, so a misspelt key is an error that names the key,
-the file and the valid keys instead of being silently ignored.
+the file and the valid keys instead of being silently ignored. ``build_model`` needs nothing imported
+beforehand: the registries import the packages that register the built-in parts on their first lookup
+(``structured.registry``), so ``import structured.config`` itself loads no model code.
 """
 
 from __future__ import annotations

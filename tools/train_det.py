@@ -19,7 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import structured.detection  # noqa: F401  (registers the detectors)
 from structured.config import load_config
 from structured.data.recipes import use_data_path
 from structured.engine import NonFiniteLossError, shutdown_distributed, train_from_config

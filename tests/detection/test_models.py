@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-import structured.detection  # noqa: F401  (registers the Faster R-CNN recipes)
 from structured.detection.faster_rcnn import RECIPES
 from structured.registry import MODELS
 
