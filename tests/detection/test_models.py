@@ -1,4 +1,4 @@
-"""Generic tester: every registered Faster R-CNN recipe honours the detector contract of DESIGN.md.
+"""Generic tester: every registered Faster R-CNN recipe honours the detector contract of docs/architecture.md.
 
 Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: predictions in both modes, losses in both
 modes (named finite scalars that back-propagate), images of odd and different sizes in one batch,
