@@ -132,5 +132,5 @@ def test_report_import_time_against_torchvision() -> None:
         seconds = median_import_seconds(statement, repeats)
         print(
             f"\n{statement}: {seconds * 1000:.0f} ms, import torchvision: {torchvision_seconds * 1000:.0f} ms, "
-            f"ratio {seconds / torchvision_seconds:.2f} (median of {repeats} fresh interpreters)"
+            f"ratio {seconds / torchvision_seconds:.3f} (median of {repeats} fresh interpreters)"
         )
