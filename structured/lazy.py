@@ -35,6 +35,7 @@ def lazy_attributes(
     subpackages = frozenset(subpackages)
 
     def __getattr__(name: str) -> Any:
+        """Import the module that defines ``name`` (or the sub-package ``name``) and cache the value."""
         if name in exports:
             value = getattr(importlib.import_module(exports[name]), name)
         elif name in subpackages:
@@ -45,6 +46,7 @@ def lazy_attributes(
         return value
 
     def __dir__() -> list[str]:
+        """The package's loaded attributes together with the names it can still import."""
         return sorted({*vars(sys.modules[package]), *exports, *subpackages})
 
     return __getattr__, __dir__
