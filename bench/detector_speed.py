@@ -26,7 +26,6 @@ from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import structured.detection  # noqa: F401  (registers the recipes)
 from structured.convert.torchvision import convert_faster_rcnn
 from structured.data.loading import read_image
 from structured.registry import MODELS

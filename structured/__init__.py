@@ -1,16 +1,30 @@
 """structured: object detection and segmentation for PyTorch.
 
 The public API: ``load_config`` and ``build_model`` for recipes, ``list_models`` for what is
-registered, ``Detector`` to load a trained model and predict. The parts live in sub-packages:
-``structured.boxes`` (box forms, coding, IoU, NMS), ``structured.backbones``, ``structured.detection``,
-``structured.data``, ``structured.evaluation``. Importing the package registers every backbone, neck
-and model (plain imports below, no side effects to remember).
+registered, ``Detector`` (with its ``DetectionResult``) to load a trained model and predict. The parts
+live in sub-packages: ``structured.boxes`` (box forms, coding, IoU, NMS), ``structured.backbones``,
+``structured.detection``, ``structured.data``, ``structured.evaluation``, ``structured.engine``,
+``structured.convert``. The layers and contracts are described in docs/architecture.md.
+
+Importing ``structured`` (or one of its sub-packages) is cheap: the names above are imported on first
+use (``structured.lazy``), so ``from structured.boxes import nms`` loads the box module and nothing of
+the training engine, evaluation or plotting. Registration does not depend on what was imported first:
+a registry imports the packages that define its builders on its first lookup (``structured.registry``).
 """
 
-from structured import backbones, detection
-from structured.api import DetectionResult, Detector
-from structured.config import build_model, load_config
-from structured.registry import list_models
+from structured.lazy import lazy_attributes
 
-__all__ = ["DetectionResult", "Detector", "backbones", "build_model", "detection", "list_models", "load_config"]
+__all__ = ["DetectionResult", "Detector", "build_model", "list_models", "load_config"]
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "DetectionResult": "structured.api",
+        "Detector": "structured.api",
+        "build_model": "structured.config",
+        "load_config": "structured.config",
+        "list_models": "structured.registry",
+    },
+    subpackages=("backbones", "boxes", "convert", "data", "detection", "engine", "evaluation"),
+)

@@ -7,7 +7,7 @@
     result.save("annotated.jpg"); result.to_coco(image_id=1)
 
 ``predict`` on a list returns a list. Results are in the input image's pixel frame (Prediction
-contract of DESIGN.md); ``score_threshold`` and ``classes`` filter them.
+contract of docs/architecture.md); ``score_threshold`` and ``classes`` filter them.
 """
 
 from __future__ import annotations

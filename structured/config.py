@@ -19,7 +19,10 @@ the file and the valid keys instead of being silently ignored. Values are checke
 parameter's annotation before anything is built (``float``, ``int | None``, ``Sequence[int]``, ``bool``,
 ``str``, ...; an int is accepted where a float is expected); a wrong-typed value is a ``ConfigError``
 naming the file or the ``--set`` it came from, the key, the expected type and the value. Annotations
-that are not plain data (modules, callables) or cannot be resolved are not checked.
+that are not plain data (modules, callables) or cannot be resolved are not checked. ``build_model``
+needs nothing imported beforehand: the registries import the packages that register the built-in parts
+on their first lookup (``structured.registry``), so ``import structured.config`` itself loads no model
+code.
 """
 
 from __future__ import annotations

@@ -1,15 +1,22 @@
 """Name -> builder registries for backbones, necks and models.
 
 A registry is a dict with a decorator. Builders register themselves where they are defined
-(``@BACKBONES.register("resnet50")``); each package's ``__init__`` imports its modules, so importing
-``structured`` is enough for every name to be known. A failed lookup lists the registered names and
-the closest match, so a typo in a config never surfaces as a bare ``KeyError``.
+(``@BACKBONES.register("resnet50")``), and each package's ``__init__`` imports its modules, so importing
+the package registers all of its builders.
+
+Which packages those are is written here, next to each registry (``defined_in``): the first lookup
+(``get``, ``build``, ``names``, ``in``, ``len``) imports them with a plain ``importlib.import_module``.
+So ``list_models()`` and ``build_model`` see every built-in backbone, neck and model whatever a user
+imported first (``structured.config``, ``structured.registry`` or ``structured.backbones.resnet``),
+and importing this module alone stays cheap. A failed lookup lists the registered names and the closest
+match, so a typo in a config never surfaces as a bare ``KeyError``.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 Builder = TypeVar("Builder", bound=Callable[..., Any])
@@ -23,11 +30,20 @@ class UnknownNameError(KeyError):
 
 
 class Registry:
-    """A mapping from names to builders (classes or functions) of one kind of part."""
+    """A mapping from names to builders (classes or functions) of one kind of part.
 
-    def __init__(self, kind: str) -> None:
+    ``defined_in`` names the packages whose import registers the built-in builders of this kind; every
+    lookup imports them first (a no-op once they are in ``sys.modules``).
+    """
+
+    def __init__(self, kind: str, defined_in: Sequence[str] = ()) -> None:
         self.kind = kind
+        self.defined_in = tuple(defined_in)
         self._builders: dict[str, Callable[..., Any]] = {}
+
+    def _import_definitions(self) -> None:
+        for package in self.defined_in:
+            importlib.import_module(package)
 
     def register(self, name: str | None = None) -> Callable[[Builder], Builder]:
         """Decorator registering a builder under ``name`` (default: the builder's ``__name__``)."""
@@ -45,6 +61,7 @@ class Registry:
         """The builder registered under ``name``; an unknown name raises ``UnknownNameError``."""
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}: {name!r}")
+        self._import_definitions()
         try:
             return self._builders[name]
         except KeyError:
@@ -56,6 +73,7 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._import_definitions()
         return sorted(self._builders)
 
     def _unknown_message(self, name: str) -> str:
@@ -67,21 +85,23 @@ class Registry:
         return message
 
     def __contains__(self, name: object) -> bool:
+        self._import_definitions()
         return name in self._builders
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._import_definitions()
         return len(self._builders)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} entries)"
 
 
-BACKBONES = Registry("backbone")
-NECKS = Registry("neck")
-MODELS = Registry("model")
+BACKBONES = Registry("backbone", defined_in=("structured.backbones",))
+NECKS = Registry("neck", defined_in=("structured.backbones",))
+MODELS = Registry("model", defined_in=("structured.detection",))
 
 
 def list_models() -> list[str]:

@@ -1,7 +1,7 @@
 """Typed descriptions of the plain dicts passed between datasets, models and evaluation.
 
 They are ``TypedDict`` s: documentation and static checking only, the values at run time are ordinary
-dicts of tensors (compatible with torchvision and pycocotools). Conventions (see DESIGN.md):
+dicts of tensors (compatible with torchvision and pycocotools). Conventions (see docs/architecture.md):
 
 - boxes are ``xyxy`` in absolute pixels of the image they belong to, continuous coordinates
   (``x2 = x + w``, no "+1");

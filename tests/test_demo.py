@@ -15,7 +15,6 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-import structured.detection  # noqa: F401  (registers the detectors)
 from structured.config import build_model, load_config
 from structured.engine import read_log
 

@@ -12,7 +12,6 @@ import sys
 
 import torch
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.profiling import format_table, profile_backbone
 from structured.cli import reports_usage_errors
 from structured.registry import BACKBONES

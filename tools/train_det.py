@@ -20,7 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import structured.detection  # noqa: F401  (registers the detectors)
 from structured.cli import reports_usage_errors
 from structured.config import load_config
 from structured.data.recipes import use_data_path

@@ -1,10 +1,10 @@
 """The Backbone contract and the generic trunk runner every family builds on.
 
-Contract (DESIGN.md): ``forward(x: Tensor[B,3,H,W]) -> OrderedDict[str, Tensor]`` of the requested levels,
-named ``c1..c5`` after their stride (``c<k>`` has stride ``2**k``), in increasing stride order; attributes
-``out_channels: dict[str, int]`` and ``strides: dict[str, int]`` describe exactly those levels. A level
-is the last feature map the network computes at that stride. A family may offer extra named taps (e.g.
-``c5_entry`` for MobileNetV3, see ``mobilenet.py``); they are requested by name like levels.
+Contract (docs/architecture.md): ``forward(x: Tensor[B,3,H,W]) -> OrderedDict[str, Tensor]`` of the
+requested levels, named ``c1..c5`` after their stride (``c<k>`` has stride ``2**k``), in increasing stride
+order; attributes ``out_channels: dict[str, int]`` and ``strides: dict[str, int]`` describe exactly those
+levels. A level is the last feature map the network computes at that stride. A family may offer extra
+named taps (e.g. ``c5_entry`` for MobileNetV3, see ``mobilenet.py``); they are requested by name like levels.
 
 ``Backbone`` holds a torchvision-style classification model as ``trunk`` (torchvision's own module names,
 so a torchvision state dict maps by the prefix ``trunk.``) and a list of ``Step``s: the trunk's

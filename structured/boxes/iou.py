@@ -13,7 +13,8 @@ in [-1, 1] for any input.
 Mask IoU binarises dense masks (``bool``, integers: non-zero; floats: ``> 0.5``) and counts overlaps with
 one matrix product. RLE IoU follows pycocotools (crowd regions: intersection over the first mask's area).
 Polygon IoU uses shapely 2's vectorised functions and repairs self-intersecting polygons with
-``shapely.make_valid``.
+``shapely.make_valid``. pycocotools and shapely are imported inside the RLE and polygon functions, so
+the box functions (and ``import structured.boxes``) do not load them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import shapely
 import torch
-from pycocotools import mask as coco_mask
 from torch import Tensor
 
 from structured.boxes.formats import box_area, check_boxes
@@ -188,6 +187,8 @@ def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
 
 
 def _compressed_rles(rles: Sequence[dict], name: str) -> list[dict]:
+    from pycocotools import mask as coco_mask
+
     compressed = []
     for index, rle in enumerate(rles):
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
@@ -214,6 +215,8 @@ def rle_iou(rles1: Sequence[dict], rles2: Sequence[dict], iscrowd: Sequence[bool
     uncompressed (``counts`` list). Where ``iscrowd[j]`` is true, column ``j`` is the intersection over
     the area of the ``rles1`` mask (COCO's rule for crowd regions).
     """
+    from pycocotools import mask as coco_mask
+
     first = _compressed_rles(rles1, "rles1")
     second = _compressed_rles(rles2, "rles2")
     _check_same_rle_size(first + second)
@@ -242,6 +245,8 @@ def _polygon_vertex_arrays(polygons: Tensor | np.ndarray | Sequence, name: str) 
 
 
 def _valid_polygons(polygons: Tensor | np.ndarray | Sequence, name: str) -> np.ndarray:
+    import shapely
+
     vertices = _polygon_vertex_arrays(polygons, name)
     coordinates = np.concatenate(vertices) if vertices else np.zeros((0, 2))
     ring_offsets = np.cumsum([0, *(len(polygon) for polygon in vertices)])
@@ -265,6 +270,8 @@ def polygon_iou(
     intersect are computed (STR-tree query). The result is float64 on the CPU, or the dtype and device of
     ``polygons1`` when it is a floating tensor.
     """
+    import shapely
+
     geometries1 = _valid_polygons(polygons1, "polygons1")
     geometries2 = _valid_polygons(polygons2, "polygons2")
     intersection = np.zeros((len(geometries1), len(geometries2)))

@@ -1,7 +1,7 @@
 """Faster R-CNN: backbone (+ FPN) -> region proposal network -> RoI heads, with its registered recipes.
 
-``FasterRCNN`` follows the detector contract of DESIGN.md: ``forward(images, targets=None)`` takes a list
-of float ``[3, H, W]`` images in [0, 1]; with targets it returns a dict of named scalar losses
+``FasterRCNN`` follows the detector contract of docs/architecture.md: ``forward(images, targets=None)``
+takes a list of float ``[3, H, W]`` images in [0, 1]; with targets it returns a dict of named scalar losses
 (``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``), without targets a list
 of predictions (``boxes`` ``[K, 4]`` xyxy in the input image's pixels, ``scores``, ``labels`` in 1..C) —
 in train or eval mode alike. ``loss`` and ``predict`` are aliases. Crowd boxes (``iscrowd`` = 1) take no

@@ -5,20 +5,13 @@
 - ``distributed``: ``torchrun`` environment -> process group (nccl on CUDA, gloo on CPU), collectives;
 - ``records``: ``log.jsonl``, ``metrics.csv``, loss and mAP curves of a run folder;
 - ``schedule``: the learning-rate factor (warm-up, step, cosine) as a function of the step.
+
+The names below are imported on first use (``structured.lazy``): loading a checkpoint
+(``structured.engine.checkpoint``, as ``structured.Detector`` does) does not import the trainer and,
+through it, the data recipes and the evaluation loop.
 """
 
-from structured.engine.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from structured.engine.distributed import DistributedContext, init_distributed, shutdown_distributed
-from structured.engine.records import RunRecords, read_log
-from structured.engine.schedule import lr_factor
-from structured.engine.trainer import (
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    evaluate_detector,
-    train_config,
-    train_from_config,
-)
+from structured.lazy import lazy_attributes
 
 __all__ = [
     "CheckpointError",
@@ -38,3 +31,28 @@ __all__ = [
     "train_config",
     "train_from_config",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"), "structured.engine.checkpoint"
+        ),
+        **dict.fromkeys(
+            ("DistributedContext", "init_distributed", "shutdown_distributed"), "structured.engine.distributed"
+        ),
+        **dict.fromkeys(("RunRecords", "read_log"), "structured.engine.records"),
+        "lr_factor": "structured.engine.schedule",
+        **dict.fromkeys(
+            (
+                "NonFiniteLossError",
+                "TrainConfig",
+                "Trainer",
+                "evaluate_detector",
+                "train_config",
+                "train_from_config",
+            ),
+            "structured.engine.trainer",
+        ),
+    },
+)

@@ -9,9 +9,10 @@
 - ``"event"``: ``message`` (start, resume, stop).
 
 Each line is appended with one ``write`` call; ``metrics.csv`` (one row per ``epoch`` line),
-``loss.png`` and ``map.png`` are rewritten atomically from the log after each epoch. On resume the log is
-cut back to the checkpoint's iteration, so it never holds steps that are trained again. Only rank 0
-creates a ``RunRecords``.
+``loss.png`` and ``map.png`` are rewritten atomically from the log after each epoch. The curves are drawn
+on their own ``Figure`` (``structured.evaluation.plots.new_figure``): matplotlib is imported only then,
+and the user's backend is left as it is. On resume the log is cut back to the checkpoint's iteration, so
+it never holds steps that are trained again. Only rank 0 creates a ``RunRecords``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from structured.io import atomic_output, write_text
+from structured.evaluation.plots import new_figure, save_figure
+from structured.io import write_text
 
 LOG_NAME = "log.jsonl"
 METRICS_NAME = "metrics.csv"
@@ -103,7 +100,8 @@ class RunRecords:
         write_text(buffer.getvalue(), self.run_dir / METRICS_NAME)
 
     def _plot_loss(self, steps: list[dict[str, Any]]) -> None:
-        figure, axes = plt.subplots(figsize=(7, 4))
+        figure = new_figure(7, 4)
+        axes = figure.add_subplot()
         if steps:
             iterations = [entry["iteration"] for entry in steps]
             for key in [key for key in steps[-1] if key == "loss" or key.startswith("loss_")]:
@@ -112,10 +110,11 @@ class RunRecords:
             axes.legend(fontsize=8)
         axes.set(xlabel="iteration", ylabel="training loss", title="Training loss")
         axes.grid(alpha=0.3)
-        self._save_figure(figure, LOSS_PLOT_NAME)
+        save_figure(figure, self.run_dir / LOSS_PLOT_NAME, dpi=100)
 
     def _plot_map(self, epochs: list[dict[str, Any]]) -> None:
-        figure, axes = plt.subplots(figsize=(7, 4))
+        figure = new_figure(7, 4)
+        axes = figure.add_subplot()
         evaluated = [entry for entry in epochs if "AP" in entry]
         for key in ("AP", "AP50", "AP75"):
             if evaluated:
@@ -125,10 +124,4 @@ class RunRecords:
             axes.legend(fontsize=8)
         axes.set(xlabel="epoch", ylabel="mAP", title="Validation mAP", ylim=(0, 1))
         axes.grid(alpha=0.3)
-        self._save_figure(figure, MAP_PLOT_NAME)
-
-    def _save_figure(self, figure: Any, name: str) -> None:
-        figure.tight_layout()
-        with atomic_output(self.run_dir / name) as temporary:
-            figure.savefig(temporary, format="png", dpi=100)
-        plt.close(figure)
+        save_figure(figure, self.run_dir / MAP_PLOT_NAME, dpi=100)

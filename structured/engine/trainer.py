@@ -1,4 +1,4 @@
-"""Config-driven training of any registered detector (the ``Detector`` contract of DESIGN.md).
+"""Config-driven training of any registered detector (the detector contract of docs/architecture.md).
 
 ``Trainer(config, run_dir).fit()`` builds the model (``model:``), the data (``data:``, see
 ``structured.data.recipes``) and the optimisation (``train:``, the fields of :class:`TrainConfig`), then

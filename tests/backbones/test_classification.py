@@ -6,7 +6,6 @@ import pytest
 import torch
 import torchvision
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.profiling import count_parameters
 from structured.registry import BACKBONES
 

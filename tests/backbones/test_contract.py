@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.transfer import FrozenBatchNorm2d
 from structured.registry import BACKBONES
 

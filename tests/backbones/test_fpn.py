@@ -14,7 +14,6 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.fpn import FPN
 from structured.backbones.torchvision_keys import split_torchvision_backbone_state, torchvision_backbone_key
 from structured.registry import BACKBONES, NECKS

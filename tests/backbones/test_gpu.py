@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.fpn import FPN
 from structured.registry import BACKBONES
 

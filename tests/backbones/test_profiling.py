@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.profiling import BackboneProfile, format_table, profile_backbone
 from tests.conftest import REPO_ROOT
 

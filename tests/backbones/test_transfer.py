@@ -7,7 +7,6 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.backbones.transfer import (
     FrozenBatchNorm2d,
     convert_norm_layers,

@@ -10,7 +10,6 @@ import torch
 import torchvision
 from torch import nn
 
-import structured.backbones  # noqa: F401  (registers the backbones)
 from structured.registry import BACKBONES
 
 TOLERANCE = 1e-5

@@ -1,4 +1,4 @@
-"""Generic tester: every registered Faster R-CNN recipe honours the detector contract of DESIGN.md.
+"""Generic tester: every registered Faster R-CNN recipe honours the detector contract of docs/architecture.md.
 
 Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: predictions in both modes, losses in both
 modes (named finite scalars that back-propagate), images of odd and different sizes in one batch,
@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-import structured.detection  # noqa: F401  (registers the Faster R-CNN recipes)
 from structured.detection.faster_rcnn import RECIPES
 from structured.registry import MODELS
 

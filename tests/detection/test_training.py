@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import structured.detection  # noqa: F401  (registers the Faster R-CNN recipes)
 from structured.registry import MODELS
 
 IMAGE_SIZE = 96

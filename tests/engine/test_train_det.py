@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-import structured.detection  # noqa: F401  (registers the detectors)
 from structured.config import build_model, load_config
 from structured.engine import load_checkpoint, read_log
 from tests.conftest import REPO_ROOT

@@ -17,7 +17,7 @@ TOY_NAME = "engine_test_toy_detector"
 
 
 class ToyDetector(nn.Module):
-    """One box and one class per image; ``forward(images, targets)`` as in DESIGN.md."""
+    """One box and one class per image; ``forward(images, targets)`` as in docs/architecture.md."""
 
     def __init__(self, num_classes: int, width: int = 8, dropout: float = 0.1) -> None:
         super().__init__()
