@@ -14,7 +14,12 @@ from __future__ import annotations
 from typing import TypedDict
 
 import numpy as np
+import torch
 from torch import Tensor
+
+PER_INSTANCE_DTYPES = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64,
+                       "difficult": torch.bool, "masks": torch.uint8, "area": torch.float32}
+"""The per-instance entries of a Target (first dimension ``N``) and their tensor dtypes."""
 
 
 class _TargetRequired(TypedDict):
@@ -72,3 +77,23 @@ class Prediction(_PredictionRequired, total=False):
 
 IGNORE_INDEX = 255
 """Value of a semantic-mask pixel that takes no part in the loss or the metric."""
+
+
+def select_instances(target: dict, keep: np.ndarray | torch.Tensor) -> dict:
+    """A copy of ``target`` with only the instances where ``keep`` (bool or index array) holds.
+
+    Works on the numpy targets of augmentation and on the tensor targets models see (``keep`` a tensor):
+    every per-instance entry (boxes, labels, masks, iscrowd, difficult, area, polygons) is selected.
+    """
+    if isinstance(keep, torch.Tensor):
+        indices = keep.nonzero().flatten() if keep.dtype == torch.bool else keep
+    else:
+        keep = np.asarray(keep)
+        indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    selected = dict(target)
+    for key in PER_INSTANCE_DTYPES:
+        if key in target:
+            selected[key] = target[key][indices]
+    if "polygons" in target:
+        selected["polygons"] = [target["polygons"][i] for i in indices]
+    return selected

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from structured.data.loading import image_to_tensor, read_image, read_index_png
 from structured.data.validate import ValidationReport, check_images
+from structured.types import PER_INSTANCE_DTYPES, select_instances
 
 BACKGROUND = "__background__"
 
@@ -41,9 +42,6 @@ def numbered_class_names(num_classes: int) -> list[str]:
     return [BACKGROUND, *(f"class{label}" for label in range(1, num_classes + 1))]
 
 Transform = Callable[[np.ndarray, dict, np.random.Generator], tuple[np.ndarray, dict]]
-
-_PER_INSTANCE_TENSORS = {"boxes": torch.float32, "labels": torch.int64, "iscrowd": torch.int64,
-                         "difficult": torch.bool, "masks": torch.uint8, "area": torch.float32}
 
 
 @dataclass
@@ -76,33 +74,13 @@ def target_to_tensors(target: dict) -> dict:
     """Numpy target -> Target dict of tensors (``polygons`` dropped: they only serve augmentation)."""
     converted = {}
     for key, value in target.items():
-        if key in _PER_INSTANCE_TENSORS:
-            converted[key] = torch.as_tensor(np.ascontiguousarray(value), dtype=_PER_INSTANCE_TENSORS[key])
+        if key in PER_INSTANCE_DTYPES:
+            converted[key] = torch.as_tensor(np.ascontiguousarray(value), dtype=PER_INSTANCE_DTYPES[key])
         elif key == "semantic":
             converted[key] = torch.as_tensor(np.ascontiguousarray(value), dtype=torch.int64)
         elif key != "polygons":
             converted[key] = value
     return converted
-
-
-def select_instances(target: dict, keep: np.ndarray | torch.Tensor) -> dict:
-    """A copy of ``target`` with only the instances where ``keep`` (bool or index array) holds.
-
-    Works on the numpy targets of augmentation and on the tensor targets models see (``keep`` a tensor):
-    every per-instance entry (boxes, labels, masks, iscrowd, difficult, area, polygons) is selected.
-    """
-    if isinstance(keep, torch.Tensor):
-        indices = keep.nonzero().flatten() if keep.dtype == torch.bool else keep
-    else:
-        keep = np.asarray(keep)
-        indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
-    selected = dict(target)
-    for key in _PER_INSTANCE_TENSORS:
-        if key in target:
-            selected[key] = target[key][indices]
-    if "polygons" in target:
-        selected["polygons"] = [target["polygons"][i] for i in indices]
-    return selected
 
 
 class DetectionDataset(Dataset):

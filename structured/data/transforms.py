@@ -29,9 +29,9 @@ import torch
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from structured.boxes.iou import box_iou
-from structured.data.base import Transform, select_instances
+from structured.data.base import Transform
 from structured.data.geometry import masks_to_boxes, rings_to_box
-from structured.types import IGNORE_INDEX
+from structured.types import IGNORE_INDEX, select_instances
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

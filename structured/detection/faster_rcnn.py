@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from structured.backbones import FPN, Backbone, FrozenBatchNorm2d
 from structured.boxes.anchors import AnchorGenerator
-from structured.data.base import select_instances
 from structured.detection.roi_heads import (
     BoxPredictor,
     ConvFCHead,
@@ -37,7 +36,7 @@ from structured.detection.roi_heads import (
 from structured.detection.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from structured.detection.transform import DetectionTransform
 from structured.registry import BACKBONES, MODELS, NECKS
-from structured.types import Prediction, Target
+from structured.types import Prediction, Target, select_instances
 
 
 def _is_foldable_norm(module: nn.Module) -> bool:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from structured.data import transforms as T
-from structured.data.base import select_instances
 from structured.data.geometry import masks_to_boxes
 from structured.data.synthetic import iter_samples
+from structured.types import select_instances
 
 SAMPLES = iter_samples(12, seed=3, image_size=128, min_objects=2)
 
