@@ -3,8 +3,9 @@
 For ``fasterrcnn_resnet50_fpn`` and ``fasterrcnn_mobilenet_v3_large_fpn``: build torchvision's model with
 its seeded default initialisation and ``FrozenBatchNorm2d`` (how torchvision runs detection backbones with
 loaded weights), convert its state dict into our recipe, and run torchvision's model, ours, and ours after
-``optimize_for_inference()`` (frozen batch norms folded into the convolutions, channels-last layout) on the
-same 480x640 image (a raccoon photo from ../shared/data when present, else a random one), with
+``optimize_for_inference()`` (frozen batch norms folded into the convolutions, channels-last layout) and
+``Detector.predict`` (the default path of the API, ``tools/infer.py`` and ``tools/eval.py``: the optimized
+model, plus the copy of the results to the CPU and the score filter) on the same 480x640 image (a raccoon photo from ../shared/data when present, else a random one), with
 ``torch.set_num_threads(2)``, taking turns run by run. Prints the best (minimum) latency of each over the
 runs (the least disturbed by other load on the machine), the ratios ours /
 torchvision (< 1: we are faster) and the largest box difference against torchvision's detections (score
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -26,7 +29,9 @@ from torch import nn
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from structured import Detector
 from structured.convert.torchvision import convert_faster_rcnn
+from structured.data.base import numbered_class_names
 from structured.data.loading import read_image
 from structured.registry import MODELS
 
@@ -70,6 +75,11 @@ def bench_image() -> tuple[torch.Tensor, str]:
     return torch.rand(3, *IMAGE_SIZE, generator=generator), "random"
 
 
+def first_prediction(model: nn.Module, image: torch.Tensor) -> dict:
+    """``model``'s prediction for ``image`` alone."""
+    return model([image])[0]
+
+
 def max_box_difference(expected: dict, actual: dict) -> float:
     """Largest coordinate difference between each of our boxes and its nearest same-label reference box."""
     if len(actual["boxes"]) != len(expected["boxes"]):
@@ -82,18 +92,24 @@ def max_box_difference(expected: dict, actual: dict) -> float:
 
 
 @torch.no_grad()
-def time_models(
-    models: list[nn.Module], image: torch.Tensor, runs: int
-) -> tuple[list[list[float]], list[dict]]:
-    """One warm-up each, then ``runs`` turns over ``models``; latencies (s) per model and first outputs."""
-    outputs = [model([image])[0] for model in models]
-    times: list[list[float]] = [[] for _ in models]
+def time_runners(runners: list[Callable[[], dict]], runs: int) -> tuple[list[list[float]], list[dict]]:
+    """One warm-up each, then ``runs`` turns over ``runners``; latencies (s) per runner and first outputs."""
+    outputs = [run() for run in runners]
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(runs):
-        for model, model_times in zip(models, times, strict=True):
+        for run, run_times in zip(runners, times, strict=True):
             start = time.perf_counter()
-            model([image])
-            model_times.append(time.perf_counter() - start)
+            run()
+            run_times.append(time.perf_counter() - start)
     return times, outputs
+
+
+def detector_runner(detector: Detector, image: torch.Tensor) -> Callable[[], dict]:
+    """``Detector.predict`` on ``image`` (the user's default path), its result as a Prediction dict."""
+    def run() -> dict:
+        result = detector.predict(image)
+        return {"boxes": result.boxes, "scores": result.scores, "labels": result.labels}
+    return run
 
 
 def main() -> None:
@@ -111,10 +127,10 @@ def main() -> None:
     )
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}\n")
     print(
-        "| model | torchvision (s) | ours (s) | ours optimized (s) | ratio ours/tv | ratio optimized/tv "
-        "| max box diff ours | max box diff optimized |"
+        "| model | torchvision (s) | ours (s) | ours optimized (s) | Detector.predict (s) | ratio ours/tv "
+        "| ratio optimized/tv | ratio Detector/tv | max box diff ours | max box diff optimized |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key in args.models:
         builder, recipe = PAIRS[key]
         reference = torchvision_model(builder)
@@ -124,13 +140,18 @@ def main() -> None:
         optimized = MODELS.build(recipe, box_score_thresh=0.0).eval()
         optimized.load_state_dict(converted)
         optimized.optimize_for_inference()
-        times, outputs = time_models([reference, ours, optimized], image, args.runs)
-        tv, plain, fast = (min(t) for t in times)
+        default = MODELS.build(recipe, box_score_thresh=0.0)
+        default.load_state_dict(converted)
+        detector = Detector(default, numbered_class_names(90))
+        runners = [*(partial(first_prediction, model, image) for model in (reference, ours, optimized)),
+                   detector_runner(detector, image)]
+        times, outputs = time_runners(runners, args.runs)
+        tv, plain, fast, through_api = (min(t) for t in times)
         plain_diff = max_box_difference(outputs[0], outputs[1])
         fast_diff = max_box_difference(outputs[0], outputs[2])
         print(
-            f"| {recipe} | {tv:.3f} | {plain:.3f} | {fast:.3f} | {plain / tv:.3f} | {fast / tv:.3f} "
-            f"| {plain_diff:.1e} | {fast_diff:.1e} |"
+            f"| {recipe} | {tv:.3f} | {plain:.3f} | {fast:.3f} | {through_api:.3f} | {plain / tv:.3f} "
+            f"| {fast / tv:.3f} | {through_api / tv:.3f} | {plain_diff:.1e} | {fast_diff:.1e} |"
         )
 
 
