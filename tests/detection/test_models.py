@@ -21,7 +21,14 @@ import torch
 import yaml
 
 import structured.detection  # noqa: F401  (registers the Faster R-CNN recipes)
-from structured.config import merge_parts, registered_parts, settings_class_of, settings_from
+from structured.config import (
+    load_config,
+    merge_parts,
+    registered_parts,
+    settings_class_of,
+    settings_from,
+    validate_section,
+)
 from structured.detection.faster_rcnn import RECIPES
 from structured.registry import MODELS
 from tests.detection.recipe_fingerprint import fingerprint
@@ -176,3 +183,9 @@ def explicit_recipe(name: str) -> dict:
 def test_yaml_recipe_states_every_setting_of_the_registered_recipe(name):
     config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["model"]
     assert config == explicit_recipe(name)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.parent.glob("*/*.yaml")), ids=lambda path: path.stem)
+def test_every_yaml_recipe_validates_part_by_part(path):
+    config = load_config(path, ["model.num_classes=3"])
+    validate_section(config["model"], MODELS, "model", config.source, config.overrides)
