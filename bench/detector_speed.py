@@ -135,9 +135,9 @@ def main() -> None:
         builder, recipe = PAIRS[key]
         reference = torchvision_model(builder)
         converted = convert_faster_rcnn(reference.state_dict(), recipe)
-        ours = MODELS.build(recipe, box_score_thresh=0.0).eval()
+        ours = MODELS.build(recipe, roi_heads={"score_thresh": 0.0}).eval()
         ours.load_state_dict(converted)
-        optimized = MODELS.build(recipe, box_score_thresh=0.0).eval()
+        optimized = MODELS.build(recipe, roi_heads={"score_thresh": 0.0}).eval()
         optimized.load_state_dict(converted)
         optimized.optimize_for_inference()
         default = MODELS.build(recipe, box_score_thresh=0.0)

@@ -1,14 +1,16 @@
 """YAML recipes: load, override with ``--set a.b=value``, validate against builder signatures, dump.
 
-A recipe is one flat YAML file per model/dataset (no inheritance: what you read is what runs). Its
+A recipe is one YAML file per model/dataset (no inheritance: what you read is what runs). Its
 sections that name a registered part hold that builder's keyword arguments::
 
     model:
-      name: faster_rcnn_r18_fpn      # a name in MODELS
+      name: faster_rcnn_r18_fpn      # a name in MODELS (a Recipe: defaults for every part)
       num_classes: 5
-      backbone:                      # a nested part: validated against BACKBONES
+      backbone:                      # a registered part: validated against BACKBONES' resnet18
         name: resnet18
         frozen_stages: 1
+      rpn:                           # a settings part: validated against RPNSettings' fields
+        nms_thresh: 0.6
     train:
       epochs: 12
       lr: 0.02
@@ -23,6 +25,22 @@ that are not plain data (modules, callables) or cannot be resolved are not check
 needs nothing imported beforehand: the registries import the packages that register the built-in parts
 on their first lookup (``structured.registry``), so ``import structured.config`` itself loads no model
 code.
+
+A model is built from parts, and its section holds one sub-section per part, each validated against that
+part's own definition (errors name ``model.<part>.<key>``). A builder declares its parts in its signature:
+
+- a parameter annotated ``Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, ...)]`` takes a registered
+  part's section, ``{name: resnet50, frozen_stages: 2, ...}``, validated against that builder (less the keys
+  the model fills in itself, ``RegisteredPart.filled_by_model``);
+- a parameter annotated with a frozen settings dataclass (``RPNSettings | Mapping[str, Any]``) takes a
+  mapping of its fields, validated field by field (``settings_from`` makes the dataclass).
+
+A ``Recipe`` is a registered model: a builder plus defaults for each part. The arguments a YAML recipe or
+``--set`` gives are merged over those defaults one level deep: a part's mapping replaces only the keys it
+names (``model: {rpn: {nms_thresh: 0.6}}`` keeps every other RPN default of the recipe); any other value —
+a number, a list, ``null`` (``neck: null``: no neck) or a settings object — replaces the default whole.
+Keys a recipe no longer takes (an old flat recipe's ``rpn_nms_thresh``) are an error that names where each
+one goes now (``Recipe.moved_keys``).
 """
 
 from __future__ import annotations
@@ -38,17 +56,14 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from structured.io import write_text
-from structured.registry import BACKBONES, MODELS, NECKS, Registry
-
-NESTED_PARTS: dict[str, Registry] = {"backbone": BACKBONES, "neck": NECKS}
-"""Keys whose value, when a mapping with a ``name``, is itself a registered part to validate."""
-
+from structured.registry import MODELS, Registry
 
 
 class ConfigError(ValueError):
@@ -206,12 +221,13 @@ def _split_list(text: str) -> list[str]:
 
 
 def validate_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>",
-                     overrides: Mapping[str, str] | None = None) -> None:
+                     overrides: Mapping[str, str] | None = None, filled_by_model: Iterable[str] = ()) -> None:
     """Check a ``{name: ..., **kwargs}`` section against the registered builder's keyword arguments and types.
 
     ``where`` is the section's dotted key (``model``); ``overrides`` the recipe's ``--set`` texts by dotted
-    key (``Config.overrides``), named in errors. Nested parts (``backbone``, ``neck``) given as mappings
-    with a ``name`` are checked the same way.
+    key (``Config.overrides``), named in errors; ``filled_by_model`` the builder's arguments that the
+    enclosing model passes itself (not accepted in the section). A ``Recipe`` is checked with its defaults
+    merged in; its parts (see the module docstring) are checked the same way, each under its own dotted key.
     """
     if not isinstance(section, Mapping):
         raise ConfigError(f"{source}: {where!r} must be a mapping with a 'name', got {type(section).__name__}")
@@ -230,40 +246,57 @@ def validate_section(section: Mapping[str, Any], registry: Registry, where: str,
     except KeyError as error:
         raise ConfigError(f"{source}: {where}.name: {error}") from None
     arguments = {key: value for key, value in section.items() if key != "name"}
-    validate_keys(builder, arguments, f"{where} ({section['name']})", source, overrides_under(overrides, where))
+    label = f"{where} ({section['name']})"
+    if isinstance(builder, Recipe):
+        moved = builder.moved_keys_message(arguments)
+        if moved:
+            raise ConfigError(f"{source}: {label} {moved}")
+        builder, arguments = builder.builder, builder.resolve(arguments)
+    validate_keys(builder, arguments, label, source, overrides_under(overrides, where), filled_by_model)
+    validate_parts(builder, arguments, where, source, overrides)
+
+
+def validate_parts(builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str = "<dict>",
+                   overrides: Mapping[str, str] | None = None) -> None:
+    """Check each part mapping in ``arguments``: a registered part as a section, a settings part field by field."""
+    overrides = overrides or {}
+    registered, hints = registered_parts(builder), _parameter_hints(builder)
     for key, value in arguments.items():
-        if _is_nested_part(key, value):
-            validate_section(value, NESTED_PARTS[key], f"{where}.{key}", source, overrides)
-
-
-def _is_nested_part(key: str, value: Any) -> bool:
-    return key in NESTED_PARTS and isinstance(value, Mapping) and "name" in value
+        if not isinstance(value, Mapping):
+            continue
+        dotted = f"{where}.{key}"
+        settings_class = settings_class_of(hints.get(key, Any))
+        if key in registered:
+            validate_section(value, registered[key].registry, dotted, source, overrides,
+                             registered[key].filled_by_model)
+        elif settings_class is not None:
+            validate_keys(settings_class, value, dotted, source, overrides_under(overrides, dotted))
 
 
 def validate_keys(
     builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str = "<dict>",
-    overrides: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None, filled_by_model: Iterable[str] = (),
 ) -> None:
     """Raise ``ConfigError`` for a key ``builder`` does not accept, a required key that is missing, or a
-    value whose type does not fit the parameter's annotation (nested parts are checked as sections).
+    value whose type does not fit the parameter's annotation (part mappings are checked by ``validate_parts``).
 
     ``overrides`` maps keys to the ``--set`` text they came from, named in the error beside the file.
+    ``filled_by_model``: parameters the caller passes itself, neither accepted nor required here.
     """
     parameters = inspect.signature(builder).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         return
+    filled = set(filled_by_model)
     accepted = [
         name
         for name, parameter in parameters.items()
         if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and name not in filled
     ]
     for key in arguments:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{source}: unknown key {key!r} in {where}; valid keys: {', '.join(accepted)}.{hint}"
-            )
+            raise ConfigError(f"{source}: unknown key {key!r} in {where}; valid keys: {', '.join(accepted)}."
+                              + _unknown_key_hint(key, accepted, filled))
     missing = [
         name
         for name in accepted
@@ -274,13 +307,20 @@ def validate_keys(
     check_types(builder, arguments, where, source, overrides or {})
 
 
+def _unknown_key_hint(key: str, accepted: list[str], filled: set[str]) -> str:
+    if key in filled:
+        return f" The model sets {key!r} itself."
+    close = difflib.get_close_matches(key, accepted, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def check_types(builder: Callable[..., Any], arguments: Mapping[str, Any], where: str, source: str,
                 overrides: Mapping[str, str]) -> None:
     """Raise ``ConfigError`` for the first value of ``arguments`` that does not fit ``builder``'s annotation."""
     hints = _parameter_hints(builder)
     for key, value in arguments.items():
         expected = hints.get(key, Any)
-        if not _is_nested_part(key, value) and not value_fits(value, expected):
+        if not value_fits(value, expected):
             raise ConfigError(f"{_origin(source, overrides, key)}: {key!r} in {where} must be {type_name(expected)}, "
                               f"got {value!r} ({type(value).__name__})")
 
@@ -290,15 +330,61 @@ def _origin(source: str, overrides: Mapping[str, str], key: str) -> str:
     return f"{source} (--set {overrides[key]})" if key in overrides else source
 
 
-def _parameter_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+def _parameter_hints(builder: Callable[..., Any], include_extras: bool = False) -> dict[str, Any]:
     """The resolved annotations of ``builder``'s parameters; ``{}`` when they cannot be resolved."""
     while isinstance(builder, functools.partial):
         builder = builder.func
     annotated = builder if dataclasses.is_dataclass(builder) or not inspect.isclass(builder) else builder.__init__
     try:
-        return typing.get_type_hints(annotated)
+        return typing.get_type_hints(annotated, include_extras=include_extras)
     except (NameError, TypeError):
         return {}
+
+
+@dataclass(frozen=True)
+class RegisteredPart:
+    """Marks a builder parameter as a registered part's section:
+    ``backbone: Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, filled_by_model=("classifier",))]``.
+
+    ``filled_by_model``: the part builder's arguments that the model passes itself (the backbone's
+    ``classifier``, the neck's ``in_channels``); a section that sets one is an error.
+    """
+
+    registry: Registry
+    filled_by_model: tuple[str, ...] = ()
+
+
+def registered_parts(builder: Callable[..., Any]) -> dict[str, RegisteredPart]:
+    """``builder``'s parameters annotated with a ``RegisteredPart``, by name."""
+    parts = {}
+    for name, hint in _parameter_hints(builder, include_extras=True).items():
+        markers = [item for item in getattr(hint, "__metadata__", ()) if isinstance(item, RegisteredPart)]
+        if markers:
+            parts[name] = markers[0]
+    return parts
+
+
+def settings_class_of(annotation: Any) -> type | None:
+    """The settings dataclass an annotation names (itself, or an arm of a union), else ``None``."""
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    for candidate in (annotation, *arms):
+        if inspect.isclass(candidate) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from(settings_class: type[Settings], value: Settings | Mapping[str, Any], where: str) -> Settings:
+    """``value`` as a ``settings_class`` instance: itself, or built from a mapping of its fields (checked by
+    ``validate_keys``; an unknown key or a wrong type is a ``ConfigError`` naming ``where`` and the key)."""
+    if isinstance(value, settings_class):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {settings_class.__name__} fields, got {value!r}")
+    validate_keys(settings_class, value, where)
+    return settings_class(**value)
 
 
 _SEQUENCE_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
@@ -306,7 +392,8 @@ _SEQUENCE_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.Muta
 
 def value_fits(value: Any, expected: Any) -> bool:
     """Whether a YAML / ``--set`` value fits the annotation ``expected``; annotations other than plain data
-    (``bool``, ``int``, ``float``, ``str``, ``None``, unions, sequences, mappings, literals) accept anything."""
+    (``bool``, ``int``, ``float``, ``str``, ``None``, unions, sequences, mappings, literals) accept anything.
+    A settings dataclass accepts an instance or a mapping (whose fields ``validate_parts`` checks)."""
     origin, arguments = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return any(value_fits(value, arm) for arm in arguments)
@@ -321,6 +408,8 @@ def value_fits(value: Any, expected: Any) -> bool:
     if origin in (dict, collections.abc.Mapping):
         return isinstance(value, Mapping) and all(value_fits(item, arguments[-1] if arguments else Any)
                                                   for item in value.values())
+    if inspect.isclass(expected) and dataclasses.is_dataclass(expected):
+        return isinstance(value, (expected, Mapping))
     return True
 
 
@@ -355,6 +444,69 @@ def type_name(expected: Any) -> str:
     if origin is not None:
         return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in arguments)}]"
     return getattr(expected, "__name__", str(expected))
+
+
+def merge_parts(defaults: Mapping[str, Any], arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` over ``defaults``, one level deep: a mapping over a mapping replaces only the keys it
+    names; any other value (a number, a list, ``None``, a settings object) replaces the default whole."""
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in arguments.items():
+        default = merged.get(key)
+        both_mappings = isinstance(default, Mapping) and isinstance(value, Mapping)
+        merged[key] = copy.deepcopy({**default, **value} if both_mappings else value)
+    return merged
+
+
+class Recipe:
+    """A registered model: ``builder`` with ``defaults`` per part, merged under the arguments given.
+
+    The merge rule is ``merge_parts``'s: a mapping over a mapping default replaces only the keys it names,
+    any other value replaces the default whole. ``moved_keys`` maps keys the builder no longer takes
+    to their new dotted place (``rpn_nms_thresh`` -> ``rpn.nms_thresh``); giving one is a ``ConfigError``
+    that lists where each goes. The recipe's signature is the builder's with the recipe's defaults.
+    """
+
+    def __init__(self, builder: Callable[..., Any], defaults: Mapping[str, Any],
+                 moved_keys: Mapping[str, str] | None = None) -> None:
+        self.builder = builder
+        self.defaults = copy.deepcopy(dict(defaults))
+        self.moved_keys = dict(moved_keys or {})
+        parameters = inspect.signature(builder).parameters.values()
+        self.__signature__ = inspect.Signature(
+            [parameter.replace(default=self.defaults.get(parameter.name, parameter.default))
+             for parameter in parameters])
+
+    def resolve(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The builder's arguments: ``arguments`` merged over the defaults (``merge_parts``)."""
+        return merge_parts(self.defaults, arguments)
+
+    def moved_keys_message(self, arguments: Mapping[str, Any]) -> str | None:
+        """Where each moved key of ``arguments`` goes now (and a part given as a bare name), or ``None``."""
+        moves = [f"{key} -> {self.moved_keys[key]}" for key in arguments if key in self.moved_keys]
+        if not moves:
+            return None
+        moves += [f"{key}: {value} -> {key}.name" for key, value in arguments.items()
+                  if key in registered_parts(self.builder) and isinstance(value, str)]
+        parts = ", ".join(self.part_names())
+        return (f"uses keys of the old flat recipe format; each part ({parts}) now has its own sub-section. "
+                "Regroup them: " + ", ".join(moves))
+
+    def part_names(self) -> list[str]:
+        """The builder's parameters that are parts: registered parts and settings dataclasses."""
+        hints = _parameter_hints(self.builder)
+        registered = registered_parts(self.builder)
+        return [name for name in inspect.signature(self.builder).parameters
+                if name in registered or settings_class_of(hints.get(name, Any)) is not None]
+
+    def __call__(self, **arguments: Any) -> Any:
+        """Build the model from ``arguments`` merged over the recipe's defaults."""
+        moved = self.moved_keys_message(arguments)
+        if moved:
+            raise ConfigError(f"model {moved}")
+        return self.builder(**self.resolve(arguments))
+
+    def __repr__(self) -> str:
+        return f"Recipe({getattr(self.builder, '__name__', self.builder)!r}, {self.defaults!r})"
 
 
 def build_from_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>",

@@ -17,8 +17,8 @@ from tests.detection.test_faster_rcnn import assert_same_detections
 from tools import infer as infer_tool
 
 CLASS_NAMES = ["__background__", "disc", "block", "wedge"]
-RECIPE = {"model": {"name": "faster_rcnn_r18_fpn", "num_classes": 3, "min_size": 96, "max_size": 128,
-                    "box_score_thresh": 0.0, "box_detections_per_img": 20}}
+RECIPE = {"model": {"name": "faster_rcnn_r18_fpn", "num_classes": 3, "transform": {"min_size": 96, "max_size": 128},
+                    "roi_heads": {"score_thresh": 0.0, "detections_per_img": 20}}}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(detector, checkpoint)
 
 def _with_trained_batch_norms(recipe: dict) -> dict:
     """The recipe with trainable batch norms in the backbone (statistics updated below) and the conv box head."""
-    model = {**recipe["model"], "backbone_norm_layer": "bn", "frozen_stages": 0, "box_head": "conv_fc"}
+    model = {**recipe["model"], "backbone": {"norm_layer": "bn", "frozen_stages": 0},
+             "roi_heads": {**recipe["model"]["roi_heads"], "head": "conv_fc"}}
     return {**recipe, "model": model}
 
 

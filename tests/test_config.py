@@ -1,16 +1,17 @@
 """Configs: YAML loading, typed overrides, validation against builder signatures, dumping."""
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import pytest
 import yaml
 
-import structured.config as config_module
 from structured.config import (
     Config,
     ConfigError,
+    RegisteredPart,
     build_from_section,
+    build_model,
     load_config,
     parse_value,
     type_name,
@@ -18,7 +19,8 @@ from structured.config import (
     validate_section,
     value_fits,
 )
-from structured.registry import Registry
+from structured.detection.rpn import RPNSettings
+from structured.registry import MODELS, Registry
 
 RECIPE = """
 model:
@@ -42,20 +44,24 @@ def recipe_file(tmp_path):
     return path
 
 
+TOY_BACKBONES = Registry("backbone")
+
+
+@TOY_BACKBONES.register("toy_backbone")
+def toy_backbone(depth: int = 18, frozen_stages: int = 0, classifier: bool = False):
+    return depth
+
+
+def toy_detector(num_classes: int, score_thresh: float = 0.05,
+                 backbone: Annotated[dict | None, RegisteredPart(TOY_BACKBONES, ("classifier",))] = None):
+    return {"num_classes": num_classes, "score_thresh": score_thresh, "backbone": backbone}
+
+
 @pytest.fixture
-def registries(monkeypatch):
-    models, backbones = Registry("model"), Registry("backbone")
-
-    @models.register("toy_detector")
-    def toy_detector(num_classes: int, score_thresh: float = 0.05, backbone: dict | None = None):
-        return {"num_classes": num_classes, "score_thresh": score_thresh, "backbone": backbone}
-
-    @backbones.register("toy_backbone")
-    def toy_backbone(depth: int = 18, frozen_stages: int = 0):
-        return depth
-
-    monkeypatch.setitem(config_module.NESTED_PARTS, "backbone", backbones)
-    return models, backbones
+def registries():
+    models = Registry("model")
+    models.register("toy_detector")(toy_detector)
+    return models, TOY_BACKBONES
 
 
 def test_load_reads_scientific_notation_as_float(recipe_file):
@@ -244,3 +250,112 @@ def test_wrong_typed_recipe_value_names_the_file_and_an_int_is_a_float(tmp_path,
     validate_section(config["model"], models, "model", config.source)
     with pytest.raises(ConfigError, match="model.name must be a string"):
         validate_section({"name": 3}, models, "model")
+
+
+def test_a_key_the_model_fills_in_is_refused_in_its_part(registries):
+    models, _ = registries
+    section = {"name": "toy_detector", "num_classes": 3, "backbone": {"name": "toy_backbone", "classifier": True}}
+    with pytest.raises(ConfigError, match=r"unknown key 'classifier' in model.backbone \(toy_backbone\); "
+                                          r"valid keys: depth, frozen_stages. The model sets 'classifier' itself."):
+        validate_section(section, models, "model")
+
+
+GROUPED = """
+model:
+  name: faster_rcnn_r18_fpn
+  num_classes: 3
+  backbone: {frozen_stages: 0}
+  rpn: {post_nms_top_n_test: 50}
+  transform: {min_size: 96, max_size: 128}
+"""
+
+
+@pytest.fixture
+def grouped_recipe(tmp_path):
+    path = tmp_path / "grouped.yaml"
+    path.write_text(GROUPED)
+    return path
+
+
+def test_parts_merge_over_the_registered_recipe_and_overrides_reach_the_model(grouped_recipe):
+    config = load_config(grouped_recipe, ["model.roi_heads.score_thresh=0.3", "model.rpn.nms_thresh=0.6"])
+    model = build_model(config)
+    assert model.roi_heads.score_thresh == 0.3 and model.roi_heads.detections_per_img == 100
+    assert model.rpn.nms_thresh == 0.6 and model.rpn.test_settings.post_nms_top_n == 50
+    assert model.rpn.test_settings.pre_nms_top_n == 1000  # the recipe's default, not named in the file
+    assert model.backbone.frozen_modules == ()  # frozen_stages 0 over the recipe's 2; its levels and norm kept
+    assert list(model.backbone.out_channels) == ["c2", "c3", "c4", "c5"]
+    assert model.roi_heads.box_head.fc6.out_features == 512  # the r18 recipe's representation_size
+    assert model.transform.min_sizes == (96,) and model.neck.out_channels["p2"] == 128
+
+
+def test_neck_null_removes_the_recipes_neck():
+    model = MODELS.build("faster_rcnn_r18_fpn", num_classes=2, neck=None, rpn={
+        "features": ["c4"], "anchor_sizes": [[64, 128]], "aspect_ratios": [[1.0]]}, roi_heads={"features": ["c4"]})
+    assert model.neck is None and model.rpn_features == ["c4"]
+
+
+def test_unknown_key_in_a_settings_part_names_the_part_and_its_valid_keys(grouped_recipe):
+    config = load_config(grouped_recipe, ["model.rpn.nms_tresh=0.6"])
+    with pytest.raises(ConfigError) as error:
+        build_model(config)
+    valid = ", ".join(RPNSettings.__dataclass_fields__)
+    assert str(error.value) == (f"{grouped_recipe}: unknown key 'nms_tresh' in model.rpn; valid keys: {valid}. "
+                                "Did you mean 'nms_thresh'?")
+
+
+def test_wrong_type_inside_a_part_names_the_set_and_the_key(grouped_recipe):
+    config = load_config(grouped_recipe, ["model.roi_heads.score_thresh=high"])
+    with pytest.raises(ConfigError) as error:
+        build_model(config)
+    assert str(error.value) == (f"{grouped_recipe} (--set model.roi_heads.score_thresh=high): 'score_thresh' in "
+                                "model.roi_heads must be float, got 'high' (str)")
+    config = load_config(grouped_recipe, ["model.backbone.frozen_stages=two"])
+    with pytest.raises(ConfigError, match=r"\(--set model.backbone.frozen_stages=two\): 'frozen_stages' in "
+                                          r"model.backbone \(resnet18\) must be int"):
+        build_model(config)
+    with pytest.raises(ConfigError, match=r"'rpn' in model \(faster_rcnn_r18_fpn\) must be RPNSettings \| "
+                                          r"Mapping\[str, Any\], got 0.6"):
+        build_model(load_config(grouped_recipe, ["model.rpn=0.6"]))
+
+
+def test_unknown_key_in_a_registered_part_is_checked_after_the_merge(grouped_recipe):
+    config = load_config(grouped_recipe, ["model.neck.out_chanels=64"])
+    with pytest.raises(ConfigError, match=r"unknown key 'out_chanels' in model.neck \(fpn\); valid keys: "
+                                          r"out_channels, extra_levels, extra_from, norm_layer. Did you mean"):
+        build_model(config)
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet19'"):
+        build_model(load_config(grouped_recipe, ["model.backbone.name=resnet19"]))
+
+
+def test_an_old_flat_recipe_is_told_where_each_key_goes(tmp_path):
+    path = tmp_path / "flat.yaml"
+    path.write_text("model:\n  name: faster_rcnn_r18_fpn\n  backbone: resnet18\n  rpn_post_nms_top_n_test: 100\n"
+                    "  box_head: conv_fc\n  min_size: 128\n  fpn_channels: 64\n")
+    with pytest.raises(ConfigError) as error:
+        build_model(load_config(path))
+    message = str(error.value)
+    assert message.startswith(f"{path}: model (faster_rcnn_r18_fpn) uses keys of the old flat recipe format; each "
+                              "part (backbone, neck, rpn, roi_heads, transform) now has its own sub-section.")
+    for move in ("rpn_post_nms_top_n_test -> rpn.post_nms_top_n_test", "box_head -> roi_heads.head",
+                 "min_size -> transform.min_size", "fpn_channels -> neck.out_channels",
+                 "backbone: resnet18 -> backbone.name"):
+        assert move in message
+    with pytest.raises(ConfigError, match="box_score_thresh -> roi_heads.score_thresh"):
+        MODELS.build("faster_rcnn_r18_fpn", box_score_thresh=0.0)
+
+
+def test_settings_parts_accept_their_dataclass_and_check_mappings_built_directly():
+    from structured.detection import build_faster_rcnn
+
+    backbone, neck = {"name": "resnet18", "out_levels": ["c2", "c3", "c4", "c5"]}, {"name": "fpn", "out_channels": 32}
+    model = build_faster_rcnn(num_classes=2, backbone=backbone, neck=neck, rpn=RPNSettings(nms_thresh=0.5))
+    assert model.rpn.nms_thresh == 0.5
+    with pytest.raises(ConfigError, match=r"unknown key 'nms' in roi_heads; valid keys: features, head"):
+        build_faster_rcnn(num_classes=2, backbone=backbone, neck=neck, roi_heads={"nms": 0.1})
+
+
+def test_value_fits_a_settings_dataclass_as_itself_or_a_mapping():
+    assert value_fits(RPNSettings(), RPNSettings | Mapping[str, Any])
+    assert value_fits({"nms_thresh": 0.5}, RPNSettings)
+    assert not value_fits(0.5, RPNSettings)

@@ -14,7 +14,7 @@ A key outside this mapping is an error naming it. ``convert_checkpoint_file`` co
 and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI). ``num_classes_of`` reads the class count (without
 background) from the predictor. Batch-norm ``eps`` is not stored in a checkpoint: torchvision's detection
 backbones use 1e-5 (our recipes' default, also for MobileNetV3 whose classifier uses 1e-3), except that its
-COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``backbone_norm_eps=0.0``).
+COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``model.backbone.norm_eps: 0.0``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _recipe(model_name: str) -> dict:
             f"no torchvision mapping for model {model_name!r}; known: {sorted(TORCHVISION_MODELS.values())}"
         )
     recipe = RECIPES[model_name]
-    if recipe.get("fpn_channels", 256) is None:
+    if recipe["neck"] is None:
         raise ValueError(
             f"{model_name} has no torchvision counterpart (torchvision has no single-level Faster R-CNN)"
         )
@@ -81,8 +81,8 @@ def _rename(key: str, trunk: str, levels: tuple[str, ...]) -> str:
 def convert_faster_rcnn(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
     """A torchvision Faster R-CNN ``state_dict`` with its keys renamed for our recipe ``model_name``."""
     recipe = _recipe(model_name)
-    trunk = "mobilenet" if recipe["backbone"].startswith("mobilenet") else "resnet"
-    levels = tuple(recipe["backbone_levels"])
+    trunk = "mobilenet" if recipe["backbone"]["name"].startswith("mobilenet") else "resnet"
+    levels = tuple(recipe["backbone"]["out_levels"])
     return OrderedDict((_rename(key, trunk, levels), value) for key, value in state_dict.items())
 
 
@@ -110,7 +110,8 @@ def convert_checkpoint_file(
     "num_classes": ...}}, "class_names": [...]}``, atomically to ``destination``, so that
     ``Detector.from_checkpoint``, ``tools/eval.py --weights`` and ``tools/train_det.py --weights`` take
     it as it is. ``norm_eps`` overrides the recipe's batch-norm eps (0.0 for torchvision's COCO
-    ``fasterrcnn_resnet50_fpn`` weights). Returns the written dict.
+    ``fasterrcnn_resnet50_fpn`` weights), written as the recipe's ``backbone: {norm_eps: ...}`` (merged
+    over the registered recipe's backbone). Returns the written dict.
     """
     name = recipe_name(model_name)
     state_dict = load_torch_file(source, "torchvision checkpoint")
@@ -120,7 +121,7 @@ def convert_checkpoint_file(
         )
     model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
     if norm_eps is not None:
-        model_section["backbone_norm_eps"] = float(norm_eps)
+        model_section["backbone"] = {"norm_eps": float(norm_eps)}
     converted = convert_faster_rcnn(state_dict, name)
     model = MODELS.build(name, **{key: value for key, value in model_section.items() if key != "name"})
     try:

@@ -10,31 +10,40 @@ part in training.
 ``num_classes`` counts object classes without the background (the predictor has ``num_classes + 1``
 outputs); torchvision's COCO models have 90 (+1) and their checkpoints load through
 ``structured.convert.torchvision``.
+
+``build_faster_rcnn`` takes one section per part — ``backbone`` and ``neck`` (registered parts, by name),
+``rpn`` / ``roi_heads`` / ``transform`` (``RPNSettings``, ``RoIHeadSettings``, ``TransformSettings``) — as a
+recipe's ``model:`` section groups them::
+
+    model:
+      name: faster_rcnn_r18_fpn
+      backbone: {name: resnet18, frozen_stages: 0}
+      neck: {name: fpn, out_channels: 64}
+      rpn: {post_nms_top_n_test: 100}
+      roi_heads: {head: conv_fc}
+
+The registered recipes (``RECIPES``) give defaults per part; what a YAML recipe or ``--set
+model.rpn.nms_thresh=0.6`` names inside a part replaces only those keys (the merge rule of
+``structured.config``). An old flat recipe (``rpn_post_nms_top_n_test: 100``) is an error naming each key's
+new place (``FLAT_RECIPE_KEYS``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
-from structured.backbones import FPN, Backbone, FrozenBatchNorm2d
-from structured.boxes.anchors import AnchorGenerator
-from structured.detection.roi_heads import (
-    BoxPredictor,
-    ConvFCHead,
-    MultiLevelRoIAlign,
-    RoIHeads,
-    TwoMLPHead,
-    VGGBoxHead,
-)
-from structured.detection.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
-from structured.detection.transform import DetectionTransform
+from structured.backbones import Backbone, FrozenBatchNorm2d
+from structured.config import Recipe, RegisteredPart, settings_from
+from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, build_roi_heads
+from structured.detection.rpn import ASPECT_RATIOS, RegionProposalNetwork, RPNSettings, build_rpn
+from structured.detection.transform import DetectionTransform, TransformSettings
 from structured.registry import BACKBONES, MODELS, NECKS
 from structured.types import Prediction, Target, select_instances
 
@@ -223,60 +232,24 @@ class FasterRCNN(nn.Module):
         return self(images)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
-BOX_HEADS = ("two_mlp", "conv_fc", "vgg")
+BackboneSection = Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, filled_by_model=("classifier", "num_classes"))]
+"""A registered backbone's section, ``{name: resnet50, out_levels: [c2, c3, c4, c5], frozen_stages: 2, ...}``."""
+NeckSection = Annotated[Mapping[str, Any] | None, RegisteredPart(NECKS, filled_by_model=("in_channels", "in_strides"))]
+"""A registered neck's section, ``{name: fpn, out_channels: 256, ...}`` (its inputs come from the backbone), or
+``None`` for none."""
 
 
 def _build_backbone_and_neck(
-    backbone: str,
-    backbone_levels: Sequence[str],
-    frozen_stages: int,
-    norm_layer: str,
-    norm_eps: float | None,
-    pretrained_backbone: str | None,
-    fpn_channels: int | None,
-    fpn_norm_layer: str | None,
-) -> tuple[Backbone, FPN | None, dict[str, int], dict[str, int]]:
-    trunk = BACKBONES.build(
-        backbone,
-        out_levels=list(backbone_levels),
-        frozen_stages=frozen_stages,
-        norm_layer=norm_layer,
-        norm_eps=norm_eps,
-        pretrained=pretrained_backbone,
-        classifier=False,
-    )
-    if fpn_channels is None:
+    backbone: Mapping[str, Any], neck: Mapping[str, Any] | None
+) -> tuple[Backbone, nn.Module | None, dict[str, int], dict[str, int]]:
+    """The backbone and optional neck of two sections, and the channels and strides of the features they give."""
+    backbone_options = {key: value for key, value in backbone.items() if key != "name"}
+    trunk = BACKBONES.build(backbone["name"], **backbone_options, classifier=False)
+    if neck is None:
         return trunk, None, trunk.out_channels, trunk.strides
-    neck = NECKS.build(
-        "fpn",
-        in_channels=trunk.out_channels,
-        in_strides=trunk.strides,
-        out_channels=fpn_channels,
-        extra_levels="maxpool",
-        norm_layer=fpn_norm_layer,
-    )
-    return trunk, neck, neck.out_channels, neck.strides
-
-
-def _box_head(
-    kind: str,
-    in_channels: int,
-    pooled_size: int,
-    representation_size: int,
-    conv_channels: Sequence[int],
-    norm_layer: str,
-) -> nn.Module:
-    if kind not in BOX_HEADS:
-        raise ValueError(f"box_head must be one of {BOX_HEADS}, got {kind!r}")
-    if kind == "conv_fc":
-        return ConvFCHead(in_channels, pooled_size, conv_channels, representation_size, norm_layer)
-    if kind == "vgg":
-        return VGGBoxHead(in_channels * pooled_size**2, representation_size)
-    return TwoMLPHead(in_channels * pooled_size**2, representation_size)
+    neck_options = {key: value for key, value in neck.items() if key != "name"}
+    built = NECKS.build(neck["name"], in_channels=trunk.out_channels, in_strides=trunk.strides, **neck_options)
+    return trunk, built, built.out_channels, built.strides
 
 
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:
@@ -290,178 +263,145 @@ def _check_levels(names: Sequence[str], available: dict[str, int], argument: str
         )
 
 
+def _check_section(section: Mapping[str, Any], part: str) -> None:
+    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+        raise ValueError(f"{part} must be a mapping with a registered 'name' and its options, got {section!r}")
+
+
+DEFAULT_RPN, DEFAULT_ROI_HEADS, DEFAULT_TRANSFORM = RPNSettings(), RoIHeadSettings(), TransformSettings()
+
+
 def build_faster_rcnn(
     *,
     num_classes: int,
-    backbone: str,
-    backbone_levels: Sequence[str],
-    fpn_channels: int | None = 256,
-    fpn_norm_layer: str | None = None,
-    rpn_features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6"),
-    roi_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
-    frozen_stages: int = 2,
-    backbone_norm_layer: str = "frozen_bn",
-    backbone_norm_eps: float | None = None,
-    pretrained_backbone: str | None = None,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    image_mean: Sequence[float] = IMAGENET_MEAN,
-    image_std: Sequence[float] = IMAGENET_STD,
-    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
-    aspect_ratios: Sequence[Sequence[float]] = (ASPECT_RATIOS,) * 5,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_fg_iou_thresh: float = 0.7,
-    rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    rpn_score_thresh: float = 0.0,
-    box_head: str = "two_mlp",
-    representation_size: int = 1024,
-    box_head_conv_channels: Sequence[int] = (256, 256, 256, 256),
-    box_head_norm: str = "bn",
-    roi_output_size: int = 7,
-    roi_sampling_ratio: int = 2,
-    box_fg_iou_thresh: float = 0.5,
-    box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
-    bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    backbone: BackboneSection,
+    neck: NeckSection,
+    rpn: RPNSettings | Mapping[str, Any] = DEFAULT_RPN,
+    roi_heads: RoIHeadSettings | Mapping[str, Any] = DEFAULT_ROI_HEADS,
+    transform: TransformSettings | Mapping[str, Any] = DEFAULT_TRANSFORM,
 ) -> FasterRCNN:
-    """Faster R-CNN from a registered backbone, an optional FPN (``fpn_channels=None``: none) and settings.
+    """Faster R-CNN from one section per part.
 
-    ``num_classes``: object classes without background. ``backbone_levels``: the backbone's levels fed to
-    the FPN (or used directly without one). ``rpn_features``/``roi_features``: feature maps the RPN and
-    RoIAlign use (one anchor level per RPN feature). The ``rpn_*``/``box_*`` settings are torchvision's
-    ``FasterRCNN`` arguments of the same names. ``fpn_norm_layer``: ``None`` or ``"gn"`` after each FPN
-    convolution. ``box_head``: ``"two_mlp"`` (FPN), ``"conv_fc"`` (``box_head_conv_channels`` normalised
-    convolutions, ``box_head_norm`` ``"bn"`` or ``"gn"``, then one layer; torchvision's v2 head) or
-    ``"vgg"``.
+    ``num_classes``: object classes without background. ``backbone``: a registered backbone's section (its
+    builder's options; ``out_levels`` are the levels fed to the neck, or used directly without one).
+    ``neck``: a registered neck's section (``{name: fpn, out_channels: 256}``; its ``in_channels`` /
+    ``in_strides`` come from the backbone) or ``None``. ``rpn``, ``roi_heads``, ``transform``:
+    ``RPNSettings``, ``RoIHeadSettings``, ``TransformSettings`` or mappings of their fields (missing fields
+    keep the dataclass defaults, torchvision's). A registered recipe (``RECIPES``) merges the sections it is
+    given over its own defaults per part (see ``structured.config.Recipe``).
     """
     if num_classes < 1:
         raise ValueError(
             f"num_classes counts object classes without background and must be >= 1, got {num_classes}"
         )
-    trunk, neck, channels, strides = _build_backbone_and_neck(
-        backbone,
-        backbone_levels,
-        frozen_stages,
-        backbone_norm_layer,
-        backbone_norm_eps,
-        pretrained_backbone,
-        fpn_channels,
-        fpn_norm_layer,
+    _check_section(backbone, "backbone")
+    if neck is not None:
+        _check_section(neck, "neck")
+    rpn = settings_from(RPNSettings, rpn, "rpn")
+    roi_heads = settings_from(RoIHeadSettings, roi_heads, "roi_heads")
+    transform = settings_from(TransformSettings, transform, "transform")
+    trunk, built_neck, channels, strides = _build_backbone_and_neck(backbone, neck)
+    _check_levels(rpn.features, channels, "rpn.features")
+    _check_levels(roi_heads.features, channels, "roi_heads.features")
+    return FasterRCNN(
+        trunk,
+        built_neck,
+        build_rpn(rpn, channels[rpn.features[0]]),
+        build_roi_heads(roi_heads, channels, strides, num_classes),
+        DetectionTransform(transform.min_size, transform.max_size, transform.image_mean, transform.image_std),
+        rpn.features,
+        roi_heads.features,
     )
-    _check_levels(rpn_features, channels, "rpn_features")
-    _check_levels(roi_features, channels, "roi_features")
-    anchors = AnchorGenerator(anchor_sizes, aspect_ratios)
-    if anchors.num_levels != len(rpn_features) or len(set(anchors.num_anchors_per_location())) != 1:
-        raise ValueError(
-            f"anchor_sizes/aspect_ratios need one entry per RPN feature ({len(rpn_features)}) and the same number "
-            f"of anchors on every level, got {anchors.num_anchors_per_location()}"
-        )
-    in_channels = channels[rpn_features[0]]
-    rpn = RegionProposalNetwork(
-        anchors,
-        RPNHead(in_channels, anchors.num_anchors_per_location()[0]),
-        fg_iou_thresh=rpn_fg_iou_thresh,
-        bg_iou_thresh=rpn_bg_iou_thresh,
-        batch_size_per_image=rpn_batch_size_per_image,
-        positive_fraction=rpn_positive_fraction,
-        train_settings=ProposalSettings(rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train),
-        test_settings=ProposalSettings(rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test),
-        nms_thresh=rpn_nms_thresh,
-        score_thresh=rpn_score_thresh,
-    )
-    head = _box_head(
-        box_head,
-        channels[roi_features[0]],
-        roi_output_size,
-        representation_size,
-        box_head_conv_channels,
-        box_head_norm,
-    )
-    roi_heads = RoIHeads(
-        MultiLevelRoIAlign([strides[name] for name in roi_features], roi_output_size, roi_sampling_ratio),
-        head,
-        BoxPredictor(representation_size, num_classes),
-        fg_iou_thresh=box_fg_iou_thresh,
-        bg_iou_thresh=box_bg_iou_thresh,
-        batch_size_per_image=box_batch_size_per_image,
-        positive_fraction=box_positive_fraction,
-        bbox_reg_weights=bbox_reg_weights,
-        score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh,
-        detections_per_img=box_detections_per_img,
-    )
-    transform = DetectionTransform(min_size, max_size, image_mean, image_std)
-    return FasterRCNN(trunk, neck, rpn, roi_heads, transform, rpn_features, roi_features)
 
 
+C2_TO_C5 = ("c2", "c3", "c4", "c5")
+FROZEN_RESNET = dict(out_levels=C2_TO_C5, frozen_stages=2, norm_layer="frozen_bn")
+"""torchvision's detection ResNets: C2..C5 to the FPN, stem and first stage frozen, frozen batch norms."""
 _MOBILENET_FPN = dict(
     num_classes=90,
-    backbone="mobilenet_v3_large",
-    backbone_levels=("c5_entry", "c5"),
-    rpn_features=("p5_entry", "p5", "p6"),
-    roi_features=("p5_entry", "p5"),
-    frozen_stages=3,
-    backbone_norm_eps=1e-5,
-    anchor_sizes=((32, 64, 128, 256, 512),) * 3,
-    aspect_ratios=(ASPECT_RATIOS,) * 3,
+    backbone=dict(name="mobilenet_v3_large", out_levels=("c5_entry", "c5"), frozen_stages=3,
+                  norm_layer="frozen_bn", norm_eps=1e-5),
+    neck=dict(name="fpn"),
+    rpn=dict(features=("p5_entry", "p5", "p6"), anchor_sizes=((32, 64, 128, 256, 512),) * 3,
+             aspect_ratios=(ASPECT_RATIOS,) * 3),
+    roi_heads=dict(features=("p5_entry", "p5")),
 )
 
 RECIPES: dict[str, dict] = {
     "faster_rcnn_r50_fpn": dict(
         num_classes=90,
-        backbone="resnet50",
-        backbone_levels=("c2", "c3", "c4", "c5"),
+        backbone=dict(name="resnet50", **FROZEN_RESNET),
+        neck=dict(name="fpn"),
     ),
     "faster_rcnn_r18_fpn": dict(
         num_classes=90,
-        backbone="resnet18",
-        backbone_levels=("c2", "c3", "c4", "c5"),
-        fpn_channels=128,
-        representation_size=512,
-        min_size=512,
-        max_size=853,
+        backbone=dict(name="resnet18", **FROZEN_RESNET),
+        neck=dict(name="fpn", out_channels=128),
+        roi_heads=dict(representation_size=512),
+        transform=dict(min_size=512, max_size=853),
     ),
-    "faster_rcnn_mobilenet_v3_large_fpn": dict(_MOBILENET_FPN),
-    "faster_rcnn_mobilenet_v3_large_320_fpn": dict(
+    "faster_rcnn_mobilenet_v3_large_fpn": _MOBILENET_FPN,
+    "faster_rcnn_mobilenet_v3_large_320_fpn": {
         **_MOBILENET_FPN,
-        min_size=320,
-        max_size=640,
-        rpn_pre_nms_top_n_test=150,
-        rpn_post_nms_top_n_test=150,
-        rpn_score_thresh=0.05,
-    ),
+        "rpn": dict(_MOBILENET_FPN["rpn"], pre_nms_top_n_test=150, post_nms_top_n_test=150, score_thresh=0.05),
+        "transform": dict(min_size=320, max_size=640),
+    },
     "faster_rcnn_vgg16": dict(
         num_classes=20,
-        backbone="vgg16",
-        backbone_levels=("c4",),
-        fpn_channels=None,
-        rpn_features=("c4",),
-        roi_features=("c4",),
-        backbone_norm_layer="bn",
-        min_size=600,
-        max_size=1000,
-        anchor_sizes=((128, 256, 512),),
-        aspect_ratios=(ASPECT_RATIOS,),
-        rpn_pre_nms_top_n_train=12000,
-        rpn_pre_nms_top_n_test=6000,
-        rpn_post_nms_top_n_test=300,
-        box_head="vgg",
-        representation_size=4096,
-        box_batch_size_per_image=128,
-        box_nms_thresh=0.3,
+        backbone=dict(name="vgg16", out_levels=("c4",), frozen_stages=2, norm_layer="bn"),
+        neck=None,
+        rpn=dict(features=("c4",), anchor_sizes=((128, 256, 512),), aspect_ratios=(ASPECT_RATIOS,),
+                 pre_nms_top_n_train=12000, pre_nms_top_n_test=6000, post_nms_top_n_test=300),
+        roi_heads=dict(features=("c4",), head="vgg", representation_size=4096, batch_size_per_image=128,
+                       nms_thresh=0.3),
+        transform=dict(min_size=600, max_size=1000),
     ),
 }
-"""Registered recipes: ``build_faster_rcnn`` with these defaults (every other argument keeps its default)."""
+"""Registered recipes: defaults per part for ``build_faster_rcnn`` (a part's fields not named keep the
+settings dataclass's default; the backbone's and neck's options not named keep their builders' defaults)."""
+
+FLAT_RECIPE_KEYS: dict[str, str] = {
+    "backbone_levels": "backbone.out_levels",
+    "frozen_stages": "backbone.frozen_stages",
+    "backbone_norm_layer": "backbone.norm_layer",
+    "backbone_norm_eps": "backbone.norm_eps",
+    "pretrained_backbone": "backbone.pretrained",
+    "fpn_channels": "neck.out_channels (neck: null for none)",
+    "fpn_norm_layer": "neck.norm_layer",
+    "rpn_features": "rpn.features",
+    "anchor_sizes": "rpn.anchor_sizes",
+    "aspect_ratios": "rpn.aspect_ratios",
+    "rpn_pre_nms_top_n_train": "rpn.pre_nms_top_n_train",
+    "rpn_pre_nms_top_n_test": "rpn.pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train": "rpn.post_nms_top_n_train",
+    "rpn_post_nms_top_n_test": "rpn.post_nms_top_n_test",
+    "rpn_nms_thresh": "rpn.nms_thresh",
+    "rpn_fg_iou_thresh": "rpn.fg_iou_thresh",
+    "rpn_bg_iou_thresh": "rpn.bg_iou_thresh",
+    "rpn_batch_size_per_image": "rpn.batch_size_per_image",
+    "rpn_positive_fraction": "rpn.positive_fraction",
+    "rpn_score_thresh": "rpn.score_thresh",
+    "roi_features": "roi_heads.features",
+    "box_head": "roi_heads.head",
+    "representation_size": "roi_heads.representation_size",
+    "box_head_conv_channels": "roi_heads.conv_channels",
+    "box_head_norm": "roi_heads.head_norm",
+    "roi_output_size": "roi_heads.output_size",
+    "roi_sampling_ratio": "roi_heads.sampling_ratio",
+    "box_fg_iou_thresh": "roi_heads.fg_iou_thresh",
+    "box_bg_iou_thresh": "roi_heads.bg_iou_thresh",
+    "box_batch_size_per_image": "roi_heads.batch_size_per_image",
+    "box_positive_fraction": "roi_heads.positive_fraction",
+    "bbox_reg_weights": "roi_heads.bbox_reg_weights",
+    "box_score_thresh": "roi_heads.score_thresh",
+    "box_nms_thresh": "roi_heads.nms_thresh",
+    "box_detections_per_img": "roi_heads.detections_per_img",
+    "min_size": "transform.min_size",
+    "max_size": "transform.max_size",
+    "image_mean": "transform.image_mean",
+    "image_std": "transform.image_std",
+}
+"""The keyword arguments of the old flat ``build_faster_rcnn`` -> their place in the grouped recipe."""
 
 for _name, _defaults in RECIPES.items():
-    MODELS.register(_name)(partial(build_faster_rcnn, **_defaults))
+    MODELS.register(_name)(Recipe(build_faster_rcnn, _defaults, FLAT_RECIPE_KEYS))

@@ -12,12 +12,15 @@
   (cross-entropy) and ``loss_box_reg`` (smooth L1, beta 1/9, true class only, over positives, divided
   by the number of sampled proposals). Inference: softmax scores, decoded and clipped boxes per class,
   score threshold, boxes under 0.01 px dropped, NMS per class, the best ``detections_per_img`` kept.
+
+``RoIHeadSettings`` is the box branch's part of a detector recipe (``model.roi_heads``) and
+``build_roi_heads`` builds the branch from it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +39,42 @@ from structured.types import Prediction, Target
 CANONICAL_SIZE = 224
 CANONICAL_LEVEL = 4
 HEAD_NORMS = ("bn", "gn")
+BOX_HEADS = ("two_mlp", "conv_fc", "vgg")
+
+
+@dataclass(frozen=True)
+class RoIHeadSettings:
+    """The box branch's settings: a recipe's ``model.roi_heads`` section. Defaults are torchvision's.
+
+    Attributes:
+        features: names of the feature maps RoIAlign pools from, finest first (same channel count).
+        head: ``"two_mlp"`` (``TwoMLPHead``, FPN models), ``"conv_fc"`` (``ConvFCHead``: ``conv_channels``
+            convolutions normalised by ``head_norm`` ``"bn"`` or ``"gn"``, then one layer; torchvision's v2
+            head) or ``"vgg"`` (``VGGBoxHead``).
+        representation_size: width of the head's output vector.
+        conv_channels, head_norm: the ``"conv_fc"`` head's convolutions and their norm.
+        output_size, sampling_ratio: RoIAlign's output side and sampling points.
+        fg_iou_thresh, bg_iou_thresh: proposal matching thresholds.
+        batch_size_per_image, positive_fraction: the balanced sample of proposals per image.
+        bbox_reg_weights: weights of the box coder.
+        score_thresh, nms_thresh, detections_per_img: post-processing.
+    """
+
+    features: Sequence[str] = ("p2", "p3", "p4", "p5")
+    head: str = "two_mlp"
+    representation_size: int = 1024
+    conv_channels: Sequence[int] = (256, 256, 256, 256)
+    head_norm: str = "bn"
+    output_size: int = 7
+    sampling_ratio: int = 2
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
 
 
 class MultiLevelRoIAlign(nn.Module):
@@ -302,3 +341,36 @@ class RoIHeads(nn.Module):
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+def build_box_head(settings: RoIHeadSettings, in_channels: int) -> nn.Module:
+    """The box head ``settings.head`` over pooled features of ``in_channels`` channels."""
+    if settings.head not in BOX_HEADS:
+        raise ValueError(f"roi_heads.head must be one of {BOX_HEADS}, got {settings.head!r}")
+    pooled_size = settings.output_size
+    if settings.head == "conv_fc":
+        return ConvFCHead(in_channels, pooled_size, settings.conv_channels, settings.representation_size,
+                          settings.head_norm)
+    if settings.head == "vgg":
+        return VGGBoxHead(in_channels * pooled_size**2, settings.representation_size)
+    return TwoMLPHead(in_channels * pooled_size**2, settings.representation_size)
+
+
+def build_roi_heads(settings: RoIHeadSettings, channels: Mapping[str, int], strides: Mapping[str, int],
+                    num_classes: int) -> RoIHeads:
+    """The box branch of ``settings`` for ``num_classes`` object classes over features of these channels and strides."""
+    pooler = MultiLevelRoIAlign([strides[name] for name in settings.features], settings.output_size,
+                                settings.sampling_ratio)
+    return RoIHeads(
+        pooler,
+        build_box_head(settings, channels[settings.features[0]]),
+        BoxPredictor(settings.representation_size, num_classes),
+        fg_iou_thresh=settings.fg_iou_thresh,
+        bg_iou_thresh=settings.bg_iou_thresh,
+        batch_size_per_image=settings.batch_size_per_image,
+        positive_fraction=settings.positive_fraction,
+        bbox_reg_weights=settings.bbox_reg_weights,
+        score_thresh=settings.score_thresh,
+        nms_thresh=settings.nms_thresh,
+        detections_per_img=settings.detections_per_img,
+    )

@@ -12,10 +12,14 @@ dropped, scores (sigmoid) under ``score_thresh`` dropped, NMS per level at ``nms
 low-quality matches allowed), samples a balanced mini-batch and returns ``loss_objectness`` (binary
 cross-entropy) and ``loss_rpn_box_reg`` (smooth L1, beta 1/9, over positives, divided by the number of
 sampled anchors). An image without ground-truth boxes contributes negatives only.
+
+``RPNSettings`` is the RPN's part of a detector recipe (``model.rpn``) and ``build_rpn`` builds the network
+from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +78,41 @@ class ProposalSettings:
 
     pre_nms_top_n: int
     post_nms_top_n: int
+
+
+FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class RPNSettings:
+    """The region proposal network's settings: a recipe's ``model.rpn`` section. Defaults are torchvision's.
+
+    Attributes:
+        features: names of the feature maps the RPN sees, one anchor level each (same channel count).
+        anchor_sizes, aspect_ratios: the anchors of each level, one entry per feature (the same number of
+            anchors on every level).
+        pre_nms_top_n_train, pre_nms_top_n_test: proposals kept per level before NMS, in training / eval mode.
+        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS, in training / eval mode.
+        nms_thresh: IoU threshold of the NMS applied per level.
+        fg_iou_thresh, bg_iou_thresh: anchors with IoU >= fg are positive, < bg negative, others ignored.
+        batch_size_per_image, positive_fraction: the balanced sample of anchors per image for the loss.
+        score_thresh: proposals with a lower objectness probability are dropped.
+    """
+
+    features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6")
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES
+    aspect_ratios: Sequence[Sequence[float]] = (ASPECT_RATIOS,) * 5
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    score_thresh: float = 0.0
 
 
 class RegionProposalNetwork(nn.Module):
@@ -198,3 +237,30 @@ class RegionProposalNetwork(nn.Module):
             torch.cat(sampled_logits), torch.cat(sampled_labels)
         )
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss / num_sampled}
+
+
+def build_rpn(settings: RPNSettings, in_channels: int) -> RegionProposalNetwork:
+    """The RPN of ``settings`` over feature maps of ``in_channels`` channels.
+
+    Raises ``ValueError`` when the anchors do not give one level per feature with the same number of
+    anchors on every level.
+    """
+    anchors = AnchorGenerator(settings.anchor_sizes, settings.aspect_ratios)
+    per_location = anchors.num_anchors_per_location()
+    if anchors.num_levels != len(settings.features) or len(set(per_location)) != 1:
+        raise ValueError(
+            f"rpn.anchor_sizes/aspect_ratios need one entry per rpn.features level ({len(settings.features)}) and "
+            f"the same number of anchors on every level, got {per_location}"
+        )
+    return RegionProposalNetwork(
+        anchors,
+        RPNHead(in_channels, per_location[0]),
+        fg_iou_thresh=settings.fg_iou_thresh,
+        bg_iou_thresh=settings.bg_iou_thresh,
+        batch_size_per_image=settings.batch_size_per_image,
+        positive_fraction=settings.positive_fraction,
+        train_settings=ProposalSettings(settings.pre_nms_top_n_train, settings.post_nms_top_n_train),
+        test_settings=ProposalSettings(settings.pre_nms_top_n_test, settings.post_nms_top_n_test),
+        nms_thresh=settings.nms_thresh,
+        score_thresh=settings.score_thresh,
+    )

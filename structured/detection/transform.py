@@ -11,12 +11,15 @@ see the same pixels: normalise first, then scale by ``min(min_size / short_side,
 with output sides ``floor(side * scale)`` and bilinear interpolation (``align_corners=False``); boxes
 scale by ``new_side / old_side`` per axis. In training mode ``min_size`` may list several sizes, one
 drawn at random per image (``torch`` RNG); in eval mode the last one is used.
+
+``TransformSettings`` is the transform's part of a detector recipe (``model.transform``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -24,6 +27,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structured.types import Prediction, Target
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """The image transform's settings: a recipe's ``model.transform`` section. Defaults are torchvision's.
+
+    Attributes:
+        min_size: target short side; a list gives training-time choices (eval uses the last).
+        max_size: bound on the long side after resizing.
+        image_mean, image_std: per-channel normalisation of the [0, 1] RGB input (ImageNet's by default).
+    """
+
+    min_size: int | Sequence[int] = 800
+    max_size: int = 1333
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
 
 
 class ImageBatch(NamedTuple):

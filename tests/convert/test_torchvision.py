@@ -98,3 +98,16 @@ def test_a_file_that_is_not_a_state_dict_is_reported(tmp_path):
     with pytest.raises(ValueError, match="bad.pth: expected a state dict"):
         convert_checkpoint_file(source, tmp_path / "out.pt", "faster_rcnn_r50_fpn")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_norm_eps_goes_into_the_backbone_part_of_the_written_recipe(tmp_path):
+    torch.manual_seed(0)
+    reference = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+    source, destination = tmp_path / "tv.pth", tmp_path / "ours.pt"
+    torch.save(reference.state_dict(), source)
+    checkpoint = convert_checkpoint_file(source, destination, "faster_rcnn_mobilenet_v3_large_320_fpn", norm_eps=0.0)
+    assert checkpoint["config"]["model"]["backbone"] == {"norm_eps": 0.0}
+    detector = Detector.from_checkpoint(destination, optimize=False)
+    eps = {module.eps for module in detector.model.backbone.modules() if hasattr(module, "eps")}
+    assert eps == {0.0}
+    assert detector.model.backbone.out_channels == {"c5_entry": 160, "c5": 960}  # the recipe's other settings

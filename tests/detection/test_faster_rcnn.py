@@ -72,10 +72,14 @@ def assert_same_detections(expected: list[dict], actual: list[dict]) -> None:
         assert unmatched_detections(theirs, mine) == 0, f"image {index}: detections differ"
 
 
-def compare_with_torchvision(builder, recipe: str, images: list[torch.Tensor], **options) -> int:
-    """Run both models on ``images`` at score thresholds 0 and 0.05; returns the detections compared."""
-    reference = randomised_reference(builder, 0, **options)
-    ours = MODELS.build(recipe, **options).eval()
+def compare_with_torchvision(builder, recipe: str, images: list[torch.Tensor], transform: dict | None = None) -> int:
+    """Run both models on ``images`` at score thresholds 0 and 0.05; returns the detections compared.
+
+    ``transform``: ``min_size`` / ``max_size`` for both (torchvision's arguments, our ``model.transform`` part).
+    """
+    transform = transform or {}
+    reference = randomised_reference(builder, 0, **transform)
+    ours = MODELS.build(recipe, transform=transform).eval()
     ours.load_state_dict(convert_faster_rcnn(reference.state_dict(), recipe))
     compared = 0
     for score_thresh in (0.0, 0.05):
@@ -135,13 +139,13 @@ def test_mobilenet_fpn_equals_torchvision_on_raccoon_images(shared_data):
 @pytest.mark.real_data
 def test_resnet50_fpn_equals_torchvision_on_raccoon_images(shared_data):
     images = raccoon_images(shared_data)[:1]
-    sizes = {"min_size": 512, "max_size": 683}
-    assert compare_with_torchvision(fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn", images, **sizes) > 0
+    transform = {"min_size": 512, "max_size": 683}
+    assert compare_with_torchvision(fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn", images, transform=transform) > 0
 
 
 def test_optimize_for_inference_keeps_the_detections():
     torch.manual_seed(0)
-    model = MODELS.build("faster_rcnn_mobilenet_v3_large_320_fpn", box_score_thresh=0.0).eval()
+    model = MODELS.build("faster_rcnn_mobilenet_v3_large_320_fpn", roi_heads={"score_thresh": 0.0}).eval()
     image = generated_image(240, 320)
     with torch.no_grad():
         expected = model([image])

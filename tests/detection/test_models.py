@@ -1,49 +1,77 @@
 """Generic tester: every registered Faster R-CNN recipe honours the detector contract of docs/architecture.md.
 
-Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: predictions in both modes, losses in both
-modes (named finite scalars that back-propagate), images of odd and different sizes in one batch,
-images without objects, and deterministic eval predictions. Each recipe's YAML in configs/faster_rcnn
-states exactly the registered builder's arguments and defaults.
+Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: the same model
+as the flat recipes built before recipes were grouped by part (``recipe_fingerprints.json``), predictions in
+both modes, losses in both modes (named finite scalars that back-propagate), images of odd and different sizes
+in one batch, images without objects, and deterministic eval predictions. Each recipe's YAML in
+configs/faster_rcnn states every part's settings exactly as the registered recipe resolves them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import math
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from structured.config import (
+    load_config,
+    merge_parts,
+    registered_parts,
+    settings_class_of,
+    settings_from,
+    validate_section,
+)
 from structured.detection.faster_rcnn import RECIPES
 from structured.registry import MODELS
+from tests.detection.recipe_fingerprint import fingerprint
 
 NUM_CLASSES = 3
 LOSS_NAMES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
 SMALL = {
     "num_classes": NUM_CLASSES,
-    "min_size": 128,
-    "max_size": 160,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 64,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 32,
-    "box_batch_size_per_image": 32,
+    "transform": {"min_size": 128, "max_size": 160},
+    "rpn": {"pre_nms_top_n_train": 200, "post_nms_top_n_train": 64, "pre_nms_top_n_test": 100,
+            "post_nms_top_n_test": 32},
+    "roi_heads": {"batch_size_per_image": 32},
 }
 IMAGE_SIZES = [(97, 131), (150, 61)]
 
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo" / "shapes_faster_rcnn_r18_fpn.yaml"
+FINGERPRINTS = json.loads((Path(__file__).with_name("recipe_fingerprints.json")).read_text())
 
 
 @pytest.fixture(scope="module", params=[*sorted(RECIPES), "demo recipe"])
-def detector(request):
+def built(request):
+    """The recipe's model built small under seed 0, and its fingerprint taken before any test runs it."""
     torch.manual_seed(0)
     if request.param == "demo recipe":  # GroupNorm FPN and BatchNorm conv box head
         model = yaml.safe_load(DEMO_RECIPE.read_text())["model"]
-        return MODELS.build(model.pop("name"), **{**model, **SMALL})
-    return MODELS.build(request.param, **SMALL)
+        detector = MODELS.build(model.pop("name"), **merge_parts(model, SMALL))
+    else:
+        detector = MODELS.build(request.param, **SMALL)
+    return request.param, detector, fingerprint(detector)
+
+
+@pytest.fixture
+def detector(built):
+    return built[1]
+
+
+def test_recipe_builds_the_model_the_flat_recipe_built(built):
+    name, _, found = built
+    expected = FINGERPRINTS[name]
+    assert found["settings"] == expected["settings"]
+    assert (found["tensors"], found["layout_sha256"], found["norm_eps"]) == (
+        expected["tensors"], expected["layout_sha256"], expected["norm_eps"])
+    assert found["weight_abs_sum"] == pytest.approx(expected["weight_abs_sum"], rel=1e-9)
 
 
 def make_images() -> list[torch.Tensor]:
@@ -122,14 +150,41 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "faster_rcnn"
 
 def plain(value):
     """YAML-comparable form of a default (tuples become lists)."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
     return [plain(item) for item in value] if isinstance(value, (tuple, list)) else value
 
 
+def explicit_part(section: dict, registry, filled_by_model: tuple[str, ...]) -> dict:
+    """A registered part's section with every option its builder takes (less the model's own) spelled out."""
+    parameters = inspect.signature(registry.get(section["name"])).parameters
+    defaults = {key: parameter.default for key, parameter in parameters.items()
+                if key not in filled_by_model and parameter.default is not inspect.Parameter.empty}
+    return {"name": section["name"], **defaults, **section}
+
+
+def explicit_recipe(name: str) -> dict:
+    """The registered recipe ``name`` with every part's every setting spelled out."""
+    recipe = MODELS.get(name)
+    registered, hints = registered_parts(recipe.builder), typing.get_type_hints(recipe.builder)
+    explicit = {"name": name}
+    for key, parameter in inspect.signature(recipe).parameters.items():
+        value, settings_class = parameter.default, settings_class_of(hints[key])
+        if key in registered and value is not None:
+            value = explicit_part(value, registered[key].registry, registered[key].filled_by_model)
+        elif settings_class is not None:
+            value = dataclasses.asdict(settings_from(settings_class, value, key))
+        explicit[key] = plain(value)
+    return explicit
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_yaml_recipe_matches_the_registered_builder(name):
+def test_yaml_recipe_states_every_setting_of_the_registered_recipe(name):
     config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["model"]
-    assert config.pop("name") == name
-    parameters = inspect.signature(MODELS.get(name)).parameters
-    assert set(config) == set(parameters)
-    for key, value in config.items():
-        assert value == plain(parameters[key].default), key
+    assert config == explicit_recipe(name)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.parent.glob("*/*.yaml")), ids=lambda path: path.stem)
+def test_every_yaml_recipe_validates_part_by_part(path):
+    config = load_config(path, ["model.num_classes=3"])
+    validate_section(config["model"], MODELS, "model", config.source, config.overrides)

@@ -33,14 +33,11 @@ def test_r18_fpn_loss_falls_on_generated_rectangles():
     model = MODELS.build(
         "faster_rcnn_r18_fpn",
         num_classes=2,
-        min_size=IMAGE_SIZE,
-        max_size=IMAGE_SIZE,
-        anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
-        rpn_pre_nms_top_n_train=200,
-        rpn_post_nms_top_n_train=100,
-        rpn_batch_size_per_image=64,
-        box_batch_size_per_image=64,
-        frozen_stages=4,
+        backbone={"frozen_stages": 4},
+        rpn={"anchor_sizes": ((16,), (32,), (64,), (128,), (256,)), "pre_nms_top_n_train": 200,
+             "post_nms_top_n_train": 100, "batch_size_per_image": 64},
+        roi_heads={"batch_size_per_image": 64},
+        transform={"min_size": IMAGE_SIZE, "max_size": IMAGE_SIZE},
     ).train()
     generator = torch.Generator().manual_seed(0)
     images, targets = zip(*[rectangles_sample(generator) for _ in range(2)], strict=True)
@@ -71,7 +68,7 @@ def test_r18_fpn_loss_falls_on_generated_rectangles():
 
 def test_images_without_objects_give_finite_losses_and_gradients():
     torch.manual_seed(0)
-    model = MODELS.build("faster_rcnn_r18_fpn", num_classes=2, min_size=64, max_size=64).train()
+    model = MODELS.build("faster_rcnn_r18_fpn", num_classes=2, transform={"min_size": 64, "max_size": 64}).train()
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     losses = model([torch.rand(3, 64, 64), torch.rand(3, 50, 70)], [empty, dict(empty)])
     assert all(math.isfinite(value.item()) for value in losses.values())
@@ -82,7 +79,7 @@ def test_images_without_objects_give_finite_losses_and_gradients():
 
 def test_crowd_boxes_take_no_part_in_training():
     torch.manual_seed(0)
-    model = MODELS.build("faster_rcnn_r18_fpn", num_classes=2, min_size=64, max_size=64).train()
+    model = MODELS.build("faster_rcnn_r18_fpn", num_classes=2, transform={"min_size": 64, "max_size": 64}).train()
     image = torch.rand(3, 64, 64)
     crowd_only = {
         "boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]),

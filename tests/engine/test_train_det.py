@@ -88,8 +88,10 @@ def _exact_resume_recipe(tiny_shapes: Path, path: Path) -> Path:
     8 images, batch 2, 2 epochs: 8 steps, a checkpoint every 3 (mid-epoch) and at each epoch's end.
     """
     recipe = yaml.safe_load(SMOKE_RECIPE.read_text())
-    recipe["model"].update(min_size=64, max_size=64, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                           rpn_batch_size_per_image=32, box_batch_size_per_image=32)
+    model = recipe["model"]
+    model["transform"].update(min_size=64, max_size=64)
+    model["rpn"].update(pre_nms_top_n_train=100, post_nms_top_n_train=50, batch_size_per_image=32)
+    model["roi_heads"].update(batch_size_per_image=32)
     recipe["data"].update(format="coco", train=str(tiny_shapes / "annotations" / "instances_train.json"),
                           val_fraction=0.0, augment="standard", image_size=64, max_size=64, workers=2)
     recipe["train"].update(optimizer="adamw", lr=0.001, epochs=2, warmup_iters=2, eval_every_epochs=0,
