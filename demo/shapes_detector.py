@@ -8,7 +8,7 @@ Four steps, each one of the toolkit's own commands (printed before it runs, so i
 4. detect shapes in freshly generated pictures it has never seen (``tools/infer.py``).
 
 Training is bounded by wall-clock time, not by a number of steps: the recipe's ``train.time_limit`` (5.5
-minutes) ends it and anneals the learning rate over it, so the demo takes about 6.5 minutes on 2 CPU cores
+minutes) ends it and anneals the learning rate over it, so the demo takes about 6 minutes on 2 CPU cores
 whatever their speed (a slower machine trains fewer steps; docs/benchmarks.md has the figures). Everything
 goes under ``--out`` (default ``outputs/demo``); a second run replaces what the first one wrote there (and
 nothing else). ``--train-images``, ``--val-images`` and ``--set`` (recipe overrides such as
@@ -34,8 +34,8 @@ from structured.visualize import save_image, side_by_side
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RECIPE = REPOSITORY / "configs" / "demo" / "shapes_faster_rcnn_r18_fpn.yaml"
-# The demo's pictures: 128 px, 2 to 5 shapes of 24 to 80 px, each at least 75 % visible, clutter lines.
-SCENES = dict(image_size=128, min_objects=2, max_objects=5, min_object_size=24, min_visible=0.75,
+# The demo's pictures: 160 px, 2 to 5 shapes of 24 to 80 px, each at least 75 % visible, clutter lines.
+SCENES = dict(image_size=160, min_objects=2, max_objects=5, min_object_size=24, min_visible=0.75,
               overlap_probability=0.2, empty_probability=0.0)
 FRESH_SEED = 2026
 OUTPUTS = ("data", "run", "eval", "fresh", "predictions", "predictions_sheet.png")
@@ -77,7 +77,7 @@ def run_step(title: str, tool: str, arguments: list[str]) -> None:
 def write_fresh_images(folder: Path, count: int) -> Path:
     """``count`` new pictures (a seed the dataset never used) as JPEG files in ``folder``.
 
-    They show the demo's scenes at twice the size (256 px): the detector resizes its input to 128 px, so
+    They show the demo's scenes at twice the size (320 px): the detector resizes its input to 160 px, so
     it sees what it was trained on, and the annotated pictures are large enough to read.
     """
     folder.mkdir(parents=True, exist_ok=True)
