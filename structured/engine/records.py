@@ -5,8 +5,9 @@
 - ``"train"``: every ``log_every`` optimizer steps: ``epoch``, ``iteration``, ``lr``, ``loss`` (the total,
   averaged over the steps since the previous line and over ranks), each loss term, ``it_per_s``;
 - ``"epoch"``: at the end of each epoch: ``epoch``, ``iteration``, ``lr``, mean ``loss`` and terms of the
-  epoch, and, when the epoch was evaluated, the 12 COCO stats (``AP``, ``AP50``, ...);
-- ``"event"``: ``message`` (start, resume, stop).
+  epoch, and, when the epoch was evaluated, the 12 COCO stats (``AP``, ``AP50``, ...); a run that
+  ``train.time_limit`` ends inside an epoch adds one with the fraction of epochs done (``epoch`` 4.25);
+- ``"event"``: ``message`` (start, resume, stop, time limit reached).
 
 Each line is appended with one ``write`` call; ``metrics.csv`` (one row per ``epoch`` line),
 ``loss.png`` and ``map.png`` are rewritten atomically from the log after each epoch. The curves are drawn

@@ -12,6 +12,23 @@ Definitions: a *step* (iteration) is one optimizer update over ``accumulate_step
 in epochs; the learning rate follows ``structured.engine.schedule.lr_factor`` over ``epochs`` epochs;
 ``max_iters`` stops training early (saving ``last.pt``) without changing the schedule.
 
+Wall-clock budget (``time_limit``, minutes; None: off), like ultralytics' ``time=``:
+
+- the clock (``Trainer(clock=...)``, default ``time.perf_counter``) starts at the first optimizer step, not
+  at model building or data loading, and counts everything after it: steps, validations, checkpoints. The
+  training seconds so far are saved in every checkpoint (``elapsed_seconds``) and a resumed run continues
+  from them, so resuming honours the budget (and a larger ``time_limit`` on resume extends it);
+- the schedule is annealed over the budget: its progress is elapsed / budget instead of step / steps
+  (``structured.engine.schedule.progress_lr_factor``); step ``milestones`` become fractions
+  ``milestone / epochs`` of the budget; warm-up still counts steps;
+- once the budget is spent, training ends at that step: a final validation (so ``best.pt`` reflects the
+  end of training), ``last.pt`` (and ``best.pt`` when it improved) saved and an ``event`` log line saying
+  the time limit ended it. ``epochs`` still caps the run, whichever comes first. A mid-run validation that
+  would not finish inside the budget (judged by the previous one's duration) is skipped; the final one
+  always runs (when validation is on);
+- with several processes every rank uses rank 0's clock (broadcast after each step), so all ranks use the
+  same learning rate and stop at the same step.
+
 Resume (``resume=True``) reloads ``run_dir/last.pt``: model, optimizer, AMP scaler, epoch, step, position
 inside the epoch, best metric, random-generator states. The data order of an epoch is a pure function of
 ``(seed, epoch)`` (``ResumableSampler``) and augmentation of ``(seed, epoch, index)``, so the resumed run
@@ -31,7 +48,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +88,7 @@ from structured.engine.distributed import (
     init_distributed,
 )
 from structured.engine.records import RunRecords
-from structured.engine.schedule import SCHEDULES, lr_factor
+from structured.engine.schedule import SCHEDULES, lr_factor, progress_lr_factor
 from structured.evaluation.detector import (
     METRIC_NAMES,
     coco_ground_truth,
@@ -100,10 +117,11 @@ class TrainConfig:
     ``constant``; ``clip_grad_norm``
     (None: off); ``amp`` (CUDA only; ignored on CPU); ``accumulate_steps`` batches per step;
     ``eval_every_epochs`` (0: never); ``checkpoint_every_iters`` (0: only at epoch ends); ``best_metric``
-    one of the COCO stat names (``AP``, ``AP50``, ... for boxes; ``segm_AP``, ... for masks); ``seed``; ``deterministic`` (turns on torch's
-    process-wide deterministic kernels, warning where an op has none);
+    one of the COCO stat names (``AP``, ``AP50``, ... for boxes; ``segm_AP``, ... for masks); ``seed``;
+    ``deterministic`` (turns on torch's process-wide deterministic kernels, warning where an op has none);
     ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
-    (None: all epochs); ``find_unused_parameters`` for DistributedDataParallel.
+    (None: all epochs); ``time_limit`` wall-clock minutes of training (None: off; see the module docstring);
+    ``find_unused_parameters`` for DistributedDataParallel.
     """
 
     epochs: int = 12
@@ -128,6 +146,7 @@ class TrainConfig:
     log_every: int = 20
     device: str | None = None
     max_iters: int | None = None
+    time_limit: float | None = None
     find_unused_parameters: bool = False
 
 
@@ -148,6 +167,8 @@ def train_config(config: Config) -> TrainConfig:
         (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
         (settings.lr > 0, f"train.lr must be > 0, got {settings.lr}"),
         (0 <= settings.min_lr_factor <= 1, f"train.min_lr_factor must be in [0, 1], got {settings.min_lr_factor}"),
+        (settings.time_limit is None or settings.time_limit > 0,
+         f"train.time_limit must be None or > 0 minutes, got {settings.time_limit}"),
     )
     for ok, message in checks:
         if not ok:
@@ -199,13 +220,16 @@ class Trainer:
     """Trains the recipe's model on its data; see the module docstring for the run folder and resume.
 
     ``train_dataset`` / ``val_dataset`` replace the recipe's ``data:`` datasets (its batch and worker
-    settings still apply); ``weights`` loads model weights only; ``resume`` continues ``run_dir/last.pt``.
+    settings still apply); ``weights`` loads model weights only; ``resume`` continues ``run_dir/last.pt``;
+    ``clock`` returns seconds (the ``time_limit`` budget and ``it_per_s`` are measured with it).
     """
 
     def __init__(self, config: Config, run_dir: str | os.PathLike[str], *, resume: bool = False,
                  weights: str | os.PathLike[str] | None = None, train_dataset: DetectionDataset | None = None,
-                 val_dataset: DetectionDataset | None = None, verbose: bool = True) -> None:
+                 val_dataset: DetectionDataset | None = None, verbose: bool = True,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.config = config
+        self.clock = clock
         self.settings = train_config(config)
         self.data_settings = data_config(config, require_train=train_dataset is None)
         self.run_dir = Path(run_dir)
@@ -231,7 +255,13 @@ class Trainer:
         self.batches_per_epoch = math.ceil(self.sampler.samples_per_replica / self.data_settings.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.settings.accumulate_steps)
         self.milestone_iterations = [epoch * self.steps_per_epoch for epoch in self.settings.milestones]
+        self.milestone_fractions = [epoch / self.settings.epochs for epoch in self.settings.milestones]
         self.position = Position()
+        self.clock_start: float | None = None  # clock() at this process's first step
+        self.elapsed_before = 0.0  # training seconds of the runs this one resumes
+        self.elapsed = 0.0  # training seconds so far (rank 0's), as of the last step, validation or save
+        self.validation_seconds: float | None = None  # how long the last validation took
+        self.validated_iteration: int | None = None  # the step of the last validation in this process
         self.resumed = resume
         self._epoch_losses: dict[str, float] = {}
         self.best: dict[str, Any] = {"metric": self.settings.best_metric, "value": None, "epoch": None}
@@ -267,6 +297,7 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["iteration"])
         self.best = dict(checkpoint["best"])
+        self.elapsed_before = self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
         restore_rng_state(checkpoint["rng"][self.context.rank])
 
     def _check_world_size(self, checkpoint: dict[str, Any]) -> None:
@@ -290,6 +321,7 @@ class Trainer:
             "iteration": self.position.iteration,
             "world_size": self.context.world_size,
             "best": dict(self.best),
+            "elapsed_seconds": self.elapsed,
             "config": self.config.data,
             "class_names": self.class_names,
             "category_ids": list(self.train_dataset.category_ids),
@@ -301,6 +333,7 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         """Write the current state to ``run_dir/<name>`` for each name (rank 0 only; RNG states of all ranks)."""
+        self._update_elapsed()
         rng_states = all_gather_objects(capture_rng_state())
         if self.context.is_main:
             first = save_checkpoint({**self._state(), "rng": rng_states}, self.run_dir / names[0])
@@ -316,31 +349,74 @@ class Trainer:
         """Steps of the whole schedule (``epochs`` epochs)."""
         return self.settings.epochs * self.steps_per_epoch
 
+    @property
+    def budget_seconds(self) -> float | None:
+        """The ``time_limit`` budget in seconds (None: no budget)."""
+        return None if self.settings.time_limit is None else 60.0 * self.settings.time_limit
+
     def current_lr(self) -> float:
-        """Learning rate of the next step."""
+        """Learning rate of the next step (over the time budget when there is one, else over the epochs)."""
         settings = self.settings
-        return settings.lr * lr_factor(self.position.iteration, self.total_iterations, settings.schedule,
-                                       self.milestone_iterations,
-                                       settings.gamma, settings.warmup_iters, settings.warmup_factor,
-                                       settings.min_lr_factor)
+        if self.budget_seconds is None:
+            factor = lr_factor(self.position.iteration, self.total_iterations, settings.schedule,
+                               self.milestone_iterations, settings.gamma, settings.warmup_iters,
+                               settings.warmup_factor, settings.min_lr_factor)
+        else:
+            factor = progress_lr_factor(self.elapsed / self.budget_seconds, self.position.iteration,
+                                        settings.schedule, self.milestone_fractions, settings.gamma,
+                                        settings.warmup_iters, settings.warmup_factor, settings.min_lr_factor)
+        return settings.lr * factor
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end of the schedule (or ``max_iters``); return the best metric record."""
+        """Train to the end of the schedule, ``max_iters`` or ``time_limit``; return the best metric record."""
         self._start_records()
-        while self.position.epoch < self.settings.epochs and not self._reached_max_iters():
+        while (self.position.epoch < self.settings.epochs and not self._reached_max_iters()
+               and not self._time_is_up()):
             self._train_epoch()
             if self.position.batch_in_epoch >= self.batches_per_epoch:
                 self._end_epoch()
-            else:
+            elif not self._time_is_up():
                 self.save(LAST_CHECKPOINT)
                 if self.records is not None:
                     self.records.write_summaries()
                 self._echo(f"stopped at max_iters={self.settings.max_iters}; checkpoint {self.run_dir / LAST_CHECKPOINT}")
+        if self._time_is_up():
+            self._end_at_time_limit()
         self.sync_buffers()
         return dict(self.best)
 
     def _reached_max_iters(self) -> bool:
         return self.settings.max_iters is not None and self.position.iteration >= self.settings.max_iters
+
+    def _update_elapsed(self) -> None:
+        """Refresh ``elapsed`` from the clock, with rank 0's value on every rank (the same lr and stop)."""
+        if self.clock_start is None:
+            return
+        seconds = torch.tensor([self.elapsed_before + self.clock() - self.clock_start], dtype=torch.float64,
+                               device=self.context.device)
+        broadcast_tensors([seconds])
+        self.elapsed = float(seconds.item())
+
+    def _time_is_up(self) -> bool:
+        return self.budget_seconds is not None and self.elapsed >= self.budget_seconds
+
+    def _end_at_time_limit(self) -> None:
+        """Finish a run whose budget is spent: validate and save what the epoch end did not, say so."""
+        if self.clock_start is None:
+            self._echo(f"nothing to train: the time limit ({self.settings.time_limit} min) was already spent")
+            return
+        unsaved = self.position.batch_in_epoch > 0
+        unvalidated = self._validation_enabled() and self.validated_iteration != self.position.iteration
+        if unsaved or unvalidated:
+            stats = self._validate() if self._validation_enabled() else None
+            epoch = round(self.position.epoch + self.position.batch_in_epoch / self.batches_per_epoch, 3)
+            self._save_and_record(epoch, stats)
+        message = (f"time limit reached: train.time_limit={self.settings.time_limit} min ended training at "
+                   f"iteration {self.position.iteration} after {self.elapsed / 60:.2f} min")
+        if self.records is not None:
+            self.records.log({"kind": "event", "message": message, "iteration": self.position.iteration,
+                              "epoch": self.position.epoch, "elapsed_seconds": round(self.elapsed, 3)})
+        self._echo(f"{message}; checkpoint {self.run_dir / LAST_CHECKPOINT}")
 
     def _start_records(self) -> None:
         if self.records is None:
@@ -375,26 +451,30 @@ class Trainer:
         batches = iter(self.loader)
         window = _LossWindow()
         epoch_totals = _LossWindow()
-        window_start = time.perf_counter()
-        while self.position.batch_in_epoch < self.batches_per_epoch and not self._reached_max_iters():
+        window_start = self.clock()
+        while (self.position.batch_in_epoch < self.batches_per_epoch and not self._reached_max_iters()
+               and not self._time_is_up()):
             count = min(self.settings.accumulate_steps, self.batches_per_epoch - self.position.batch_in_epoch)
             lr = self.current_lr()
+            if self.clock_start is None:
+                self.clock_start = window_start = self.clock()
             losses = self._step([next(batches) for _ in range(count)], lr)
+            self._update_elapsed()
             window.add(losses)
             epoch_totals.add(losses)
             progress.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             progress.update(1)
             if self.position.iteration % self.settings.log_every == 0:
-                elapsed = time.perf_counter() - window_start
+                elapsed = self.clock() - window_start
                 self._log_train(window, lr, len(window) / max(elapsed, 1e-9))
-                window, window_start = _LossWindow(), time.perf_counter()
+                window, window_start = _LossWindow(), self.clock()
             every = self.settings.checkpoint_every_iters
             if (every and self.position.iteration % every == 0 and self.position.batch_in_epoch < self.batches_per_epoch
-                    and not self._reached_max_iters()):  # fit() saves at max_iters anyway
+                    and not self._reached_max_iters() and not self._time_is_up()):  # fit() saves at both anyway
                 self.save(LAST_CHECKPOINT)
         progress.close()
         if len(window):
-            self._log_train(window, self.current_lr(), len(window) / max(time.perf_counter() - window_start, 1e-9))
+            self._log_train(window, self.current_lr(), len(window) / max(self.clock() - window_start, 1e-9))
         self._epoch_losses = epoch_totals.means()
 
     def _step(self, batches: list[tuple[list, list]], lr: float) -> dict[str, float]:
@@ -450,22 +530,47 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         epoch_number = self.position.epoch + 1
-        every = self.settings.eval_every_epochs
-        due = self.val_dataset is not None and every > 0 and (
-            epoch_number % every == 0 or epoch_number == self.settings.epochs)
-        stats = self.evaluate() if due else None
+        final = epoch_number == self.settings.epochs or self._time_is_up()
+        stats = self._validate() if self._validation_due(epoch_number, final) else None
         self.position = Position(self.position.epoch + 1, 0, self.position.iteration)
+        self._save_and_record(epoch_number, stats)
+
+    def _validation_enabled(self) -> bool:
+        return self.val_dataset is not None and self.settings.eval_every_epochs > 0
+
+    def _validation_due(self, epoch_number: int, final: bool) -> bool:
+        """Validate every ``eval_every_epochs`` and at the end; skip one that would overrun the budget."""
+        if not self._validation_enabled():
+            return False
+        if final:
+            return True
+        would_overrun = (self.budget_seconds is not None and self.validation_seconds is not None
+                         and self.elapsed + self.validation_seconds >= self.budget_seconds)
+        return epoch_number % self.settings.eval_every_epochs == 0 and not would_overrun
+
+    def _validate(self) -> dict[str, float] | None:
+        """``evaluate()``, remembering its step and its duration on the (shared) training clock."""
+        self._update_elapsed()
+        before = self.elapsed
+        stats = self.evaluate()
+        self._update_elapsed()
+        self.validation_seconds = self.elapsed - before
+        self.validated_iteration = self.position.iteration
+        return stats
+
+    def _save_and_record(self, epoch: float, stats: dict[str, float] | None) -> None:
+        """Keep the best ``stats``, save ``last.pt`` (and ``best.pt``), log the ``epoch`` entry, print it."""
         improved = stats is not None and (self.best["value"] is None or stats[self.best["metric"]] > self.best["value"])
         if improved:
-            self.best = {"metric": self.best["metric"], "value": stats[self.best["metric"]], "epoch": epoch_number}
+            self.best = {"metric": self.best["metric"], "value": stats[self.best["metric"]], "epoch": epoch}
         self.save(*((LAST_CHECKPOINT, BEST_CHECKPOINT) if improved else (LAST_CHECKPOINT,)))
         if self.records is not None:
-            entry = {"kind": "epoch", "epoch": epoch_number, "iteration": self.position.iteration,
+            entry = {"kind": "epoch", "epoch": epoch, "iteration": self.position.iteration,
                      "lr": self.current_lr(), **self._epoch_losses, **(stats or {})}
             self.records.log(entry)
             self.records.write_summaries()
         metric = f", {self.best['metric']} {stats[self.best['metric']]:.4f}" if stats else ""
-        self._echo(f"epoch {epoch_number}/{self.settings.epochs}: iteration {self.position.iteration}, "
+        self._echo(f"epoch {epoch}/{self.settings.epochs}: iteration {self.position.iteration}, "
                    f"loss {self._epoch_losses.get('loss', float('nan')):.4f}{metric}")
 
     # -------------------------------------------------------------------------------------- evaluation
