@@ -30,11 +30,14 @@ from structured.registry import NECKS
 
 EXTRA_LEVELS = (None, "maxpool", "conv")
 EXTRA_FROM = ("p", "c")
-FPN_NORMS = (None, "gn")
+FPN_NORMS = (None, "gn", "bn")
 
 
 def fpn_conv(in_channels: int, out_channels: int, kernel_size: int, norm_layer: str | None) -> nn.Sequential:
-    """Convolution ('same' padding; bias only without norm) optionally followed by GroupNorm."""
+    """Convolution ('same' padding; bias only without norm) optionally followed by GroupNorm or BatchNorm.
+
+    BatchNorm (``"bn"``) is the layout of torchvision's ``*_resnet50_fpn_v2`` models.
+    """
     conv = nn.Conv2d(
         in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_layer is None
     )
@@ -44,6 +47,8 @@ def fpn_conv(in_channels: int, out_channels: int, kernel_size: int, norm_layer: 
     layers: list[nn.Module] = [conv]
     if norm_layer == "gn":
         layers.append(group_norm(out_channels))
+    elif norm_layer == "bn":
+        layers.append(nn.BatchNorm2d(out_channels))
     return nn.Sequential(*layers)
 
 

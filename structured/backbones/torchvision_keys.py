@@ -7,11 +7,12 @@ whether it belongs to our ``Backbone`` or our ``FPN`` and its name there:
 
     body.<name>                         -> backbone  trunk.<name>            (trunk="resnet")
     body.<i>.<rest>                     -> backbone  trunk.features.<i>.<rest> (trunk="mobilenet")
-    fpn.inner_blocks.<j>.0.<w|b>        -> neck      lateral.<level_j>.0.<w|b>
-    fpn.layer_blocks.<j>.0.<w|b>        -> neck      output.<level_j>.0.<w|b>
+    fpn.inner_blocks.<j>.<k>.<param>    -> neck      lateral.<level_j>.<k>.<param>
+    fpn.layer_blocks.<j>.<k>.<param>    -> neck      output.<level_j>.<k>.<param>
     fpn.extra_blocks.p6|p7.<w|b>        -> neck      extra.<p-name>.<w|b>   (LastLevelP6P7)
 
-``level_j`` is the j-th of the FPN's input levels: ``c2..c5`` for ``fasterrcnn_resnet50_fpn``,
+``k`` is 0 for the convolution and 1 for the batch norm that follows it in the ``_v2`` models' FPN
+(``norm_layer="bn"`` in ours). ``level_j`` is the j-th of the FPN's input levels: ``c2..c5`` for ``fasterrcnn_resnet50_fpn``,
 ``c5_entry, c5`` for ``fasterrcnn_mobilenet_v3_large_fpn``. The matching modules are
 ``BACKBONES.build("resnet50", out_levels=("c2", "c3", "c4", "c5"), norm_layer="frozen_bn",
 frozen_stages=2)`` (torchvision's COCO ResNet-50 weights also need ``norm_eps=0.0``: torchvision sets
@@ -31,7 +32,9 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor
 
 TRUNK_PREFIXES = {"resnet": "trunk.", "mobilenet": "trunk.features."}
-FPN_BLOCK_RE = re.compile(r"fpn\.(inner_blocks|layer_blocks)\.(\d+)\.0\.(weight|bias)$")
+FPN_BLOCK_RE = re.compile(
+    r"fpn\.(inner_blocks|layer_blocks)\.(\d+)\.([01])\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
 FPN_EXTRA_RE = re.compile(r"fpn\.extra_blocks\.(p6|p7)\.(weight|bias)$")
 DEFAULT_LAST_STRIDE = 32
 OUR_FPN_BLOCKS = {"inner_blocks": "lateral", "layer_blocks": "output"}
@@ -51,12 +54,12 @@ def torchvision_backbone_key(
         return "backbone", TRUNK_PREFIXES[trunk] + key[len("body.") :]
     block = FPN_BLOCK_RE.match(key)
     if block:
-        kind, index, param = block.groups()
+        kind, index, layer, param = block.groups()
         if int(index) >= len(in_levels):
             raise KeyError(
                 f"{key!r}: FPN block {index} but only {len(in_levels)} input levels {list(in_levels)}"
             )
-        return "neck", f"{OUR_FPN_BLOCKS[kind]}.{in_levels[int(index)]}.0.{param}"
+        return "neck", f"{OUR_FPN_BLOCKS[kind]}.{in_levels[int(index)]}.{layer}.{param}"
     extra = FPN_EXTRA_RE.match(key)
     if extra:
         return "neck", f"extra.{_extra_level_name(extra.group(1), in_levels, in_strides)}.{extra.group(2)}"

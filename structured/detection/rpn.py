@@ -98,6 +98,7 @@ class RPNSettings:
         fg_iou_thresh, bg_iou_thresh: anchors with IoU >= fg are positive, < bg negative, others ignored.
         batch_size_per_image, positive_fraction: the balanced sample of anchors per image for the loss.
         score_thresh: proposals with a lower objectness probability are dropped.
+        conv_depth: 3x3 convolutions (+ ReLU) of the head before its predictors (2 in torchvision's ``_v2``).
     """
 
     features: Sequence[str] = ("p2", "p3", "p4", "p5", "p6")
@@ -113,6 +114,7 @@ class RPNSettings:
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     score_thresh: float = 0.0
+    conv_depth: int = 1
 
 
 class RegionProposalNetwork(nn.Module):
@@ -254,7 +256,7 @@ def build_rpn(settings: RPNSettings, in_channels: int) -> RegionProposalNetwork:
         )
     return RegionProposalNetwork(
         anchors,
-        RPNHead(in_channels, per_location[0]),
+        RPNHead(in_channels, per_location[0], settings.conv_depth),
         fg_iou_thresh=settings.fg_iou_thresh,
         bg_iou_thresh=settings.bg_iou_thresh,
         batch_size_per_image=settings.batch_size_per_image,
