@@ -457,6 +457,19 @@ def merge_parts(defaults: Mapping[str, Any], arguments: Mapping[str, Any]) -> di
     return merged
 
 
+TASKS = ("detection", "instance", "semantic")
+"""What a model does: boxes (detection), boxes and instance masks (instance), a class per pixel (semantic)."""
+
+
+def model_task(config: Config | Mapping[str, Any]) -> str:
+    """The task of the recipe's registered model (``Recipe.task``; ``"detection"`` for a plain builder)."""
+    data = config.data if isinstance(config, Config) else config
+    model = data.get("model")
+    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+        raise ConfigError(f"{getattr(config, 'source', '<dict>')}: no 'model' section with a 'name'")
+    return getattr(MODELS.get(model["name"]), "task", "detection")
+
+
 class Recipe:
     """A registered model: ``builder`` with ``defaults`` per part, merged under the arguments given.
 
@@ -464,10 +477,15 @@ class Recipe:
     any other value replaces the default whole. ``moved_keys`` maps keys the builder no longer takes
     to their new dotted place (``rpn_nms_thresh`` -> ``rpn.nms_thresh``); giving one is a ``ConfigError``
     that lists where each goes. The recipe's signature is the builder's with the recipe's defaults.
+    ``task`` is what the model does (one of ``TASKS``): it decides, before anything is built, what the
+    data must load (instance masks) and what a checkpoint says it holds.
     """
 
     def __init__(self, builder: Callable[..., Any], defaults: Mapping[str, Any],
-                 moved_keys: Mapping[str, str] | None = None) -> None:
+                 moved_keys: Mapping[str, str] | None = None, task: str = "detection") -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
         self.builder = builder
         self.defaults = copy.deepcopy(dict(defaults))
         self.moved_keys = dict(moved_keys or {})

@@ -1,6 +1,7 @@
-"""Convert a torchvision Faster R-CNN checkpoint into ours.
+"""Convert a torchvision Faster R-CNN or Mask R-CNN checkpoint into ours.
 
 python tools/convert_torchvision.py fasterrcnn_resnet50_fpn_coco.pth r50.pt --model faster_rcnn_r50_fpn --norm-eps 0
+python tools/convert_torchvision.py maskrcnn_resnet50_fpn_coco.pth mask_r50.pt --model maskrcnn_resnet50_fpn --norm-eps 0
 """
 
 from __future__ import annotations

@@ -1,20 +1,25 @@
 """Load torchvision detection checkpoints into our models.
 
-``convert_faster_rcnn(state_dict, model_name)`` renames the keys of a torchvision ``fasterrcnn_*`` state dict
-(``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn``, ``..._320_fpn``) to those of the
-matching registered recipe; values are untouched. The mapping:
+``convert_faster_rcnn(state_dict, model_name)`` renames the keys of a torchvision ``fasterrcnn_*`` or
+``maskrcnn_*`` state dict (``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn``,
+``..._320_fpn``, ``fasterrcnn_resnet50_fpn_v2``, ``maskrcnn_resnet50_fpn`` and ``_v2``) to those of the matching registered recipe; values are
+untouched. The mapping:
 
 - ``backbone.*`` -> ``backbone.*`` / ``neck.*`` by ``structured.backbones.torchvision_keys`` (trunk keys
   keep torchvision's module names; FPN block ``i`` goes to the recipe's i-th backbone level);
 - ``rpn.head.conv.i.0`` (or the older ``rpn.head.conv``) -> ``rpn.head.conv.<2i>``,
   ``cls_logits`` -> ``objectness``, ``bbox_pred`` -> ``deltas``;
-- ``roi_heads.box_head.*`` unchanged, ``roi_heads.box_predictor.*`` -> ``roi_heads.predictor.*``.
+- ``roi_heads.box_head.*`` unchanged, ``roi_heads.box_predictor.*`` -> ``roi_heads.predictor.*``;
+- ``roi_heads.mask_head.*`` -> ``mask_branch.head.*`` (the same block layout),
+  ``roi_heads.mask_predictor.conv5_mask`` / ``mask_fcn_logits`` -> ``mask_branch.predictor.upsample`` /
+  ``logits``.
 
 A key outside this mapping is an error naming it. ``convert_checkpoint_file`` converts a checkpoint file
-and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI). ``num_classes_of`` reads the class count (without
-background) from the predictor. Batch-norm ``eps`` is not stored in a checkpoint: torchvision's detection
-backbones use 1e-5 (our recipes' default, also for MobileNetV3 whose classifier uses 1e-3), except that its
-COCO ``fasterrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``model.backbone.norm_eps: 0.0``).
+and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI).
+``num_classes_of`` reads the class count (without background) from the predictor. Batch-norm ``eps`` is
+not stored in a checkpoint: torchvision's detection backbones use 1e-5 (our recipes' default, also for
+MobileNetV3 whose classifier uses 1e-3), except that its COCO ``fasterrcnn_resnet50_fpn`` and
+``maskrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``model.backbone.norm_eps: 0.0``).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from torch import Tensor
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from structured.backbones.torchvision_keys import torchvision_backbone_key
+from structured.config import model_task
 from structured.data.base import numbered_class_names
-from structured.detection.faster_rcnn import RECIPES
+from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
+from structured.detection.mask_rcnn import RECIPES as MASK_RCNN_RECIPES
 from structured.engine.checkpoint import save_checkpoint
 from structured.io import load_torch_file
 from structured.registry import MODELS
@@ -38,6 +45,9 @@ TORCHVISION_MODELS = {
     "fasterrcnn_resnet50_fpn": "faster_rcnn_r50_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn": "faster_rcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn": "faster_rcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_resnet50_fpn_v2": "faster_rcnn_r50_fpn_v2",
+    "maskrcnn_resnet50_fpn": "mask_rcnn_r50_fpn",
+    "maskrcnn_resnet50_fpn_v2": "mask_rcnn_r50_fpn_v2",
 }
 """torchvision builder name -> our recipe name."""
 
@@ -47,7 +57,13 @@ _FIXED_PREFIXES = (
     ("rpn.head.bbox_pred.", "rpn.head.deltas."),
     ("roi_heads.box_head.", "roi_heads.box_head."),
     ("roi_heads.box_predictor.", "roi_heads.predictor."),
+    ("roi_heads.mask_head.", "mask_branch.head."),
+    ("roi_heads.mask_predictor.conv5_mask.", "mask_branch.predictor.upsample."),
+    ("roi_heads.mask_predictor.mask_fcn_logits.", "mask_branch.predictor.logits."),
 )
+_MASK_BRANCH_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
+RECIPES = {**FASTER_RCNN_RECIPES, **MASK_RCNN_RECIPES}
+"""The recipes a torchvision checkpoint can be converted onto (those with an FPN)."""
 
 
 def _recipe(model_name: str) -> dict:
@@ -75,12 +91,17 @@ def _rename(key: str, trunk: str, levels: tuple[str, ...]) -> str:
     for old, new in _FIXED_PREFIXES:
         if key.startswith(old):
             return new + key[len(old) :]
-    raise KeyError(f"checkpoint key {key!r} has no counterpart in our Faster R-CNN")
+    raise KeyError(f"checkpoint key {key!r} has no counterpart in our Faster R-CNN / Mask R-CNN")
 
 
 def convert_faster_rcnn(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
-    """A torchvision Faster R-CNN ``state_dict`` with its keys renamed for our recipe ``model_name``."""
+    """A torchvision Faster R-CNN or Mask R-CNN ``state_dict`` with its keys renamed for our recipe ``model_name``."""
     recipe = _recipe(model_name)
+    if model_name not in MASK_RCNN_RECIPES:
+        mask_keys = [key for key in state_dict if key.startswith(_MASK_BRANCH_PREFIXES)]
+        if mask_keys:
+            raise KeyError(f"checkpoint key {mask_keys[0]!r} belongs to a mask branch, which {model_name} has not; "
+                           f"convert onto one of {sorted(MASK_RCNN_RECIPES)}")
     trunk = "mobilenet" if recipe["backbone"]["name"].startswith("mobilenet") else "resnet"
     levels = tuple(recipe["backbone"]["out_levels"])
     return OrderedDict((_rename(key, trunk, levels), value) for key, value in state_dict.items())
@@ -107,7 +128,7 @@ def convert_checkpoint_file(
     """Convert a torchvision Faster R-CNN checkpoint file into ours, checked by loading it into the model.
 
     Writes a checkpoint in the training format, ``{"model": state_dict, "config": {"model": {"name": ...,
-    "num_classes": ...}}, "class_names": [...]}``, atomically to ``destination``, so that
+    "num_classes": ...}}, "class_names": [...], "task": ...}``, atomically to ``destination``, so that
     ``Detector.from_checkpoint``, ``tools/eval.py --weights`` and ``tools/train_det.py --weights`` take
     it as it is. ``norm_eps`` overrides the recipe's batch-norm eps (0.0 for torchvision's COCO
     ``fasterrcnn_resnet50_fpn`` weights), written as the recipe's ``backbone: {norm_eps: ...}`` (merged
@@ -129,7 +150,8 @@ def convert_checkpoint_file(
     except RuntimeError as error:
         raise ValueError(f"{source}: does not fit {name} after conversion: {error}") from error
     checkpoint = {"model": model.state_dict(), "config": {"model": model_section},
-                  "class_names": class_names_for(model_section["num_classes"])}
+                  "class_names": class_names_for(model_section["num_classes"]),
+                  "task": model_task({"model": model_section})}
     save_checkpoint(checkpoint, destination)
     return checkpoint
 

@@ -15,7 +15,8 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       max_size: 853           # longer side cap of the training resize
       batch_size: 2           # images per process per step
       workers: 0              # DataLoader worker processes
-      with_masks: false       # load instance masks (COCO, mask folders) for instance-segmentation models
+      with_masks: null        # load instance masks (COCO, mask folders); null: when the model is an
+                              # instance model (its recipe's task, e.g. Mask R-CNN)
       skip_bad: false         # decode every image once and leave out unreadable ones
 
 Rules for paths: a folder whose dataset sits one level down (``dsb2018_nuclei/stage1_train``) is found
@@ -29,14 +30,14 @@ the training set's class count; when it is given it must equal that count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from structured.config import Config, ConfigError, validate_keys
+from structured.config import Config, ConfigError, model_task, validate_keys
 from structured.data.base import DetectionDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.summary import detect_format, open_dataset
@@ -62,7 +63,7 @@ class DataConfig:
     max_size: int | None = 853
     batch_size: int = 2
     workers: int = 0
-    with_masks: bool = False
+    with_masks: bool | None = None
     skip_bad: bool = False
 
 
@@ -73,6 +74,8 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
         raise ConfigError(f"{config.source}: 'data' must be a mapping, got {type(section).__name__}")
     validate_keys(DataConfig, section, "data", config.source, config.overrides_under("data"))
     settings = DataConfig(**section)
+    if settings.with_masks is None:
+        settings = replace(settings, with_masks=_model_wants_masks(config))
     if require_train and settings.train is None:
         raise ConfigError(f"{config.source}: data.train is not set; give a dataset path in the recipe or --data PATH")
     if settings.augment not in AUGMENT_PRESETS:
@@ -82,6 +85,11 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
     if settings.batch_size < 1 or settings.workers < 0:
         raise ConfigError(f"{config.source}: data.batch_size must be >= 1 and data.workers >= 0")
     return settings
+
+
+def _model_wants_masks(config: Config) -> bool:
+    model = config.data.get("model")
+    return isinstance(model, dict) and isinstance(model.get("name"), str) and model_task(config) == "instance"
 
 
 def use_data_path(config: Config, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Detectors (backbone + neck + heads); importing this registers the detection recipes in ``MODELS``."""
 
-from structured.detection import faster_rcnn
+from structured.detection import faster_rcnn, mask_rcnn
 from structured.detection.faster_rcnn import FasterRCNN, build_faster_rcnn
+from structured.detection.mask_rcnn import MaskRCNN, build_mask_rcnn
 
-__all__ = ["FasterRCNN", "build_faster_rcnn", "faster_rcnn"]
+__all__ = ["FasterRCNN", "MaskRCNN", "build_faster_rcnn", "build_mask_rcnn", "faster_rcnn", "mask_rcnn"]

@@ -333,6 +333,13 @@ RECIPES: dict[str, dict] = {
         backbone=dict(name="resnet50", **FROZEN_RESNET),
         neck=dict(name="fpn"),
     ),
+    "faster_rcnn_r50_fpn_v2": dict(
+        num_classes=90,
+        backbone=dict(name="resnet50", **FROZEN_RESNET),
+        neck=dict(name="fpn", norm_layer="bn"),
+        rpn=dict(conv_depth=2),
+        roi_heads=dict(head="conv_fc", conv_channels=(256, 256, 256, 256), representation_size=1024, head_norm="bn"),
+    ),
     "faster_rcnn_r18_fpn": dict(
         num_classes=90,
         backbone=dict(name="resnet18", **FROZEN_RESNET),

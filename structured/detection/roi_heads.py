@@ -165,14 +165,15 @@ class ConvFCHead(nn.Sequential):
         for out_channels in conv_channels:
             conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            blocks.append(nn.Sequential(conv, _head_norm(norm_layer, out_channels), nn.ReLU(inplace=True)))
+            blocks.append(nn.Sequential(conv, head_norm(norm_layer, out_channels), nn.ReLU(inplace=True)))
             in_channels = out_channels
         fc = nn.Linear(in_channels * pooled_size**2, representation_size)
         super().__init__(*blocks, nn.Flatten(), fc, nn.ReLU(inplace=True))
         self.out_features = representation_size
 
 
-def _head_norm(kind: str, channels: int) -> nn.Module:
+def head_norm(kind: str, channels: int) -> nn.Module:
+    """``BatchNorm2d`` (``"bn"``) or GroupNorm (``"gn"``) of ``channels`` for a head's convolutions."""
     return group_norm(channels) if kind == "gn" else nn.BatchNorm2d(channels)
 
 

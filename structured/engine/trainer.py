@@ -60,7 +60,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from structured.config import Config, ConfigError, build_model, validate_keys
+from structured.config import Config, ConfigError, build_model, model_task, validate_keys
 from structured.data.base import DetectionDataset
 from structured.data.loading import ResumableSampler
 from structured.data.recipes import (
@@ -325,6 +325,7 @@ class Trainer:
             "config": self.config.data,
             "class_names": self.class_names,
             "category_ids": list(self.train_dataset.category_ids),
+            "task": model_task(self.config),
         }
 
     def sync_buffers(self) -> None:

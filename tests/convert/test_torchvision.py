@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection import (
     fasterrcnn_mobilenet_v3_large_320_fpn,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn,
 )
 
 from structured.api import Detector
@@ -111,3 +113,17 @@ def test_norm_eps_goes_into_the_backbone_part_of_the_written_recipe(tmp_path):
     eps = {module.eps for module in detector.model.backbone.modules() if hasattr(module, "eps")}
     assert eps == {0.0}
     assert detector.model.backbone.out_channels == {"c5_entry": 160, "c5": 960}  # the recipe's other settings
+
+
+def test_a_mask_rcnn_checkpoint_converts_into_an_instance_detector(tmp_path):
+    torch.manual_seed(0)
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3).eval()
+    torch.save(reference.state_dict(), tmp_path / "tv.pth")
+    checkpoint = convert_checkpoint_file(tmp_path / "tv.pth", tmp_path / "ours.pt", "maskrcnn_resnet50_fpn")
+    assert checkpoint["config"]["model"] == {"name": "mask_rcnn_r50_fpn", "num_classes": 2}
+    assert checkpoint["task"] == "instance"
+    detector = Detector.from_checkpoint(tmp_path / "ours.pt", optimize=False)
+    assert torch.equal(detector.model.mask_branch.predictor.logits.weight,
+                       reference.roi_heads.mask_predictor.mask_fcn_logits.weight)
+    result = detector.predict(np.zeros((60, 80, 3), dtype=np.uint8))
+    assert result.masks is not None and result.masks.shape[1:] == (60, 80)

@@ -28,8 +28,12 @@ SCORE_TOLERANCE = 1e-4
 
 
 @torch.no_grad()
-def randomised_reference(builder, seed: int, **options) -> nn.Module:
-    """torchvision detector with seeded random weights and batch-norm statistics of random images."""
+def randomised_reference(builder, seed: int, trunk_only: bool = False, **options) -> nn.Module:
+    """torchvision detector with seeded random weights and batch-norm statistics of random images.
+
+    Its batch norms become ``FrozenBatchNorm2d`` everywhere, or with ``trunk_only`` in the trunk alone, as
+    torchvision's ``_v2`` models run with a checkpoint (batch norms in the FPN and heads stay).
+    """
     torch.manual_seed(seed)
     model = builder(weights=None, weights_backbone=None, **options)
     for module in model.modules():
@@ -41,7 +45,7 @@ def randomised_reference(builder, seed: int, **options) -> nn.Module:
     model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.02)
     model.train()
     model.backbone(torch.rand(2, 3, 224, 288))
-    freeze_batch_norms(model)
+    freeze_batch_norms(model.backbone.body if trunk_only else model)
     return model.eval()
 
 

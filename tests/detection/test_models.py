@@ -1,10 +1,12 @@
-"""Generic tester: every registered Faster R-CNN recipe honours the detector contract of docs/architecture.md.
+"""Generic tester: every registered detection recipe honours the detector contract of docs/architecture.md.
 
 Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: the same model
 as the flat recipes built before recipes were grouped by part (``recipe_fingerprints.json``), predictions in
 both modes, losses in both modes (named finite scalars that back-propagate), images of odd and different sizes
-in one batch, images without objects, and deterministic eval predictions. Each recipe's YAML in
-configs/faster_rcnn states every part's settings exactly as the registered recipe resolves them.
+in one batch, images without objects, and deterministic eval predictions; instance recipes (Mask R-CNN)
+also ``loss_mask`` and ``masks [K, H, W]`` probabilities at each image's size. Each recipe's YAML in
+configs/faster_rcnn and configs/mask_rcnn states every part's settings exactly as the registered recipe
+resolves them.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import yaml
 from structured.config import (
     load_config,
     merge_parts,
+    model_task,
     registered_parts,
     settings_class_of,
     settings_from,
     validate_section,
 )
-from structured.detection.faster_rcnn import RECIPES
+from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
+from structured.detection.mask_rcnn import RECIPES as MASK_RCNN_RECIPES
 from structured.registry import MODELS
 from tests.detection.recipe_fingerprint import fingerprint
 
@@ -46,6 +50,9 @@ IMAGE_SIZES = [(97, 131), (150, 61)]
 
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo" / "shapes_faster_rcnn_r18_fpn.yaml"
 FINGERPRINTS = json.loads((Path(__file__).with_name("recipe_fingerprints.json")).read_text())
+
+
+RECIPES = {**FASTER_RCNN_RECIPES, **MASK_RCNN_RECIPES}
 
 
 @pytest.fixture(scope="module", params=[*sorted(RECIPES), "demo recipe"])
@@ -67,6 +74,8 @@ def detector(built):
 
 def test_recipe_builds_the_model_the_flat_recipe_built(built):
     name, _, found = built
+    if name not in FINGERPRINTS:
+        pytest.skip("fingerprints were recorded for the recipes that existed before grouping (Faster R-CNN)")
     expected = FINGERPRINTS[name]
     assert found["settings"] == expected["settings"]
     assert (found["tensors"], found["layout_sha256"], found["norm_eps"]) == (
@@ -79,13 +88,30 @@ def make_images() -> list[torch.Tensor]:
     return [torch.rand(3, h, w, generator=generator) for h, w in IMAGE_SIZES]
 
 
-def make_targets(empty: bool = False) -> list[dict]:
+def is_instance_model(detector) -> bool:
+    """Whether the detector predicts instance masks (its recipe's task, as the trainer reads it)."""
+    return hasattr(detector, "mask_branch")
+
+
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` masks filling the inner half of each box."""
+    masks = torch.zeros(len(boxes), *size, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.round().int().tolist(), strict=True):
+        mask[y1 + (y2 - y1) // 4 : y2 - (y2 - y1) // 4, x1 + (x2 - x1) // 4 : x2 - (x2 - x1) // 4] = 1
+    return masks
+
+
+def make_targets(empty: bool = False, masks: bool = False) -> list[dict]:
     boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [40.0, 5.0, 90.0, 33.0]])
     first = {"boxes": boxes, "labels": torch.tensor([1, NUM_CLASSES])}
     second = {"boxes": torch.tensor([[5.0, 50.0, 55.0, 140.0]]), "labels": torch.tensor([2])}
     if empty:
         second = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    return [first, second]
+    targets = [first, second]
+    if masks:
+        for target, size in zip(targets, IMAGE_SIZES, strict=True):
+            target["masks"] = box_masks(target["boxes"], size)
+    return targets
 
 
 def check_predictions(predictions: list[dict]) -> None:
@@ -99,10 +125,14 @@ def check_predictions(predictions: list[dict]) -> None:
             assert float(prediction["boxes"][:, 0::2].max()) <= width + 1e-3
             assert float(prediction["boxes"][:, 1::2].max()) <= height + 1e-3
             assert bool((prediction["scores"][:-1] >= prediction["scores"][1:]).all())
+        if "masks" in prediction:
+            masks = prediction["masks"]
+            assert masks.shape == (count, height, width) and masks.dtype == torch.float32
+            assert count == 0 or (float(masks.min()) >= 0 and float(masks.max()) <= 1)
 
 
-def check_losses(losses: dict) -> None:
-    assert set(losses) == LOSS_NAMES
+def check_losses(losses: dict, instance: bool = False) -> None:
+    assert set(losses) == LOSS_NAMES | ({"loss_mask"} if instance else set())
     for name, value in losses.items():
         assert value.ndim == 0 and math.isfinite(value.item()), name
 
@@ -111,15 +141,18 @@ def check_losses(losses: dict) -> None:
 def test_predictions_in_both_modes(detector, training):
     detector.train(training)
     with torch.no_grad():
-        check_predictions(detector(make_images()))
+        predictions = detector(make_images())
+    check_predictions(predictions)
+    assert all(("masks" in prediction) == is_instance_model(detector) for prediction in predictions)
 
 
 @pytest.mark.parametrize(("training", "empty"), [(True, False), (False, True)])
 def test_losses_in_both_modes(detector, training, empty):
     detector.train(training)
     torch.manual_seed(0)
-    losses = detector(make_images(), make_targets(empty))
-    check_losses(losses)
+    instance = is_instance_model(detector)
+    losses = detector(make_images(), make_targets(empty, masks=instance))
+    check_losses(losses, instance)
     sum(losses.values()).backward()
     gradient = detector.roi_heads.predictor.cls_score.weight.grad
     assert gradient is not None and bool(torch.isfinite(gradient).all())
@@ -131,11 +164,13 @@ def test_eval_is_deterministic_and_aliases_agree(detector):
     first = detector.predict(make_images())
     second = detector(make_images())
     for a, b in zip(first, second, strict=True):
-        for key in ("boxes", "scores", "labels"):
+        assert a.keys() == b.keys()
+        for key in a:
             assert torch.equal(a[key], b[key])
     torch.manual_seed(0)
-    losses = detector.loss(make_images(), make_targets())
-    check_losses(losses)
+    instance = is_instance_model(detector)
+    losses = detector.loss(make_images(), make_targets(masks=instance))
+    check_losses(losses, instance)
 
 
 def test_single_tiny_image(detector):
@@ -145,7 +180,13 @@ def test_single_tiny_image(detector):
     assert prediction["boxes"].shape[1] == 4
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "faster_rcnn"
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+def recipe_yaml(name: str) -> Path:
+    """The YAML of a registered recipe: ``configs/<family>/<name>.yaml``."""
+    family = "mask_rcnn" if name in MASK_RCNN_RECIPES else "faster_rcnn"
+    return CONFIG_ROOT / family / f"{name}.yaml"
 
 
 def plain(value):
@@ -180,11 +221,14 @@ def explicit_recipe(name: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_yaml_recipe_states_every_setting_of_the_registered_recipe(name):
-    config = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["model"]
+    config = yaml.safe_load(recipe_yaml(name).read_text())["model"]
     assert config == explicit_recipe(name)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.parent.glob("*/*.yaml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", sorted(CONFIG_ROOT.glob("*/*.yaml")), ids=lambda path: path.stem)
 def test_every_yaml_recipe_validates_part_by_part(path):
     config = load_config(path, ["model.num_classes=3"])
     validate_section(config["model"], MODELS, "model", config.source, config.overrides)
+    family = path.parent.name
+    if family in ("faster_rcnn", "mask_rcnn"):
+        assert model_task(config) == ("instance" if family == "mask_rcnn" else "detection")
