@@ -1,6 +1,7 @@
-"""Faster R-CNN inference speed, ours vs torchvision's same model with the same weights (CPU).
+"""Faster R-CNN and Mask R-CNN inference speed, ours vs torchvision's same model with the same weights (CPU).
 
-For ``fasterrcnn_resnet50_fpn`` and ``fasterrcnn_mobilenet_v3_large_fpn``: build torchvision's model with
+For ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_mobilenet_v3_large_fpn`` and ``maskrcnn_resnet50_fpn`` (its
+100 masks pasted into the image by each side): build torchvision's model with
 its seeded default initialisation and ``FrozenBatchNorm2d`` (how torchvision runs detection backbones with
 loaded weights), convert its state dict into our recipe, and run torchvision's model, ours, and ours after
 ``optimize_for_inference()`` (frozen batch norms folded into the convolutions, channels-last layout) and
@@ -11,7 +12,7 @@ runs (the least disturbed by other load on the machine), the ratios ours /
 torchvision (< 1: we are faster) and the largest box difference against torchvision's detections (score
 threshold 0, so every image has its 100 detections to compare).
 
-    python bench/detector_speed.py [--runs 5] [--models r50 mobilenet]
+    python bench/detector_speed.py [--runs 5] [--models r50 mobilenet mask_r50]
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from pathlib import Path
 import cv2
 import torch
 from torch import nn
-from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from torchvision.models.detection import (
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn,
+)
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from structured import Detector
@@ -39,6 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {
     "r50": (fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn"),
     "mobilenet": (fasterrcnn_mobilenet_v3_large_fpn, "faster_rcnn_mobilenet_v3_large_fpn"),
+    "mask_r50": (maskrcnn_resnet50_fpn, "mask_rcnn_r50_fpn"),
 }
 IMAGE_SIZE = (480, 640)
 
@@ -118,7 +124,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--models", nargs="+", choices=sorted(PAIRS), default=["r50", "mobilenet"])
+    parser.add_argument("--models", nargs="+", choices=sorted(PAIRS), default=["r50", "mobilenet", "mask_r50"])
     args = parser.parse_args()
     torch.set_num_threads(2)
     image, source = bench_image()

@@ -7,8 +7,8 @@ Four steps, each one of the toolkit's own commands (printed before it runs, so i
 3. evaluate the best checkpoint on the validation split: COCO mAP, per-class AP, FPS (``tools/eval.py``);
 4. detect shapes in freshly generated pictures it has never seen (``tools/infer.py``).
 
-Training is bounded by wall-clock time, not by a number of steps: the recipe's ``train.time_limit`` (5.5
-minutes) ends it and anneals the learning rate over it, so the demo takes about 6 minutes on 2 CPU cores
+Training is bounded by wall-clock time, not by a number of steps: the recipe's ``train.time_limit`` (6
+minutes) ends it and anneals the learning rate over it, so the demo takes about 7 minutes on 2 CPU cores
 whatever their speed (a slower machine trains fewer steps; docs/benchmarks.md has the figures). Everything
 goes under ``--out`` (default ``outputs/demo``); a second run replaces what the first one wrote there (and
 nothing else). ``--train-images``, ``--val-images`` and ``--set`` (recipe overrides such as

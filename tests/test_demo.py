@@ -1,7 +1,7 @@
 """``make demo`` end to end on a tiny budget: every step runs in its own process and leaves its outputs.
 
-The full-size demo (600 training pictures, 7 epochs, about 7 minutes on 2 cores) is measured, not tested: its
-figures are in docs/benchmarks.md.
+The full-size demo (600 training pictures, a wall-clock training budget, train.time_limit) is measured, not
+tested: its figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
