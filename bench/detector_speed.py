@@ -146,7 +146,7 @@ def main() -> None:
         optimized = MODELS.build(recipe, roi_heads={"score_thresh": 0.0}).eval()
         optimized.load_state_dict(converted)
         optimized.optimize_for_inference()
-        default = MODELS.build(recipe, box_score_thresh=0.0)
+        default = MODELS.build(recipe, roi_heads={"score_thresh": 0.0})
         default.load_state_dict(converted)
         detector = Detector(default, numbered_class_names(90))
         runners = [*(partial(first_prediction, model, image) for model in (reference, ours, optimized)),
