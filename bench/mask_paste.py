@@ -28,7 +28,7 @@ import torchvision
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from bench.coco_eval import thread_report
-from bench.nms_cpu import time_round_robin
+from bench.nms_cpu import render_table, time_round_robin
 from structured.detection import masks as masks_module
 from structured.detection.masks import paste_masks
 
@@ -96,12 +96,7 @@ def format_table(rows: list[dict[str, float]], markdown: bool) -> str:
               f"{row['structured + threshold'] / row['torchvision + threshold']:.3f}",
               f"{row['structured, eager zeros']:.1f}", f"{row['structured, eager zeros + threshold']:.1f}",
               f"{row['max_diff']:.1e}"] for row in rows]
-    if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(item) for item in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join("  ".join(item.rjust(width) for item, width in zip(line, widths, strict=True))
-                     for line in [header, *lines])
+    return render_table(header, lines, markdown)
 
 
 def main() -> None:

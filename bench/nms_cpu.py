@@ -93,6 +93,16 @@ def benchmark_case(count: int, clustered: bool, batched: bool, repeats: int) -> 
             "kept": len(contenders["torchvision"]()), "identical": identical, **times}
 
 
+def render_table(header: list[str], lines: list[list[str]], markdown: bool) -> str:
+    """``header`` and ``lines`` of cells as a markdown table or as right-aligned plain columns."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(line) + " |" for line in lines])
+    widths = [max(len(item) for item in column) for column in zip(header, *lines, strict=True)]
+    return "\n".join("  ".join(item.rjust(width) for item, width in zip(line, widths, strict=True))
+                     for line in [header, *lines])
+
+
 def format_table(rows: list[dict[str, object]], markdown: bool) -> str:
     """The results as a plain or markdown table."""
     header = ["case", "N", "kept", "torchvision ms", "structured ms", "opencv ms",
@@ -104,12 +114,7 @@ def format_table(rows: list[dict[str, object]], markdown: bool) -> str:
                       f"{row['structured']:.2f}", f"{row['opencv']:.2f}",
                       f"{row['torchvision'] / row['structured']:.2f}x", f"{row['torchvision'] / row['opencv']:.2f}x",
                       "yes" if row["identical"] else "NO"])
-    if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(item) for item in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join("  ".join(item.rjust(width) for item, width in zip(line, widths, strict=True))
-                     for line in [header, *lines])
+    return render_table(header, lines, markdown)
 
 
 def main() -> None:
