@@ -18,15 +18,18 @@ import torch
 import yaml
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import project_masks_on_boxes
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
+from structured.config import load_config
 from structured.convert.torchvision import convert_faster_rcnn
+from structured.data.loading import image_to_tensor, read_image
 from structured.data.synthetic import generate_dataset
 from structured.detection.mask_rcnn import MaskBranch, project_masks
 from structured.detection.roi_heads import MultiLevelRoIAlign
-from structured.engine import load_checkpoint, read_log
+from structured.engine import Trainer, load_checkpoint, read_log
 from structured.registry import MODELS
+from tests.conftest import REPO_ROOT
 from tests.detection.test_faster_rcnn import (
     assert_same_detections,
     generated_image,
@@ -221,3 +224,33 @@ def test_mask_recipe_trains_validates_segm_and_evaluates_through_the_tools(tmp_p
     assert results and all("segmentation" in result for result in results)
     label_lines = [line for path in (tmp_path / "infer" / "labels").glob("*.txt") for line in path.read_text().splitlines()]
     assert label_lines and all(len(line.split()) >= 7 for line in label_lines)  # class + >= 3 points
+
+
+@pytest.mark.slow
+def test_a_trained_models_masks_paste_as_torchvisions_binarised(tmp_path):
+    """Random weights give probabilities near 0.5, where thresholding is noise: train the shapes recipe a
+    little, then each detection's binarised (> 0.5) pasted mask must match torchvision's paste of the same
+    28x28 probabilities with IoU >= 0.98."""
+    data = generate_dataset(tmp_path / "shapes", num_train=16, num_val=2, image_size=96, seed=5, formats=("coco",),
+                            min_objects=2, max_objects=4, min_object_size=24)
+    config = load_config(REPO_ROOT / "configs" / "demo" / "shapes_mask_rcnn_r18_fpn.yaml", [
+        f"data.train={data / 'annotations' / 'instances_train.json'}", "data.val=null",
+        "model.transform.min_size=96", "model.transform.max_size=96", "data.image_size=96", "data.max_size=96",
+        "train.time_limit=null", "train.epochs=8", "train.warmup_iters=5", "train.lr=0.003", "train.device=cpu"])
+    trainer = Trainer(config, tmp_path / "run", verbose=False)
+    trainer.fit()
+    model = trainer.model.eval()
+    dataset_images = [read_image(path) for path in sorted((data / "JPEGImages").glob("*.jpg"))[:3]]
+    images = [image_to_tensor(pixels) for pixels in dataset_images]
+    with torch.no_grad():
+        raw = model.raw_outputs(images)
+        probabilities = torch.cat(raw.masks)
+        predictions = model.postprocess(raw)
+    assert len(probabilities) > 10
+    assert ((probabilities - 0.5).abs() > 0.3).float().mean() > 0.5, "the masks should be confident by now"
+    for prediction, masks, image in zip(predictions, raw.masks, images, strict=True):
+        theirs = paste_masks_in_image(masks[:, None], prediction["boxes"], tuple(image.shape[-2:]), padding=1)[:, 0]
+        ours, reference = prediction["masks"] > 0.5, theirs > 0.5
+        union = (ours | reference).flatten(1).sum(1)
+        iou = (ours & reference).flatten(1).sum(1) / union.clamp(min=1)
+        assert bool((iou[union > 0] >= 0.98).all()), iou
