@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from structured.backbones import Backbone, FrozenBatchNorm2d
 from structured.config import Recipe, RegisteredPart, settings_from
-from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, build_roi_heads
+from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, RoISample, build_roi_heads
 from structured.detection.rpn import ASPECT_RATIOS, RegionProposalNetwork, RPNSettings, build_rpn
 from structured.detection.transform import DetectionTransform, TransformSettings
 from structured.registry import BACKBONES, MODELS, NECKS
@@ -102,6 +102,11 @@ def fold_frozen_batch_norms(model: nn.Module) -> int:
             setattr(module, norm_name, nn.Identity())
             folded += 1
     return folded
+
+
+def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
+    """``(height, width)`` of each input image."""
+    return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
 
 
 def _without_crowd(target: Target) -> Target:
@@ -206,16 +211,24 @@ class FasterRCNN(nn.Module):
     ) -> dict[str, Tensor]:
         """The second stage's losses on a balanced sample of ``proposals`` (resized frame)."""
         sample = self.roi_heads.sample(proposals, targets)
-        return self.roi_heads.loss(self._select(features, self.roi_features), sample)
+        return self.sample_losses(self._select(features, self.roi_features), sample, targets)
 
-    def raw_outputs(self, images: list[Tensor]) -> RawDetections:
-        """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""
-        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    def sample_losses(self, roi_features: list[Tensor], sample: RoISample, targets: list[Target]) -> dict[str, Tensor]:
+        """The losses of the heads that see the sampled proposals (the box branch here)."""
+        return self.roi_heads.loss(roi_features, sample)
+
+    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
+        """Inference up to the second stage: the RoI feature maps, the proposals and the resized sizes."""
         batch, _ = self.transform(images, None)
         features = self.extract_features(batch.tensors)
         proposals, _ = self.rpn(batch, self._select(features, self.rpn_features), None)
-        logits, deltas = self.roi_heads.box_outputs(self._select(features, self.roi_features), proposals)
-        return RawDetections(logits, deltas, proposals, batch.image_sizes, original_sizes)
+        return self._select(features, self.roi_features), proposals, batch.image_sizes
+
+    def raw_outputs(self, images: list[Tensor]) -> RawDetections:
+        """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""
+        roi_features, proposals, image_sizes = self.propose(images)
+        logits, deltas = self.roi_heads.box_outputs(roi_features, proposals)
+        return RawDetections(logits, deltas, proposals, image_sizes, original_sizes_of(images))
 
     def postprocess(self, raw: RawDetections) -> list[Prediction]:
         """Prediction dicts from :meth:`raw_outputs`: box decoding, thresholds, NMS, rescaling to each input."""

@@ -16,7 +16,6 @@ probabilities ``masks [K, H, W]`` (``structured.detection.masks.paste_masks``), 
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from structured.detection.faster_rcnn import (
     FasterRCNN,
     NeckSection,
     build_faster_rcnn,
+    original_sizes_of,
 )
 from structured.detection.faster_rcnn import RECIPES as FASTER_RECIPES
 from structured.detection.masks import paste_masks
@@ -175,17 +175,13 @@ class MaskRCNN(FasterRCNN):
         super().__init__(backbone, neck, rpn, roi_heads, transform, rpn_features, roi_features)
         self.mask_branch = mask_branch
 
-    def head_losses(
-        self, features: OrderedDict[str, Tensor], proposals: list[Tensor], targets: list[Target]
-    ) -> dict[str, Tensor]:
+    def sample_losses(self, roi_features: list[Tensor], sample: RoISample, targets: list[Target]) -> dict[str, Tensor]:
         """The box branch's losses and ``loss_mask``, on the same sample of proposals."""
         missing = [index for index, target in enumerate(targets) if "masks" not in target]
         if missing:
             raise ValueError(f"Mask R-CNN needs instance 'masks' in every target; targets {missing} have none "
                              "(load the data with masks: data.with_masks=true)")
-        sample = self.roi_heads.sample(proposals, targets)
-        roi_features = self._select(features, self.roi_features)
-        return {**self.roi_heads.loss(roi_features, sample),
+        return {**super().sample_losses(roi_features, sample, targets),
                 "loss_mask": self.mask_branch.loss(roi_features, sample, targets)}
 
     def raw_outputs(self, images: list[Tensor]) -> RawMaskDetections:
@@ -193,15 +189,11 @@ class MaskRCNN(FasterRCNN):
 
         The mask branch needs the final boxes, so the box post-processing (NMS) runs here, in the network.
         """
-        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        batch, _ = self.transform(images, None)
-        features = self.extract_features(batch.tensors)
-        proposals, _ = self.rpn(batch, self._select(features, self.rpn_features), None)
-        roi_features = self._select(features, self.roi_features)
+        roi_features, proposals, image_sizes = self.propose(images)
         logits, deltas = self.roi_heads.box_outputs(roi_features, proposals)
-        detections = self.roi_heads.postprocess(logits, deltas, proposals, batch.image_sizes)
+        detections = self.roi_heads.postprocess(logits, deltas, proposals, image_sizes)
         masks = self.mask_branch.probabilities(roi_features, detections)
-        return RawMaskDetections(detections, masks, batch.image_sizes, original_sizes)
+        return RawMaskDetections(detections, masks, image_sizes, original_sizes_of(images))
 
     def postprocess(self, raw: RawMaskDetections) -> list[Prediction]:  # type: ignore[override]
         """Boxes rescaled to each input image and masks pasted there: ``masks [K, H, W]`` probabilities."""
