@@ -222,7 +222,12 @@ class FasterRCNN(nn.Module):
         batch, _ = self.transform(images, None)
         features = self.extract_features(batch.tensors)
         proposals, _ = self.rpn(batch, self._select(features, self.rpn_features), None)
-        return self._select(features, self.roi_features), proposals, batch.image_sizes
+        return self._roi_layout(self._select(features, self.roi_features)), proposals, batch.image_sizes
+
+    def _roi_layout(self, roi_features: list[Tensor]) -> list[Tensor]:
+        """The RoI feature maps in the layout ``roi_align`` reads (it copies channels-last input on every
+        call): converted once here, however many poolers (box, mask) read them."""
+        return [f.contiguous() for f in roi_features] if self.channels_last else roi_features
 
     def raw_outputs(self, images: list[Tensor]) -> RawDetections:
         """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""
