@@ -101,6 +101,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
     shifts = boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU)
     if boxes.device.type in _BATCHED_KERNELS:
+        boxes = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes  # as IoU: float32
         boxes = _offset_by_category(boxes, idxs) if shifts else boxes
         return _BATCHED_KERNELS[boxes.device.type](boxes, scores, idxs, float(iou_threshold))
     if shifts:

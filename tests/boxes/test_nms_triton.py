@@ -90,7 +90,7 @@ def test_cuda_half_precision_boxes_give_the_float32_result(dtype):
     boxes, scores, classes = (tensor.cuda() for tensor in make_boxes(20000, seed=1, clustered=True))
     boxes = boxes.to(dtype)
     assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes.float(), scores, 0.5))
-    assert torch.equal(nms_triton.batched_nms(boxes, scores, classes, 0.5),
+    assert torch.equal(batched_nms(boxes, scores, classes, 0.5),
                        torchvision.ops.batched_nms(boxes.float(), scores, classes, 0.5))
 
 
