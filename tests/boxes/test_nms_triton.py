@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -18,6 +19,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 
 from bench.nms_cpu import make_boxes
 from structured.boxes import batched_nms, nms, nms_triton
+from structured.registry import MODELS
 from tests.conftest import REPO_ROOT
 
 nms_module = importlib.import_module("structured.boxes.nms")
@@ -68,6 +70,7 @@ def _cuda_cases():
 @pytest.mark.gpu
 @pytest.mark.parametrize("threshold", [0.0, 1 / 3, 0.5, 0.7, 1.0])
 def test_cuda_nms_matches_torchvision(threshold):
+    assert nms_triton.triton_available()
     for name, (boxes, scores, classes) in _cuda_cases():
         boxes, scores, classes = boxes.cuda(), scores.cuda(), classes.cuda()
         assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)), name
@@ -106,3 +109,30 @@ def test_cuda_fixed_size_output_and_chunked_mask():
         assert torch.equal(nms_triton.nms(boxes, scores, 0.5), expected)
     finally:
         nms_triton.MASK_BUDGET_BYTES = budget
+
+
+@contextlib.contextmanager
+def torchvision_cuda_ops():
+    """Inside: structured's NMS on CUDA tensors calls torchvision's ops (our kernels unregistered)."""
+    kernel, batched = nms_module._DEVICE_KERNELS.pop("cuda"), nms_module._BATCHED_KERNELS.pop("cuda")
+    try:
+        yield
+    finally:
+        nms_module.register_nms_kernel("cuda", kernel, batched=batched)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["faster_rcnn_r50_fpn", "mask_rcnn_r50_fpn"])
+def test_cuda_detector_outputs_equal_those_with_torchvisions_nms(recipe):
+    assert nms_triton.triton_available()
+    torch.manual_seed(0)
+    model = MODELS.build(recipe, roi_heads={"score_thresh": 0.0}).eval().cuda()
+    images = [torch.rand(3, 480, 640, device="cuda"), torch.rand(3, 512, 512, device="cuda")]
+    with torch.no_grad():
+        ours = model(images)
+        with torchvision_cuda_ops():
+            theirs = model(images)
+    for our_prediction, their_prediction in zip(ours, theirs, strict=True):
+        assert our_prediction.keys() == their_prediction.keys()
+        for key, value in our_prediction.items():
+            assert torch.equal(value, their_prediction[key]), key
