@@ -17,6 +17,8 @@ A box with ``x2 < x1`` or ``y2 < y1`` is *degenerate*: it has area 0 here and is
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,8 +38,8 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
 
 
 def has_nan(values: Tensor) -> bool:
-    """Whether a tensor holds a NaN (one reduction: NaN propagates through ``amax``)."""
-    return values.numel() > 0 and bool(torch.isnan(values.amax()))
+    """Whether a tensor holds a NaN (one reduction: NaN propagates through ``amax``; read as a float)."""
+    return values.numel() > 0 and math.isnan(values.amax().item())
 
 
 def _check_format(fmt: str, argument: str) -> None:

@@ -6,8 +6,10 @@ A box is suppressed by a kept box of higher rank when their IoU is *strictly* gr
 ``iou_threshold``; degenerate boxes (zero or negative width or height) never suppress and are never
 suppressed.
 
-Kernels are chosen by device type. ``register_nms_kernel("cuda", kernel)`` is the seam where a GPU
-kernel plugs in; devices without a registered kernel use torchvision's op for that device.
+Kernels are chosen by device type through ``register_nms_kernel(device_type, kernel, batched=...)``.
+CUDA tensors go to the Triton kernels of ``structured.boxes.nms_triton`` (exact torchvision results;
+``batched_nms`` is one launch over all categories); where Triton cannot be imported those use
+torchvision's CUDA ops. Other devices without a registered kernel use torchvision's op for that device.
 
 On the CPU the kernel is chosen by problem size. torchvision's kernel compares every kept box with
 every later box, O(kept x N) scalar work: cheap for small sets, quadratic for large ones. For large
@@ -32,9 +34,11 @@ import torch
 import torchvision
 from torch import Tensor
 
+from structured.boxes import nms_triton
 from structured.boxes.formats import has_nan
 
 NmsKernel = Callable[[Tensor, Tensor, float], Tensor]
+BatchedNmsKernel = Callable[[Tensor, Tensor, Tensor, float], Tensor]
 
 SPARSE_MIN_BOXES = 2000
 """Below this many boxes torchvision's kernel is faster than building the overlap graph."""
@@ -62,11 +66,20 @@ COORDINATE_TRICK_MAX_ELEMENTS_GPU = 100_000
 """torchvision's ``batched_nms`` offsets boxes per class up to this ``boxes.numel()`` (CPU, GPU)."""
 
 _DEVICE_KERNELS: dict[str, NmsKernel] = {}
+_BATCHED_KERNELS: dict[str, BatchedNmsKernel] = {}
 
 
-def register_nms_kernel(device_type: str, kernel: NmsKernel) -> None:
-    """Use ``kernel(boxes, scores, iou_threshold) -> keep`` for tensors on ``device_type`` (e.g. "cuda")."""
+def register_nms_kernel(device_type: str, kernel: NmsKernel, batched: BatchedNmsKernel | None = None) -> None:
+    """Use ``kernel(boxes, scores, iou_threshold) -> keep`` for tensors on ``device_type`` (e.g. "cuda").
+
+    ``batched(boxes, scores, idxs, iou_threshold) -> keep``, when given, runs ``batched_nms`` there in one
+    call (it receives torchvision's per-category shifted coordinates wherever torchvision shifts them).
+    """
     _DEVICE_KERNELS[device_type] = kernel
+    if batched is None:
+        _BATCHED_KERNELS.pop(device_type, None)
+    else:
+        _BATCHED_KERNELS[device_type] = batched
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -86,8 +99,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     on_cpu = boxes.device.type == "cpu"
     if not on_cpu and boxes.device.type not in _DEVICE_KERNELS:
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
-    if boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU):
-        return _batched_nms_by_offset(boxes, scores, idxs, float(iou_threshold))
+    shifts = boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU)
+    if boxes.device.type in _BATCHED_KERNELS:
+        boxes = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes  # as IoU: float32
+        boxes = _offset_by_category(boxes, idxs) if shifts else boxes
+        return _BATCHED_KERNELS[boxes.device.type](boxes, scores, idxs, float(iou_threshold))
+    if shifts:
+        return _kernel_for(boxes)(_offset_by_category(boxes, idxs), scores, float(iou_threshold))
     order, class_sizes = _class_segments(idxs)
     if on_cpu and float((class_sizes.double() ** 2).sum()) / len(idxs) >= SPARSE_MIN_CLASS_SIZE:
         keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs)
@@ -117,6 +135,7 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> No
         raise ValueError("scores contain NaN; expected finite numbers")
 
 
+
 def _check_idxs(idxs: Tensor, boxes: Tensor) -> None:
     if not isinstance(idxs, Tensor) or idxs.shape != boxes.shape[:1]:
         shape = list(idxs.shape) if isinstance(idxs, Tensor) else type(idxs).__name__
@@ -141,10 +160,10 @@ def _cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return keep
 
 
-def _batched_nms_by_offset(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """Shift each category's boxes by ``idx * (max coordinate + 1)`` so categories never overlap."""
+def _offset_by_category(boxes: Tensor, idxs: Tensor) -> Tensor:
+    """torchvision's coordinate trick: each category's boxes shifted by ``idx * (max coordinate + 1)``."""
     offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-    return _kernel_for(boxes)(boxes + offsets[:, None], scores, iou_threshold)
+    return boxes + offsets[:, None]
 
 
 def _class_segments(idxs: Tensor) -> tuple[Tensor, Tensor]:
@@ -358,3 +377,6 @@ def _resolve_sequentially(state: Tensor, higher: Tensor, lower: Tensor) -> Tenso
         is_kept[rank] = True
         is_suppressed[lower_np[start:end]] = True
     return torch.from_numpy(np.flatnonzero(is_kept))
+
+
+register_nms_kernel("cuda", nms_triton.nms, batched=nms_triton.batched_nms)

@@ -177,35 +177,3 @@ def test_registered_device_kernel_is_used():
         else:
             register_nms_kernel("cpu", previous)
     assert calls == [0.25]
-
-
-def _recording(op, calls: list):
-    """``op`` wrapped so that every call appends ``(name, arguments, result)`` to ``calls``."""
-    def wrapper(*arguments):
-        result = op(*arguments)
-        calls.append((op.__name__, arguments, result))
-        return result
-    return wrapper
-
-
-@pytest.mark.gpu
-def test_cuda_inputs_go_to_torchvisions_ops_while_no_cuda_kernel_is_registered():
-    """What is true today: no CUDA kernel of ours exists, so ``nms`` and ``batched_nms`` on CUDA tensors call
-    torchvision's CUDA ops once with the caller's arguments and return exactly their results.
-
-    This tests the dispatch only, not a kernel of ours; replace it by a comparison once one is registered.
-    """
-    assert "cuda" not in nms_module._DEVICE_KERNELS
-    boxes, scores, classes = (tensor.cuda() for tensor in make_boxes(5000, seed=7, clustered=True))
-    calls: list = []
-    with (mock.patch.object(torchvision.ops, "nms", _recording(torchvision.ops.nms, calls)),
-          mock.patch.object(torchvision.ops, "batched_nms", _recording(torchvision.ops.batched_nms, calls))):
-        keep = nms(boxes, scores, 0.5)
-        batched_keep = batched_nms(boxes, scores, classes, 0.5)
-    assert [name for name, _, _ in calls] == ["nms", "batched_nms"]
-    (_, nms_arguments, nms_result), (_, batched_arguments, batched_result) = calls
-    assert all(given is passed for given, passed in zip(nms_arguments[:2], (boxes, scores), strict=True))
-    assert all(given is passed for given, passed in zip(batched_arguments[:3], (boxes, scores, classes), strict=True))
-    assert nms_arguments[2] == batched_arguments[3] == 0.5
-    assert keep is nms_result and batched_keep is batched_result
-    assert keep.device.type == "cuda" and batched_keep.device.type == "cuda"
