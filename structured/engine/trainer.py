@@ -182,8 +182,6 @@ def train_config(config: Config) -> TrainConfig:
         (settings.time_limit is None or settings.time_limit > 0,
          f"train.time_limit must be None or > 0 minutes, got {settings.time_limit}"),
         (settings.backbone_lr_factor > 0, f"train.backbone_lr_factor must be > 0, got {settings.backbone_lr_factor}"),
-        (not isinstance(settings.freeze, str),
-         f"train.freeze must be a list of model parts, e.g. [backbone, neck], got {settings.freeze!r}"),
     )
     for ok, message in checks:
         if not ok:
