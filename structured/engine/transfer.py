@@ -79,9 +79,8 @@ def transfer_weights(model: nn.Module, state: Mapping[str, Tensor], source: str,
     declared = class_specific_prefixes(model)
     _check_architecture(expected, state, declared, source)
     specific = [key for key in expected if _rows_per_class(key, declared) is not None]
-    same_classes = (list(checkpoint_classes) == list(model_classes) if checkpoint_classes is not None
-                    else all(expected[key].shape == state[key].shape for key in specific))
-    if same_classes:
+    shapes_fit = all(expected[key].shape == state[key].shape for key in specific)
+    if shapes_fit and (checkpoint_classes is None or list(checkpoint_classes) == list(model_classes)):
         model.load_state_dict(dict(state))
         return TransferReport(source, tuple(expected), (), (), _tuple(checkpoint_classes), tuple(model_classes))
     pairs = _shared_class_rows(model_classes, checkpoint_classes)
