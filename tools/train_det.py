@@ -9,7 +9,9 @@ Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_det.py CONFIG ..
               VOCdevkit) with train and val splits trains on train and validates on val.
 --resume      continue the run in --out exactly where its last.pt stopped (model, optimizer, schedule,
               AMP scaler, epoch and position in it, random states).
---weights W   start a new run from the model weights of checkpoint W (nothing else is loaded).
+--weights W   start a new run from the model weights of checkpoint W (sets train.init_from; nothing else is
+              loaded). W may have other classes: the class-specific layers start afresh, except the rows of
+              classes of the same name, and a line says what was loaded and re-initialised.
 The run folder (default runs/<config name>) receives config.yaml, log.jsonl, metrics.csv, loss.png,
 map.png, last.pt and best.pt.
 """
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device is not None:
             config.set("train.device", args.device)
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-        best = train_from_config(config, out, resume=args.resume, weights=args.weights)
+        if args.weights is not None:
+            config.set("train.init_from", args.weights)
+        best = train_from_config(config, out, resume=args.resume)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

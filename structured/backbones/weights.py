@@ -3,7 +3,9 @@
 Contract: ``load_pretrained(trunk, pretrained, ...)`` fills ``trunk`` (a torchvision-style classification
 model, possibly without its head) from
 - a path to a state dict saved with ``torch.save`` (torchvision's key names, or our backbone's keys with
-  their ``trunk.`` prefix; a dict holding it under ``"state_dict"`` or ``"model"`` is unwrapped), or
+  their ``trunk.`` prefix; a dict holding it under ``"state_dict"`` or ``"model"`` is unwrapped; the
+  state dict of one of our models with a ``backbone`` part, such as a detector's training checkpoint,
+  gives its ``backbone.trunk.`` keys), or
 - ``"imagenet"`` / ``"imagenet:<TAG>"``: torchvision's named weights (``DEFAULT`` or e.g. ``IMAGENET1K_V1``),
   read from the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``), downloaded there (and
   checked against the SHA-256 prefix in the file name) when the network allows; otherwise the error names the exact path where the file should be put.
@@ -28,6 +30,7 @@ from structured.io import load_torch_file
 OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 WRAPPER_KEYS = ("state_dict", "model")
 OUR_PREFIX = "trunk."
+OUR_MODEL_PREFIX = "backbone." + OUR_PREFIX
 MAX_KEYS_SHOWN = 8
 # torchvision's weight files are named <model>-<first hex digits of their SHA-256>.pth
 HASH_IN_FILENAME = re.compile(r"-([a-f0-9]+)\.")
@@ -101,7 +104,8 @@ def imagenet_weights_url(arch: str, tag: str) -> str:
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """The state dict stored in ``path`` (``weights_only=True``), unwrapped from ``state_dict``/``model``."""
+    """The trunk state dict stored in ``path`` (``weights_only=True``), unwrapped from ``state_dict``/``model``,
+    the ``backbone.trunk.`` part of a model's state dict, without our ``trunk.`` prefix."""
     loaded = load_torch_file(path, "pretrained checkpoint")
     for key in WRAPPER_KEYS:
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
@@ -109,6 +113,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     state_dict = dict(loaded)
+    if any(key.startswith(OUR_MODEL_PREFIX) for key in state_dict):
+        return {key[len(OUR_MODEL_PREFIX) :]: value for key, value in state_dict.items()
+                if key.startswith(OUR_MODEL_PREFIX)}
     if state_dict and all(key.startswith(OUR_PREFIX) for key in state_dict):
         state_dict = {key[len(OUR_PREFIX) :]: value for key, value in state_dict.items()}
     return state_dict

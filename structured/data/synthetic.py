@@ -58,7 +58,7 @@ class SyntheticSample:
     """One generated image and its ground truth (``N`` objects, bottom-to-top drawing order).
 
     ``image`` uint8 ``[H, W, 3]`` RGB; ``boxes`` float32 ``[N, 4]`` xyxy; ``labels`` int64 ``[N]`` in
-    ``1..len(SHAPE_CLASSES)``; ``masks`` uint8 ``[N, H, W]``; ``polygons`` per object a list of ``[K, 2]``
+    ``1..len(classes)`` (``SHAPE_CLASSES`` by default); ``masks`` uint8 ``[N, H, W]``; ``polygons`` per object a list of ``[K, 2]``
     float32 rings of the visible region (exterior rings); ``has_holes`` per object, True when the visible
     region has holes that polygons without interiors cannot describe; ``unoccluded`` float ``[N]``, the
     fraction of each object's in-image area not hidden by objects drawn above it.
@@ -143,19 +143,20 @@ def _object_centre(placed: list[tuple[int, Polygon]], size: float, height: int, 
     return rng.uniform([-0.2 * size, -0.2 * size], [width + 0.2 * size, height + 0.2 * size])
 
 
-def _place_objects(height: int, width: int, num_objects: int, rng: np.random.Generator,
-                   min_object_size: float, min_visible: float, overlap_probability: float) -> list[tuple[int, Polygon]]:
-    """Choose (class index, outline polygon) pairs; every object keeps ``min_visible`` of its area."""
+def _place_objects(height: int, width: int, num_objects: int, rng: np.random.Generator, min_object_size: float,
+                   min_visible: float, overlap_probability: float,
+                   classes: Sequence[str]) -> list[tuple[int, Polygon]]:
+    """Choose (index in ``classes``, outline polygon) pairs; every object keeps ``min_visible`` of its area."""
     frame = box(0, 0, width, height)
     max_size = min(height, width) / 2
     placed: list[tuple[int, Polygon]] = []
     for _ in range(num_objects * 10):
         if len(placed) == num_objects:
             break
-        class_index = int(rng.integers(len(SHAPE_CLASSES)))
+        class_index = int(rng.integers(len(classes)))
         size = math.exp(rng.uniform(math.log(min_object_size), math.log(max_size)))
         centre = _object_centre(placed, size, height, width, rng, overlap_probability)
-        polygon = Polygon(_shape_outline(SHAPE_CLASSES[class_index], size, rng) + centre)
+        polygon = Polygon(_shape_outline(classes[class_index], size, rng) + centre)
         candidate = [*placed, (class_index, polygon)]
         if _all_visible_enough(candidate, frame, min_visible):
             placed = candidate
@@ -192,27 +193,36 @@ def _object_colour(rng: np.random.Generator) -> np.ndarray:
 
 def make_sample(rng: np.random.Generator, image_size: int | tuple[int, int] = 256, min_objects: int = 1,
                 max_objects: int = 6, min_object_size: float = 8.0, min_visible: float = 0.4,
-                overlap_probability: float = 0.3, empty_probability: float = 0.03) -> SyntheticSample:
+                overlap_probability: float = 0.3, empty_probability: float = 0.03,
+                classes: Sequence[str] = SHAPE_CLASSES) -> SyntheticSample:
     """Generate one image and its ground truth from ``rng`` (square when ``image_size`` is an int).
 
     ``overlap_probability`` of the objects are placed next to an earlier one so that they overlap;
-    ``empty_probability`` of the images have no object (negatives). Raises ``ValueError`` for sizes
-    smaller than ``4 * min_object_size`` or an empty object-count range.
+    ``empty_probability`` of the images have no object (negatives). ``classes``: the shapes drawn, a
+    subset of ``SHAPE_CLASSES`` in any order (labels ``1..len(classes)`` follow it). Raises ``ValueError``
+    for sizes smaller than ``4 * min_object_size``, an empty object-count range or an unknown shape.
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(height, width) < 4 * min_object_size:
         raise ValueError(f"image_size must be at least {4 * min_object_size} px, got {image_size}")
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    _check_classes(classes)
     canvas = _textured_background(height, width, rng)
     _draw_clutter(canvas, rng)
     wanted = 0 if rng.random() < empty_probability else int(rng.integers(min_objects, max_objects + 1))
-    objects = _place_objects(height, width, wanted, rng, min_object_size, min_visible, overlap_probability)
+    objects = _place_objects(height, width, wanted, rng, min_object_size, min_visible, overlap_probability, classes)
     for _, polygon in objects:
         _fill_polygon(canvas, np.asarray(polygon.exterior.coords[:-1]), tuple(float(c) for c in _object_colour(rng)))
     canvas += np.float32(rng.uniform(3, 10)) * rng.standard_normal(canvas.shape, dtype=np.float32)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     return _assemble_sample(image, objects)
+
+
+def _check_classes(classes: Sequence[str]) -> None:
+    unknown = [name for name in classes if name not in SHAPE_CLASSES]
+    if isinstance(classes, str) or not classes or unknown or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct shapes among {SHAPE_CLASSES}, got {classes!r}")
 
 
 def _rasterise_region(region, height: int, width: int) -> np.ndarray:
@@ -312,26 +322,30 @@ def semantic_map(sample: SyntheticSample) -> np.ndarray:
     return class_map
 
 
-def _check_generate_arguments(formats: Sequence[str], category_ids: Sequence[int] | None) -> None:
+def _check_generate_arguments(formats: Sequence[str], category_ids: Sequence[int] | None,
+                              classes: Sequence[str]) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown formats {unknown}; expected a subset of {FORMATS}")
-    if category_ids is not None and (len(category_ids) != len(SHAPE_CLASSES) or len(set(category_ids)) != len(category_ids)):
-        raise ValueError(f"category_ids must be {len(SHAPE_CLASSES)} distinct ids, got {list(category_ids)}")
+    _check_classes(classes)
+    if category_ids is not None and (len(category_ids) != len(classes) or len(set(category_ids)) != len(category_ids)):
+        raise ValueError(f"category_ids must be {len(classes)} distinct ids, got {list(category_ids)}")
 
 
 def generate_dataset(root: str | Path, num_train: int = 200, num_val: int = 50, image_size: int = 288,
                      seed: int = 0, formats: Sequence[str] = FORMATS, category_ids: Sequence[int] | None = None,
-                     rle_fraction: float = 0.2, **sample_options) -> Path:
+                     rle_fraction: float = 0.2, classes: Sequence[str] = SHAPE_CLASSES, **sample_options) -> Path:
     """Write a synthetic dataset under ``root`` (layout in the module docstring) and return ``root``.
 
-    ``category_ids`` are the COCO ids of ``SHAPE_CLASSES`` (default ``1..5``; pass non-contiguous ids to
+    ``classes``: the shapes drawn and named, in label order (default all of ``SHAPE_CLASSES``).
+    ``category_ids`` are the COCO ids of ``classes`` (default ``1..len(classes)``; pass non-contiguous ids to
     exercise id mapping). ``rle_fraction`` of the objects (and every object whose visible region has holes)
     get an RLE segmentation, the others polygons. ``sample_options`` go to ``make_sample``.
     """
-    _check_generate_arguments(formats, category_ids)
+    _check_generate_arguments(formats, category_ids, classes)
     root = Path(root)
-    category_ids = list(category_ids or range(1, len(SHAPE_CLASSES) + 1))
+    category_ids = list(category_ids or range(1, len(classes) + 1))
+    sample_options = {**sample_options, "classes": tuple(classes)}
     for folder in ("JPEGImages", "annotations", "Annotations", "ImageSets/Main", "SegmentationClass"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -345,13 +359,14 @@ def generate_dataset(root: str | Path, num_train: int = 200, num_val: int = 50, 
 
 def _write_split(root: Path, split: str, image_ids: range, rng: np.random.Generator, image_size: int,
                  formats: Sequence[str], category_ids: list[int], rle_fraction: float, sample_options: dict) -> None:
+    classes = sample_options["classes"]
     categories = [{"id": int(cid), "name": name, "supercategory": "shape"}
-                  for cid, name in zip(category_ids, SHAPE_CLASSES, strict=True)]
+                  for cid, name in zip(category_ids, classes, strict=True)]
     coco: dict = {"images": [], "annotations": [], "categories": categories}
     stems = [f"{image_id:06d}" for image_id in image_ids]
     for image_id, stem in zip(image_ids, stems, strict=True):
         sample = make_sample(rng, image_size, **sample_options)
-        _write_sample_files(root, stem, sample, formats)
+        _write_sample_files(root, stem, sample, formats, classes)
         height, width = sample.image.shape[:2]
         coco["images"].append({"id": image_id, "file_name": f"{stem}.jpg", "height": height, "width": width})
         coco["annotations"] += _coco_annotations(sample, image_id, len(coco["annotations"]) + 1, category_ids,
@@ -362,13 +377,14 @@ def _write_split(root: Path, split: str, image_ids: range, rng: np.random.Genera
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in stems))
 
 
-def _write_sample_files(root: Path, stem: str, sample: SyntheticSample, formats: Sequence[str]) -> None:
+def _write_sample_files(root: Path, stem: str, sample: SyntheticSample, formats: Sequence[str],
+                        classes: Sequence[str]) -> None:
     cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_JPEG_QUALITY, 95])
     if "voc" in formats:
         sides = sample.boxes[:, 2:] - sample.boxes[:, :2]
         write_voc_xml(root / "Annotations" / f"{stem}.xml", f"{stem}.jpg", sample.image.shape[:2],
-                      [SHAPE_CLASSES[label - 1] for label in sample.labels], sample.boxes,
+                      [classes[label - 1] for label in sample.labels], sample.boxes,
                       difficult=(sides.min(axis=1) < DIFFICULT_SIZE).tolist())
     if "semantic" in formats:
         write_palette_png(root / "SegmentationClass" / f"{stem}.png", semantic_map(sample))

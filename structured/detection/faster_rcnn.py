@@ -34,7 +34,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +141,14 @@ class FasterRCNN(nn.Module):
         transform: resize / normalise / batch inside the model.
         rpn_features: names of the feature maps the RPN sees, one per anchor level.
         roi_features: names of the feature maps RoIAlign pools from, finest first.
+
+    ``CLASS_SPECIFIC_TENSORS`` (the model contract of docs/architecture.md, "Checkpoints"): the box predictor's
+    class logits (one row per class, background first) and class-specific deltas (four rows per class).
     """
+
+    CLASS_SPECIFIC_TENSORS: ClassVar[dict[str, int]] = {
+        "roi_heads.predictor.cls_score.": 1, "roi_heads.predictor.bbox_pred.": 4,
+    }
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -168,8 +168,13 @@ class MaskRCNN(FasterRCNN):
     """Faster R-CNN with a mask branch (``mask_branch``); see the module docstring.
 
     Args: those of :class:`FasterRCNN`, plus ``mask_branch``, a :class:`MaskBranch` pooling from the same
-    ``roi_features`` as the box branch. Targets for training need ``masks`` ``[N, H, W]`` (0/1).
+    ``roi_features`` as the box branch. Targets for training need ``masks`` ``[N, H, W]`` (0/1). Class-specific
+    tensors: Faster R-CNN's and the mask predictor's logits (one channel per class).
     """
+
+    CLASS_SPECIFIC_TENSORS: ClassVar[dict[str, int]] = {
+        **FasterRCNN.CLASS_SPECIFIC_TENSORS, "mask_branch.predictor.logits.": 1,
+    }
 
     def __init__(
         self, backbone: nn.Module, neck: nn.Module | None, rpn: RegionProposalNetwork, roi_heads: RoIHeads,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,19 +102,25 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
 def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``model`` after checking every key and shape; ``source`` names it in errors."""
-    expected = model.state_dict()
+    problems = mismatches(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"weights {source} do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+def mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+               any_shape: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """What keeps ``state`` from fitting a model whose state dict is ``expected``: missing, unexpected and
+    mis-shaped keys (those where ``any_shape(key)`` is true excepted), each kind as one phrase; empty if it fits."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(
         f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
         for key in set(state) & set(expected)
-        if state[key].shape != expected[key].shape
+        if state[key].shape != expected[key].shape and not any_shape(key)
     )
-    if missing or unexpected or mis_shaped:
-        problems = [
-            f"{title} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-            for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped))
-            if keys
-        ]
-        raise CheckpointError(f"weights {source} do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state)
+    return [
+        f"{title} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped))
+        if keys
+    ]

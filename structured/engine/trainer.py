@@ -34,7 +34,9 @@ inside the epoch, best metric, random-generator states. The data order of an epo
 ``(seed, epoch)`` (``ResumableSampler``) and augmentation of ``(seed, epoch, index)``, so the resumed run
 sees the same batches and, on CPU with ``deterministic: true``, ends with the same weights as an
 uninterrupted one. A resume must use the world size the checkpoint was saved with (``CheckpointError``
-otherwise). ``weights=PATH`` only loads model weights before training (a new run).
+otherwise). ``weights=PATH`` (or ``train.init_from``) only loads model weights before training (a new run;
+``structured.engine.transfer``: a checkpoint with other classes re-initialises the class-specific layers,
+keeping the rows of classes of the same name, and the report goes to the console and ``log.jsonl``).
 
 A non-finite loss (on any rank) raises :class:`NonFiniteLossError` before the backward pass, naming the
 step, epoch, batch and loss term; nothing is saved, so ``last.pt`` stays the last good checkpoint.
@@ -60,6 +62,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from structured.backbones.transfer import freeze, parameter_groups
 from structured.config import Config, ConfigError, build_model, model_task, validate_keys
 from structured.data.base import DetectionDataset
 from structured.data.loading import ResumableSampler
@@ -74,7 +77,6 @@ from structured.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
-    load_weights,
     restore_rng_state,
     save_checkpoint,
 )
@@ -89,6 +91,7 @@ from structured.engine.distributed import (
 )
 from structured.engine.records import RunRecords
 from structured.engine.schedule import SCHEDULES, lr_factor, progress_lr_factor
+from structured.engine.transfer import TransferReport, load_transferred_weights
 from structured.evaluation.detector import (
     METRIC_NAMES,
     coco_ground_truth,
@@ -122,6 +125,12 @@ class TrainConfig:
     ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
     (None: all epochs); ``time_limit`` wall-clock minutes of training (None: off; see the module docstring);
     ``find_unused_parameters`` for DistributedDataParallel.
+
+    Fine-tuning: ``init_from`` a checkpoint whose weights start the run (``--weights``; another class list is
+    fine, see ``structured.engine.transfer``); ``freeze`` names parts of the model (its top-level modules:
+    ``backbone``, ``neck``, ...) whose parameters do not train and whose batch norms stay in eval mode;
+    ``backbone_lr_factor`` multiplies the learning rate of the model's ``backbone`` parameters (warm-up and
+    schedule included; 1.0 keeps one parameter group).
     """
 
     epochs: int = 12
@@ -148,6 +157,9 @@ class TrainConfig:
     max_iters: int | None = None
     time_limit: float | None = None
     find_unused_parameters: bool = False
+    init_from: str | None = None
+    freeze: Sequence[str] = field(default_factory=tuple)
+    backbone_lr_factor: float = 1.0
 
 
 def train_config(config: Config) -> TrainConfig:
@@ -169,6 +181,7 @@ def train_config(config: Config) -> TrainConfig:
         (0 <= settings.min_lr_factor <= 1, f"train.min_lr_factor must be in [0, 1], got {settings.min_lr_factor}"),
         (settings.time_limit is None or settings.time_limit > 0,
          f"train.time_limit must be None or > 0 minutes, got {settings.time_limit}"),
+        (settings.backbone_lr_factor > 0, f"train.backbone_lr_factor must be > 0, got {settings.backbone_lr_factor}"),
     )
     for ok, message in checks:
         if not ok:
@@ -190,14 +203,44 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW over the parameters that require gradients.
 
+    Every parameter group carries ``lr_factor``, its learning rate over the schedule's: one group (factor 1)
+    unless ``backbone_lr_factor`` differs from 1, then a ``backbone`` group at that factor and a ``heads`` group.
     Both use the multi-tensor (``foreach``) update on every device: torch picks it by itself only on GPUs,
     and on the CPU it makes an AdamW step of a 12M-parameter detector about 1.5x faster.
     """
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    groups = _parameter_groups(model, settings)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay, foreach=True)
-    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True)
+
+
+def _parameter_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
+    if settings.backbone_lr_factor == 1.0:
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        if not parameters:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters (train.freeze: {list(settings.freeze)})")
+        return [{"params": parameters, "lr": settings.lr, "lr_factor": 1.0}]
+    if not isinstance(getattr(model, "backbone", None), nn.Module):
+        raise ValueError(f"train.backbone_lr_factor needs a model with a 'backbone' part; {type(model).__name__} "
+                         f"has {[name for name, _ in model.named_children()]}")
+    groups = parameter_groups(model, settings.lr, settings.lr * settings.backbone_lr_factor,
+                              weight_decay=settings.weight_decay)
+    return [dict(group, lr_factor=settings.backbone_lr_factor if group["name"] == "backbone" else 1.0)
+            for group in groups]
+
+
+def freeze_parts(model: nn.Module, parts: Sequence[str]) -> tuple[nn.Module, ...]:
+    """Freeze the model's top-level modules named ``parts`` (no gradient); returns them.
+
+    An unknown name is a ``ValueError`` listing the model's parts.
+    """
+    children = dict(model.named_children())
+    unknown = [name for name in parts if name not in children]
+    if unknown:
+        raise ValueError(f"train.freeze names {unknown}, which {type(model).__name__} has not; its parts: "
+                         f"{list(children)}")
+    return tuple(freeze(children[name]) for name in parts)
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
@@ -220,7 +263,8 @@ class Trainer:
     """Trains the recipe's model on its data; see the module docstring for the run folder and resume.
 
     ``train_dataset`` / ``val_dataset`` replace the recipe's ``data:`` datasets (its batch and worker
-    settings still apply); ``weights`` loads model weights only; ``resume`` continues ``run_dir/last.pt``;
+    settings still apply); ``weights`` loads model weights only (instead of ``train.init_from``); ``resume``
+    continues ``run_dir/last.pt``;
     ``clock`` returns seconds (the ``time_limit`` budget and ``it_per_s`` are measured with it).
     """
 
@@ -243,9 +287,10 @@ class Trainer:
         fill_num_classes(config, self.class_names)
         seed_everything(self.settings.seed, self.settings.deterministic)
         self.model: nn.Module = build_model(config).to(self.context.device)
-        if weights is not None:
-            load_weights(self.model, weights)
+        self.transfer_report = self._initialise_weights(weights, resume)
+        self.frozen_parts = freeze_parts(self.model, self.settings.freeze)
         self.optimizer = build_optimizer(self.model, self.settings)
+        self.lr_factors = [group["lr_factor"] for group in self.optimizer.param_groups]  # the recipe's, kept on resume
         use_amp = self.settings.amp and self.context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.context.device.type, enabled=use_amp)
         self.autocast_enabled = use_amp
@@ -281,6 +326,13 @@ class Trainer:
         if not resume and last.is_file():
             raise FileExistsError(f"{self.run_dir} already holds a run ({last}); pass --resume to continue it "
                                   f"or --out to start a new run elsewhere")
+
+    def _initialise_weights(self, weights: str | os.PathLike[str] | None, resume: bool) -> TransferReport | None:
+        """Load ``weights`` (else ``train.init_from``) into a new run's model; a resumed run has its own."""
+        source = weights if weights is not None else self.settings.init_from
+        if source is None or resume:
+            return None
+        return load_transferred_weights(self.model, source, self.class_names)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.context.is_distributed:
@@ -433,6 +485,12 @@ class Trainer:
                           "val": describe(self.val_dataset)})
         self._echo(f"{what}: run folder {self.run_dir}, {len(self.train_dataset)} training images, "
                    f"{self.steps_per_epoch} steps per epoch, device {self.context.device} x{self.context.world_size}")
+        if self.transfer_report is not None:
+            report = self.transfer_report
+            self.records.log({"kind": "event", "message": report.summary(), "iteration": 0, "epoch": 0,
+                              "loaded": len(report.loaded), "reinitialised": list(report.reinitialised),
+                              "kept_classes": list(report.kept_classes)})
+            self._echo(report.summary())
 
     def _echo(self, message: str) -> None:
         if self.verbose:
@@ -444,7 +502,7 @@ class Trainer:
         self.sampler.set_epoch(epoch, skip=self.position.batch_in_epoch * self.data_settings.batch_size)
         self.loader.epoch = epoch
         self.loader.generator.manual_seed(self.settings.seed + epoch)
-        self.network.train()
+        self._train_mode()
         first_step = math.ceil(self.position.batch_in_epoch / self.settings.accumulate_steps)
         show = self.context.is_main and self.verbose and sys.stderr.isatty()
         progress = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
@@ -478,10 +536,16 @@ class Trainer:
             self._log_train(window, self.current_lr(), len(window) / max(self.clock() - window_start, 1e-9))
         self._epoch_losses = epoch_totals.means()
 
+    def _train_mode(self) -> None:
+        """Train mode, except the ``train.freeze`` parts: their batch-norm statistics do not move."""
+        self.network.train()
+        for part in self.frozen_parts:
+            part.eval()
+
     def _step(self, batches: list[tuple[list, list]], lr: float) -> dict[str, float]:
         """One optimizer update over ``batches``; returns the losses averaged over batches and ranks."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, factor in zip(self.optimizer.param_groups, self.lr_factors, strict=True):
+            group["lr"] = lr * factor
         self.optimizer.zero_grad(set_to_none=True)
         summed: torch.Tensor | None = None
         names: list[str] = []
@@ -584,7 +648,7 @@ class Trainer:
         self.sync_buffers()
         stats = evaluate_detector(self.model, self.val_dataset, self.context, self.data_settings.batch_size,
                                   self.data_settings.workers)
-        self.network.train()
+        self._train_mode()
         if self.best["metric"] not in stats:
             raise ConfigError(f"{self.config.source}: train.best_metric is {self.best['metric']!r} but the validation "
                               f"gives only {sorted(stats)} (segm_ metrics need a model with masks and masks in the data)")

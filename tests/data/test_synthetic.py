@@ -67,6 +67,22 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         generate_dataset(tmp_path, 1, 1, formats=("yolo",))
     with pytest.raises(ValueError, match="category_ids"):
         generate_dataset(tmp_path, 1, 1, category_ids=(1, 1, 2, 3, 4))
+    with pytest.raises(ValueError, match="classes must be distinct shapes"):
+        make_sample(np.random.default_rng(0), 64, classes=("circle", "hexagon"))
+
+
+def test_a_subset_of_shapes_names_and_draws_only_those(tmp_path: Path) -> None:
+    classes = ("star", "circle")
+    generate_dataset(tmp_path, 6, 0, image_size=64, seed=1, formats=("coco", "voc"), classes=classes)
+    coco = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())
+    assert [category["name"] for category in coco["categories"]] == list(classes)
+    assert {annotation["category_id"] for annotation in coco["annotations"]} == {1, 2}
+    names = {line.strip() for xml in (tmp_path / "Annotations").glob("*.xml") for line in xml.read_text().splitlines()
+             if line.strip().startswith("<name>")}
+    assert names == {"<name>star</name>", "<name>circle</name>"}
+    default = make_sample(np.random.default_rng(2), 96, min_objects=4, max_objects=4)
+    same_order = make_sample(np.random.default_rng(2), 96, min_objects=4, max_objects=4, classes=SHAPE_CLASSES)
+    assert np.array_equal(default.image, same_order.image)
 
 
 def test_coco_file_is_read_by_pycocotools_and_matches_images(synthetic_root: Path) -> None:
