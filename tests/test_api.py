@@ -136,7 +136,7 @@ def test_run_inference_skips_bad_files_and_writes_outputs(checkpoint, tmp_path):
     ground_truth = COCO()
     ground_truth.dataset = {**catalogue, "annotations": []}
     ground_truth.createIndex()
-    assert len(ground_truth.loadRes(results).getAnnIds()) == summary.detections > 0
+    assert len(ground_truth.loadRes(results).getAnnIds()) == summary.found > 0
 
 
 def test_run_inference_on_a_video(detector, tmp_path):
@@ -185,5 +185,5 @@ def test_inference_writes_the_training_datas_category_ids(checkpoint, tmp_path):
                             score_threshold=0.0, report=lambda _: None)
     results = json.loads((tmp_path / "out" / "predictions.json").read_text())
     catalogue = json.loads((tmp_path / "out" / "images.json").read_text())
-    assert summary.detections > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
+    assert summary.found > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
     assert [(c["id"], c["name"]) for c in catalogue["categories"]] == list(zip([3, 7, 11], CLASS_NAMES[1:], strict=True))
