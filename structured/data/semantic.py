@@ -11,7 +11,8 @@
 - ``coco``: a COCO instances file, each image's instances painted into one class map.
 
 Class names: ``labelmap.txt`` in the dataset folder names the class of each index, one per line in index
-order, the background first (a name alone, or CVAT's ``name:r,g,b::`` form; ``#`` lines are comments).
+order, the background first (a name alone, or CVAT's ``name:r,g,b::`` form; ``#`` lines are comments);
+as in every dataset, ``class_names[0]`` is ``"__background__"`` whatever the first line says.
 VOC folders without one have the 20 VOC classes; ``masks`` folders need one; COCO and mask folders name
 their classes themselves. Instance datasets become class maps by :class:`InstanceSemanticDataset`:
 instances painted in annotation order (a later one covers an earlier one), crowd regions 255 (ignore).
