@@ -10,7 +10,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from structured import Detector
+import structured
+from structured import Detector, Segmenter
 from structured.backbones import FrozenBatchNorm2d
 from structured.inference import list_sources, run_inference
 from tests.detection.test_faster_rcnn import assert_same_detections
@@ -47,6 +48,12 @@ def test_checkpoint_round_trip_gives_identical_predictions(detector, checkpoint)
     assert len(first) > 0
     assert torch.equal(first.boxes, second.boxes) and torch.equal(first.labels, second.labels)
     assert loaded.class_names == CLASS_NAMES
+
+
+def test_load_picks_the_detector_by_the_checkpoint_task(checkpoint):
+    assert isinstance(structured.load(checkpoint, optimize=False), Detector)
+    with pytest.raises(ValueError, match="holds a detection model, which Segmenter does not serve; load it with Detector"):
+        Segmenter.from_checkpoint(checkpoint)
 
 
 def _with_trained_batch_norms(recipe: dict) -> dict:
