@@ -159,14 +159,9 @@ def train_config(config: Config) -> TrainConfig:
         raise ConfigError(f"{config.source}: 'train' must be a mapping, got {type(section).__name__}")
     validate_keys(TrainConfig, section, "train", config.source, config.overrides_under("train"))
     settings = TrainConfig(**section)
-    task = evaluation_task(model_task(config))
-    if settings.best_metric is None:
-        settings = replace(settings, best_metric=task.default_best_metric)
     checks = (
         (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),
         (settings.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {settings.schedule!r}"),
-        (settings.best_metric in task.metric_names, f"train.best_metric must be one of {task.metric_names} (the "
-                                                    f"{task.name} metrics), got {settings.best_metric!r}"),
         (settings.epochs >= 1, f"train.epochs must be >= 1, got {settings.epochs}"),
         (settings.accumulate_steps >= 1, f"train.accumulate_steps must be >= 1, got {settings.accumulate_steps}"),
         (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
@@ -178,6 +173,17 @@ def train_config(config: Config) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{config.source}: {message}")
+    return _with_best_metric(settings, config)
+
+
+def _with_best_metric(settings: TrainConfig, config: Config) -> TrainConfig:
+    """``settings`` with ``best_metric`` checked against the model task's metrics (its default when None)."""
+    task = evaluation_task(model_task(config))
+    if settings.best_metric is None:
+        return replace(settings, best_metric=task.default_best_metric)
+    if settings.best_metric not in task.metric_names:
+        raise ConfigError(f"{config.source}: train.best_metric must be one of {task.metric_names} (the {task.name} "
+                          f"metrics), got {settings.best_metric!r}")
     return settings
 
 
