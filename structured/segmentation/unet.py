@@ -153,10 +153,12 @@ class DecoderBlock(nn.Module):
                                    conv_norm_relu(out_channels, out_channels, norm_layer))
 
     def upsample(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """``x`` at ``size`` (twice its own for the encoders here)."""
+        """``x`` at ``size`` (twice its own side for the encoders here; a transposed convolution's output
+        that misses ``size`` by a pixel, behind an encoder with unpadded convolutions, is interpolated)."""
         if self.up is not None:
             x = self.up(x)
-            return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear")
+            if tuple(x.shape[-2:]) == size:
+                return x
         if self.upsampling == "nearest":
             return F.interpolate(x, size=size, mode="nearest")
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
