@@ -105,6 +105,13 @@ def _check_norm(norm_layer: str | None, where: str) -> None:
         raise ValueError(f"{where}.norm_layer must be one of {HEAD_NORMS} or None, got {norm_layer!r}")
 
 
+def _check_images(images: list[Tensor]) -> None:
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError("images must be a non-empty list of float tensors [3, H, W]")
+    for index, image in enumerate(images):
+        check_image(image, index)
+
+
 class UNetEncoder(nn.Module):
     """The original UNet's contracting path, with the Backbone contract: features ``c0..c<depth>``."""
 
@@ -146,10 +153,12 @@ class DecoderBlock(nn.Module):
                                    conv_norm_relu(out_channels, out_channels, norm_layer))
 
     def upsample(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """``x`` at ``size`` (twice its own for the encoders here)."""
+        """``x`` at ``size`` (twice its own side for the encoders here; a transposed convolution's output
+        that misses ``size`` by a pixel, behind an encoder with unpadded convolutions, is interpolated)."""
         if self.up is not None:
             x = self.up(x)
-            return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear")
+            if tuple(x.shape[-2:]) == size:
+                return x
         if self.upsampling == "nearest":
             return F.interpolate(x, size=size, mode="nearest")
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -250,14 +259,15 @@ class UNet(nn.Module):
     def forward(self, images: list[Tensor], targets: list[SemanticTarget] | None = None
                 ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses (``loss_ce``, ``loss_dice``) when ``targets`` are given, else one prediction per image."""
-        raw = self.raw_outputs(images)
         if targets is None:
-            return self.postprocess(raw)
+            return self.postprocess(self.raw_outputs(images))
+        _check_images(images)
         if len(targets) != len(images):
             raise ValueError(f"got {len(images)} images but {len(targets)} targets")
         maps = [self._checked_map(target, index, size)
-                for index, (target, size) in enumerate(zip(targets, raw.image_sizes, strict=True))]
-        return segmentation_losses(raw.logits, pad_batch(maps, self.size_divisible, fill=IGNORE_INDEX))
+                for index, (target, size) in enumerate(zip(targets, original_sizes_of(images), strict=True))]
+        logits = self.raw_outputs(images).logits
+        return segmentation_losses(logits, pad_batch(maps, self.size_divisible, fill=IGNORE_INDEX))
 
     def _checked_map(self, target: SemanticTarget, index: int, size: tuple[int, int]) -> Tensor:
         """Target ``index``'s class map as int64, checked against the image's size and the class count."""
@@ -279,10 +289,7 @@ class UNet(nn.Module):
 
     def raw_outputs(self, images: list[Tensor]) -> RawSegmentation:
         """The network's part: normalise, pad into a batch, encoder, decoder, head (logits of the padded batch)."""
-        if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError("images must be a non-empty list of float tensors [3, H, W]")
-        for index, image in enumerate(images):
-            check_image(image, index)
+        _check_images(images)
         batch = pad_batch([(image - self.mean.to(image)) / self.std.to(image) for image in images],
                           self.size_divisible)
         if self.channels_last:
