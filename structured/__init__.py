@@ -1,7 +1,8 @@
 """structured: object detection and segmentation for PyTorch.
 
 The public API: ``load_config`` and ``build_model`` for recipes, ``list_models`` for what is
-registered, ``Detector`` (with its ``DetectionResult``) to load a trained model and predict. The parts
+registered, ``Detector`` (with its ``DetectionResult``) and ``Segmenter`` (with its ``SegmentationResult``)
+to load a trained model and predict, and ``load`` to get the right one from a checkpoint's task. The parts
 live in sub-packages: ``structured.boxes`` (box forms, coding, IoU, NMS), ``structured.backbones``,
 ``structured.detection``, ``structured.data``, ``structured.evaluation``, ``structured.engine``,
 ``structured.convert``. The layers and contracts are described in docs/architecture.md.
@@ -14,7 +15,8 @@ a registry imports the packages that define its builders on its first lookup (``
 
 from structured.lazy import lazy_attributes
 
-__all__ = ["DetectionResult", "Detector", "build_model", "list_models", "load_config"]
+__all__ = ["DetectionResult", "Detector", "SegmentationResult", "Segmenter", "build_model", "list_models", "load",
+           "load_config"]
 __version__ = "0.1.0"
 
 __getattr__, __dir__ = lazy_attributes(
@@ -22,9 +24,12 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "DetectionResult": "structured.api",
         "Detector": "structured.api",
+        "SegmentationResult": "structured.api",
+        "Segmenter": "structured.api",
+        "load": "structured.api",
         "build_model": "structured.config",
         "load_config": "structured.config",
         "list_models": "structured.registry",
     },
-    subpackages=("backbones", "boxes", "convert", "data", "detection", "engine", "evaluation"),
+    subpackages=("backbones", "boxes", "convert", "data", "detection", "engine", "evaluation", "segmentation"),
 )

@@ -1,4 +1,4 @@
-"""The Python API: load a detector, predict on images, look at and export the results.
+"""The Python API: load a detector or a segmenter, predict on images, look at and export the results.
 
     detector = Detector.from_checkpoint("runs/shapes/best.pt")
     result = detector.predict("image.jpg")           # a path, an RGB array or a [3, H, W] tensor
@@ -6,8 +6,18 @@
     result.masks, result.binary(), result.polygons()   # instance models: [K, H, W] probabilities
     result.save("annotated.jpg"); result.to_coco(image_id=1)
 
+    segmenter = Segmenter.from_checkpoint("runs/unet_nuclei/best.pt")
+    result = segmenter.predict("image.png")
+    result.mask, result.probabilities, result.areas   # [H, W] class indices, [C + 1, H, W], pixels per class
+    result.save("overlay.jpg"); result.save_png("classes.png")
+
+    predictor = structured.load("best.pt")            # a Detector or a Segmenter, by the checkpoint's task
+
 ``predict`` on a list returns a list. Results are in the input image's pixel frame (Prediction
-contract of docs/architecture.md); ``score_threshold`` and ``classes`` filter them.
+contract of docs/architecture.md); ``score_threshold`` and ``classes`` filter them. ``Detector`` and
+``Segmenter`` are both a :class:`Predictor`, which holds the loading code. Both result kinds know how to
+draw themselves (``plot`` / ``save``) and write their machine-readable outputs (``write_outputs``), which
+is all ``structured.inference`` needs of them.
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from structured.config import Config, build_model, load_config
+from structured.config import Config, build_model, load_config, model_task
 from structured.data.base import numbered_class_names
+from structured.data.convert import yolo_label_text, yolo_segment_text
 from structured.data.geometry import masks_to_polygons
-from structured.data.loading import image_to_tensor, read_image
+from structured.data.loading import image_to_tensor, read_image, write_palette_png
 from structured.engine.checkpoint import apply_weights, load_checkpoint, load_weights, model_state_from
 from structured.evaluation.coco import predictions_to_coco_results
-from structured.visualize import draw_detections, save_image, to_rgb_uint8
+from structured.evaluation.detector import coco_categories
+from structured.visualize import draw_class_map, draw_detections, save_image, to_rgb_uint8
 
 ImageInput = str | os.PathLike[str] | np.ndarray | Tensor
 
@@ -73,11 +85,7 @@ class DetectionResult:
         )
 
     def _label_of(self, item: str | int) -> int:
-        if isinstance(item, int):
-            return item
-        if item not in self.class_names:
-            raise ValueError(f"unknown class {item!r}; classes: {', '.join(self.class_names[1:])}")
-        return list(self.class_names).index(item)
+        return class_index(self.class_names, item)
 
     def binary(self, threshold: float = 0.5) -> Tensor | None:
         """Boolean ``[K, H, W]`` masks, ``masks > threshold``; None for a model without masks."""
@@ -99,6 +107,29 @@ class DetectionResult:
         """Write the annotated image to ``path`` (format by extension)."""
         return save_image(self.plot(), path)
 
+    def describe(self) -> str:
+        """What was found, for a progress line: ``3 detections``."""
+        return f"{len(self)} detections"
+
+    def save_txt(self, path: str | os.PathLike[str]) -> Path:
+        """Write YOLO labels: segments (YOLO-seg polygons) for a model with masks, else boxes."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.image.shape[:2]
+        if self.masks is not None:
+            text = yolo_segment_text(self.polygons(), self.labels.numpy(), size)
+        else:
+            text = yolo_label_text(self.boxes.numpy(), self.labels.numpy(), size)
+        path.write_text(text)
+        return path
+
+    def write_outputs(self, out_dir: Path, stem: str, image_id: int, save_txt: bool = False) -> list[dict[str, Any]]:
+        """The machine-readable outputs of one image of a batch run: with ``save_txt`` the YOLO label file
+        ``out_dir/labels/<stem>.txt``; returns its entries of ``predictions.json`` (COCO results)."""
+        if save_txt:
+            self.save_txt(out_dir / "labels" / f"{stem}.txt")
+        return self.to_coco(image_id)
+
     def to_coco(self, image_id: int, label_to_category_id: Mapping[int, int] | None = None) -> list[dict[str, Any]]:
         """COCO results entries (xywh boxes, category ids, RLE masks when present) for this image.
 
@@ -113,15 +144,68 @@ class DetectionResult:
         return predictions_to_coco_results([prediction], [image_id], label_to_category_id)
 
 
-class Detector:
-    """A detection model in eval mode with its class names, on a device, ready to ``predict``.
+@dataclass(repr=False)
+class SegmentationResult:
+    """A class map of one image: ``mask`` int64 ``[H, W]`` in ``0..C`` (0 = background), ``probabilities``
+    float ``[C + 1, H, W]`` (or None), ``class_names`` of ``0..C``."""
+
+    mask: Tensor
+    probabilities: Tensor | None
+    class_names: Sequence[str]
+    image: np.ndarray = field(repr=False)
+    source: str = "<array>"
+
+    def __len__(self) -> int:
+        """The number of classes besides the background present in the map."""
+        return sum(1 for name, pixels in self.areas.items() if pixels and name != self.class_names[0])
+
+    def __repr__(self) -> str:
+        return f"SegmentationResult({self.source}: {self.describe()})"
+
+    @property
+    def areas(self) -> dict[str, int]:
+        """Pixels of each class ``0..C`` by name (the background included)."""
+        counts = torch.bincount(self.mask.flatten(), minlength=len(self.class_names))[:len(self.class_names)]
+        return dict(zip(self.class_names, counts.tolist(), strict=True))
+
+    def describe(self) -> str:
+        """What was found, for a progress line: ``2 classes (circle 12.1%, star 3.0%)``."""
+        total = max(self.mask.numel(), 1)
+        found = [f"{name} {100 * pixels / total:.1f}%" for name, pixels in self.areas.items()
+                 if pixels and name != self.class_names[0]]
+        return f"{len(found)} classes" + (f" ({', '.join(found)})" if found else "")
+
+    def plot(self, alpha: float = 0.5) -> np.ndarray:
+        """The image with each class blended in its colour and outlined, RGB ``uint8``."""
+        return draw_class_map(self.image, self.mask, alpha)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the colour overlay to ``path`` (format by extension)."""
+        return save_image(self.plot(), path)
+
+    def save_png(self, path: str | os.PathLike[str]) -> Path:
+        """Write the class map as a palette PNG of class indices (VOC colours; ``read_index_png`` reads it)."""
+        return write_palette_png(path, self.mask.numpy())
+
+    def write_outputs(self, out_dir: Path, stem: str, image_id: int, save_txt: bool = False) -> list[dict[str, Any]]:
+        """The machine-readable outputs of one image of a batch run: the class-index PNG
+        ``out_dir/masks/<stem>.png`` (always; ``save_txt`` concerns detectors); returns its entry of
+        ``predictions.json`` (the PNG's path in ``out_dir`` and the pixels of each class)."""
+        self.save_png(out_dir / "masks" / f"{stem}.png")
+        return [{"image_id": image_id, "mask_file": f"masks/{stem}.png", "areas": self.areas}]
+
+
+class Predictor:
+    """A model in eval mode with its class names, on a device: what ``Detector`` and ``Segmenter`` share.
 
     With ``optimize`` (the default) the model is prepared for inference by its ``optimize_for_inference()``
-    (batch norms folded into convolutions, channels-last layout): the same detections up to float
-    rounding, faster. Pass ``optimize=False`` to keep the model as built (e.g. to train it further).
-    ``category_ids`` are the training data's ids of labels ``1..C`` (COCO's original ids), used by
-    ``DetectionResult.to_coco``.
+    (batch norms folded into convolutions, channels-last layout): the same outputs up to float rounding,
+    faster. Pass ``optimize=False`` to keep the model as built (e.g. to train it further).
+    ``category_ids`` are the training data's ids of labels ``1..C`` (COCO's original ids). ``tasks`` are
+    the model tasks (``structured.config.TASKS``) a subclass serves.
     """
+
+    tasks: tuple[str, ...] = ()
 
     def __init__(
         self, model: nn.Module, class_names: Sequence[str], device: str | torch.device = "cpu",
@@ -140,9 +224,10 @@ class Detector:
         cls, config: str | os.PathLike[str] | Mapping[str, Any] | Config,
         weights: str | os.PathLike[str] | None = None, class_names: Sequence[str] | None = None,
         device: str | torch.device = "cpu", overrides: Sequence[str] = (), optimize: bool = True,
-    ) -> Detector:
+    ):
         """Build the recipe's model (optionally loading ``weights``, a checkpoint or a state dict)."""
         config = config if isinstance(config, Config) else load_config(config, overrides)
+        cls._check_task(model_task(config), config.source)
         model = build_model(config)
         if weights is not None:
             load_weights(model, weights)
@@ -151,17 +236,43 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        optimize: bool = True) -> Detector:
-        """The detector saved in a training checkpoint (``best.pt`` / ``last.pt``): recipe, weights, classes."""
-        checkpoint = load_checkpoint(path)
-        if "config" not in checkpoint:
-            raise ValueError(f"{path}: the checkpoint holds no recipe ('config'); use Detector.from_config("
-                             "recipe, weights=path) instead")
-        config = Config(checkpoint["config"], str(path))
+                        optimize: bool = True):
+        """The model saved in a training checkpoint (``best.pt`` / ``last.pt``): recipe, weights, classes."""
+        checkpoint, config, task = _read_checkpoint(path)
+        cls._check_task(task, str(path))
+        return cls._from_checkpoint(checkpoint, config, path, device, optimize)
+
+    @classmethod
+    def _from_checkpoint(cls, checkpoint: dict[str, Any], config: Config, path: str | os.PathLike[str],
+                         device: str | torch.device, optimize: bool):
         model = build_model(config)
         apply_weights(model, model_state_from(checkpoint), str(path))
         names = checkpoint.get("class_names") or _numbered_classes(config)
         return cls(model, names, device, config, checkpoint.get("category_ids"), optimize)
+
+    @classmethod
+    def _check_task(cls, task: str, source: str) -> None:
+        if task not in cls.tasks:
+            raise ValueError(f"{source}: holds a {task} model, which {cls.__name__} does not serve; load it with "
+                             f"{PREDICTORS[task].__name__} or structured.load")
+
+    def _tensors(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[bool, list, list[np.ndarray], list[Tensor]]:
+        """``(single, items, RGB images, tensors on the device)`` of one input or a list of them."""
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        images = [_load_image(item) for item in items]
+        return single, items, images, [image_to_tensor(image).to(self.device) for image in images]
+
+
+class Detector(Predictor):
+    """A detection (or instance segmentation) model, ready to ``predict`` boxes, scores, labels (and masks);
+    ``category_ids`` are used by ``DetectionResult.to_coco``."""
+
+    tasks = ("detection", "instance")
+
+    def categories(self) -> list[dict[str, Any]]:
+        """The COCO ``categories`` of the classes (the training data's category ids)."""
+        return coco_categories(self.class_names, self.category_ids)
 
     @torch.inference_mode()
     def predict(
@@ -169,10 +280,7 @@ class Detector:
         classes: Sequence[str | int] | None = None,
     ) -> DetectionResult | list[DetectionResult]:
         """Detections on one image (a path, an RGB ``uint8`` array, or a ``[3, H, W]`` float tensor) or a list."""
-        single = not isinstance(inputs, (list, tuple))
-        items = [inputs] if single else list(inputs)
-        images = [_load_image(item) for item in items]
-        tensors = [image_to_tensor(image).to(self.device) for image in images]
+        single, items, images, tensors = self._tensors(inputs)
         predictions = self.model(tensors)
         results = [
             DetectionResult(
@@ -182,6 +290,69 @@ class Detector:
             for item, image, prediction in zip(items, images, predictions, strict=True)
         ]
         return results[0] if single else results
+
+
+class Segmenter(Predictor):
+    """A semantic segmentation model (UNet), ready to ``predict`` a class per pixel."""
+
+    tasks = ("semantic",)
+
+    def categories(self) -> list[dict[str, Any]]:
+        """The classes ``1..C`` as ``{"id": class index, "name"}`` (index 0 is the background)."""
+        return coco_categories(self.class_names)
+
+    @torch.inference_mode()
+    def predict(
+        self, inputs: ImageInput | Sequence[ImageInput], score_threshold: float = 0.0,
+        classes: Sequence[str | int] | None = None,
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """The class map of one image (a path, an RGB ``uint8`` array, or a ``[3, H, W]`` float tensor) or a list.
+
+        A pixel whose most probable class has a probability below ``score_threshold``, or whose class is
+        not in ``classes`` (names or indices), becomes background.
+        """
+        single, items, images, tensors = self._tensors(inputs)
+        wanted = None if classes is None else [class_index(self.class_names, item) for item in classes]
+        results = []
+        for item, image, prediction in zip(items, images, self.model(tensors), strict=True):
+            mask = prediction["mask"].cpu()
+            probabilities = prediction.get("probabilities")
+            probabilities = None if probabilities is None else probabilities.cpu()
+            if score_threshold > 0 and probabilities is not None:
+                mask = torch.where(probabilities.max(dim=0).values >= score_threshold, mask, 0)
+            if wanted is not None:
+                mask = torch.where(torch.isin(mask, torch.tensor(wanted, dtype=mask.dtype)), mask, 0)
+            results.append(SegmentationResult(mask, probabilities, self.class_names, image, _describe(item)))
+        return results[0] if single else results
+
+
+PREDICTORS: dict[str, type[Predictor]] = {"detection": Detector, "instance": Detector, "semantic": Segmenter}
+"""The predictor class of each model task."""
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", optimize: bool = True) -> Predictor:
+    """The predictor of a training checkpoint chosen by its task: a ``Detector`` or a ``Segmenter``."""
+    checkpoint, config, task = _read_checkpoint(path)
+    return PREDICTORS[task]._from_checkpoint(checkpoint, config, path, device, optimize)
+
+
+def _read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Config, str]:
+    """``(checkpoint, its recipe, its task)``; the task of a checkpoint that records none is its recipe's."""
+    checkpoint = load_checkpoint(path)
+    if "config" not in checkpoint:
+        raise ValueError(f"{path}: the checkpoint holds no recipe ('config'); use Detector.from_config("
+                         "recipe, weights=path) (or Segmenter.from_config) instead")
+    config = Config(checkpoint["config"], str(path))
+    return checkpoint, config, checkpoint.get("task") or model_task(config)
+
+
+def class_index(class_names: Sequence[str], item: str | int) -> int:
+    """The index of a class given by name or index; ``ValueError`` listing the classes for an unknown name."""
+    if isinstance(item, int):
+        return item
+    if item not in class_names:
+        raise ValueError(f"unknown class {item!r}; classes: {', '.join(class_names[1:])}")
+    return list(class_names).index(item)
 
 
 def _numbered_classes(config: Config) -> list[str]:

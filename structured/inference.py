@@ -1,12 +1,19 @@
-"""Batch inference over images, folders, globs and videos, writing pictures, COCO results and YOLO labels.
+"""Batch inference over images, folders, globs and videos with any predictor (detector or segmenter).
 
-``run_inference(detector, source, out_dir)`` is what ``tools/infer.py`` runs. Every readable input gets an
-annotated picture in ``out_dir`` (a video gets an annotated video), all detections go to
-``out_dir/predictions.json`` (a COCO results list: ``image_id``, xywh ``bbox``, ``score``,
-``category_id``: the training data's own category id, as kept in the checkpoint), ``out_dir/images.json``
-maps image ids to file names and lists the categories, and with ``save_txt`` ``out_dir/labels/`` gets one
-YOLO label file per image (YOLO-seg polygons for a model with masks). An unreadable input is reported by
-name and skipped; it never stops the run.
+``run_inference(predictor, source, out_dir)`` is what ``tools/infer.py`` runs. Every readable input gets a
+picture in ``out_dir`` (a video gets a video): the result's own ``save`` (a detector's boxes and masks, a
+segmenter's colour overlay). Each result writes its machine-readable outputs (``write_outputs``) and gives
+its entries of ``out_dir/predictions.json``:
+
+- a detector: COCO results (``image_id``, xywh ``bbox``, ``score``, ``category_id``: the training data's own
+  category id, as kept in the checkpoint), and with ``save_txt`` one YOLO label file per image in
+  ``out_dir/labels/`` (YOLO-seg polygons for a model with masks);
+- a segmenter: a class-index palette PNG per image in ``out_dir/masks/`` and, per image, its file and the
+  pixels of each class.
+
+``out_dir/images.json`` maps image ids to file names and lists the categories (``predictor.categories()``).
+An unreadable input is reported by name and skipped; it never stops the run. Nothing here depends on the
+kind of predictor: what differs lives in the predictor and result classes of ``structured.api``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from structured.api import DetectionResult, Detector
-from structured.data.convert import yolo_label_text, yolo_segment_text
+from structured.api import DetectionResult, Predictor, SegmentationResult
 from structured.data.loading import ImageReadError, read_image
-from structured.evaluation.detector import coco_categories
 from structured.io import save_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -33,10 +38,11 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 @dataclass
 class InferenceSummary:
-    """What a run produced: counts, skipped inputs with the reason, output files and per-image times."""
+    """What a run produced: counts (``found``: the sum of ``len(result)``, detections or classes present
+    per image), skipped inputs with the reason, output files and per-image times."""
 
     images: int = 0
-    detections: int = 0
+    found: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
@@ -73,8 +79,11 @@ def iter_frames(video: Path) -> Iterator[np.ndarray]:
         capture.release()
 
 
+Result = DetectionResult | SegmentationResult
+
+
 def run_inference(
-    detector: Detector,
+    predictor: Predictor,
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     score_threshold: float = 0.25,
@@ -82,7 +91,8 @@ def run_inference(
     save_txt: bool = False,
     report: Callable[[str], None] = print,
 ) -> InferenceSummary:
-    """Predict on every input of ``source``; write pictures, ``predictions.json`` and optional YOLO txt."""
+    """Predict on every input of ``source``; write pictures, ``predictions.json``, ``images.json`` and each
+    result's files (module docstring). ``score_threshold`` and ``classes`` go to ``predictor.predict``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = InferenceSummary()
@@ -90,58 +100,56 @@ def run_inference(
     images_json: list[dict] = []
     for path in list_sources(source):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
-        frames = _predict_source(detector, path, is_video, out_dir, score_threshold, classes, summary, report)
+        frames = _predict_source(predictor, path, is_video, out_dir, score_threshold, classes, summary, report)
         for name, result in frames:
             image_id = len(images_json) + 1
             height, width = result.image.shape[:2]
             images_json.append({"id": image_id, "file_name": name, "height": height, "width": width})
-            results_json.extend(result.to_coco(image_id))
+            results_json.extend(result.write_outputs(out_dir, Path(name).stem, image_id, save_txt))
             if not is_video:
                 summary.outputs.append(result.save(out_dir / name))
-            if save_txt:
-                _write_yolo(result, out_dir / "labels" / f"{Path(name).stem}.txt")
     summary.outputs.append(save_json(results_json, out_dir / "predictions.json"))
-    catalogue = {"images": images_json, "categories": coco_categories(detector.class_names, detector.category_ids)}
+    catalogue = {"images": images_json, "categories": predictor.categories()}
     summary.outputs.append(save_json(catalogue, out_dir / "images.json"))
     return summary
 
 
 def _predict_source(
-    detector: Detector, path: Path, is_video: bool, out_dir: Path, score_threshold: float,
+    predictor: Predictor, path: Path, is_video: bool, out_dir: Path, score_threshold: float,
     classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
-) -> Iterator[tuple[str, DetectionResult]]:
+) -> Iterator[tuple[str, Result]]:
     """``(name, result)`` of the image or of each video frame; an unreadable input is reported and skipped.
 
     Only errors raised while reading and predicting are caught, not those of the caller's loop body.
     """
     try:
         if is_video:
-            yield from _predict_video(detector, path, out_dir, score_threshold, classes, summary, report)
+            yield from _predict_video(predictor, path, out_dir, score_threshold, classes, summary, report)
         else:
-            yield path.name, _predict_file(detector, path, score_threshold, classes, summary, report)
+            yield path.name, _predict_file(predictor, path, score_threshold, classes, summary, report)
     except (ImageReadError, OSError, ValueError) as error:
         summary.skipped.append((str(path), str(error)))
         report(f"skipped {path}: {error}")
 
 
 def _predict_file(
-    detector: Detector, path: Path, score_threshold: float, classes: Sequence[str | int] | None,
+    predictor: Predictor, path: Path, score_threshold: float, classes: Sequence[str | int] | None,
     summary: InferenceSummary, report: Callable[[str], None],
-) -> DetectionResult:
+) -> Result:
     image = read_image(path)
-    return _timed_predict(detector, image, str(path), score_threshold, classes, summary, report)
+    return _timed_predict(predictor, image, str(path), score_threshold, classes, summary, report)
 
 
 def _predict_video(
-    detector: Detector, path: Path, out_dir: Path, score_threshold: float, classes: Sequence[str | int] | None,
+    predictor: Predictor, path: Path, out_dir: Path, score_threshold: float, classes: Sequence[str | int] | None,
     summary: InferenceSummary, report: Callable[[str], None],
-) -> Iterator[tuple[str, DetectionResult]]:
+) -> Iterator[tuple[str, Result]]:
     """``(name, result)`` of each frame, yielded once its annotated frame is written to the output video."""
     writer = None
     target = out_dir / f"{path.stem}_annotated.mp4"
     try:
         for index, frame in enumerate(iter_frames(path)):
-            result = _timed_predict(detector, frame, f"{path}#{index}", score_threshold, classes, summary, report)
+            result = _timed_predict(predictor, frame, f"{path}#{index}", score_threshold, classes, summary, report)
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
                                          (frame.shape[1], frame.shape[0]))
@@ -156,26 +164,15 @@ def _predict_video(
 
 
 def _timed_predict(
-    detector: Detector, image: np.ndarray, name: str, score_threshold: float,
+    predictor: Predictor, image: np.ndarray, name: str, score_threshold: float,
     classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
-) -> DetectionResult:
+) -> Result:
     start = time.perf_counter()
-    result = detector.predict(image, score_threshold=score_threshold, classes=classes)
+    result = predictor.predict(image, score_threshold=score_threshold, classes=classes)
     elapsed = time.perf_counter() - start
     result.source = name
     summary.images += 1
-    summary.detections += len(result)
+    summary.found += len(result)
     summary.seconds.append(elapsed)
-    report(f"{name}: {len(result)} detections in {elapsed * 1e3:.1f} ms")
+    report(f"{name}: {result.describe()} in {elapsed * 1e3:.1f} ms")
     return result
-
-
-def _write_yolo(result: DetectionResult, path: Path) -> None:
-    """YOLO labels of ``result``: segments (YOLO-seg polygons) for a model with masks, else boxes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = result.image.shape[:2]
-    if result.masks is not None:
-        text = yolo_segment_text(result.polygons(), result.labels.numpy(), size)
-    else:
-        text = yolo_label_text(result.boxes.numpy(), result.labels.numpy(), size)
-    path.write_text(text)

@@ -101,7 +101,7 @@ class Registry:
 
 BACKBONES = Registry("backbone", defined_in=("structured.backbones",))
 NECKS = Registry("neck", defined_in=("structured.backbones",))
-MODELS = Registry("model", defined_in=("structured.detection",))
+MODELS = Registry("model", defined_in=("structured.detection", "structured.segmentation"))
 
 
 def list_models() -> list[str]:

@@ -1,4 +1,4 @@
-"""Drawing detections: boxes, class names, scores and mask overlays on RGB images (OpenCV).
+"""Drawing detections (boxes, class names, scores, mask overlays) and class maps on RGB images (OpenCV).
 
 Everything takes and returns ``uint8`` RGB arrays ``[H, W, 3]`` (a float tensor ``[3, H, W]`` in [0, 1]
 is accepted too) and never modifies its input. Colours are fixed per class, so the same class has the
@@ -132,6 +132,25 @@ def _overlay_masks(
         blended[region] = (1 - alpha) * blended[region] + alpha * np.array(class_color(label), np.float32)
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(blended, contours, -1, class_color(label), 1, cv2.LINE_AA)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def draw_class_map(image: ArrayLike, class_map: ArrayLike, alpha: float = 0.5, outlines: bool = True) -> np.ndarray:
+    """A copy of ``image`` with each class of the ``[H, W]`` ``class_map`` (0 = background and 255 = ignore
+    left as they are) blended in its ``class_color``, and outlined."""
+    canvas = to_rgb_uint8(image)
+    classes = _as_numpy(class_map, "class_map").astype(np.int64)
+    if classes.shape != canvas.shape[:2]:
+        raise ValueError(f"class_map must be [H, W] at the image size {list(canvas.shape[:2])}, got {list(classes.shape)}")
+    blended = canvas.astype(np.float32)
+    for label in np.unique(classes):
+        if label in (0, 255):
+            continue
+        region = classes == label
+        blended[region] = (1 - alpha) * blended[region] + alpha * np.array(class_color(label), np.float32)
+        if outlines:
+            contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(blended, contours, -1, class_color(label), 1, cv2.LINE_AA)
     return blended.round().clip(0, 255).astype(np.uint8)
 
 

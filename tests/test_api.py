@@ -10,7 +10,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from structured import Detector
+import structured
+from structured import Detector, Segmenter
 from structured.backbones import FrozenBatchNorm2d
 from structured.inference import list_sources, run_inference
 from tests.detection.test_faster_rcnn import assert_same_detections
@@ -47,6 +48,12 @@ def test_checkpoint_round_trip_gives_identical_predictions(detector, checkpoint)
     assert len(first) > 0
     assert torch.equal(first.boxes, second.boxes) and torch.equal(first.labels, second.labels)
     assert loaded.class_names == CLASS_NAMES
+
+
+def test_load_picks_the_detector_by_the_checkpoint_task(checkpoint):
+    assert isinstance(structured.load(checkpoint, optimize=False), Detector)
+    with pytest.raises(ValueError, match="holds a detection model, which Segmenter does not serve; load it with Detector"):
+        Segmenter.from_checkpoint(checkpoint)
 
 
 def _with_trained_batch_norms(recipe: dict) -> dict:
@@ -136,7 +143,7 @@ def test_run_inference_skips_bad_files_and_writes_outputs(checkpoint, tmp_path):
     ground_truth = COCO()
     ground_truth.dataset = {**catalogue, "annotations": []}
     ground_truth.createIndex()
-    assert len(ground_truth.loadRes(results).getAnnIds()) == summary.detections > 0
+    assert len(ground_truth.loadRes(results).getAnnIds()) == summary.found > 0
 
 
 def test_run_inference_on_a_video(detector, tmp_path):
@@ -185,5 +192,5 @@ def test_inference_writes_the_training_datas_category_ids(checkpoint, tmp_path):
                             score_threshold=0.0, report=lambda _: None)
     results = json.loads((tmp_path / "out" / "predictions.json").read_text())
     catalogue = json.loads((tmp_path / "out" / "images.json").read_text())
-    assert summary.detections > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
+    assert summary.found > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
     assert [(c["id"], c["name"]) for c in catalogue["categories"]] == list(zip([3, 7, 11], CLASS_NAMES[1:], strict=True))

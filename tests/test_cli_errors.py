@@ -10,16 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 from structured.cli import reports_usage_errors
 from structured.config import build_model, load_config
+from structured.data.loading import write_palette_png
 from structured.data.synthetic import generate_dataset
 from structured.engine.checkpoint import save_checkpoint
 from tests.conftest import REPO_ROOT
 
 SMOKE_RECIPE = REPO_ROOT / "configs" / "smoke" / "faster_rcnn_r18_fpn_tiny.yaml"
+UNET_RECIPE = REPO_ROOT / "configs" / "unet" / "unet_original.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,16 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "typed.yaml").write_text(SMOKE_RECIPE.read_text().replace("batch_size: 2", "batch_size: two"))
     (root / "yolo_without_classes" / "images").mkdir(parents=True)
     (root / "yolo_without_classes" / "labels").mkdir()
+    unet = load_config(UNET_RECIPE, ["model.num_classes=2", "model.encoder.width=4", "model.encoder.depth=2",
+                                     "model.decoder.channels=[8,4]"])
+    unet.dump(root / "unet.yaml")
+    save_checkpoint({"model": build_model(unet).state_dict(), "config": unet.data, "task": "semantic",
+                     "class_names": ["__background__", "a", "b"]}, root / "unet.pt")
+    for folder in ("images", "masks"):
+        (root / "bad_masks" / folder).mkdir(parents=True)
+    (root / "bad_masks" / "labelmap.txt").write_text("background\na\nb\n")
+    cv2.imwrite(str(root / "bad_masks" / "images" / "x.png"), np.zeros((40, 30, 3), np.uint8))
+    write_palette_png(root / "bad_masks" / "masks" / "x.png", np.ones((20, 30), np.uint8))
     return root
 
 
@@ -63,6 +77,9 @@ CASES = {
     "YOLO folder without classes": (["convert_dataset.py", "{root}/yolo_without_classes", "{root}/converted",
                                      "--from", "yolo", "--to", "coco"],
                                     "{root}/yolo_without_classes/classes.txt not found"),
+    "semantic mask of another size": (["eval.py", "{root}/unet.yaml", "--weights", "{root}/unet.pt", "--data",
+                                       "{root}/bad_masks", "--out", "{root}/out", "--speed-iters", "0"],
+                                      "{root}/bad_masks/masks/x.png: mask is 20x30 (HxW) but the image"),
     "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
                                   "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
 }

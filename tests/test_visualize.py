@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from structured.visualize import class_color, draw_detections, save_image, side_by_side, to_rgb_uint8
+from structured.visualize import (
+    class_color,
+    draw_class_map,
+    draw_detections,
+    save_image,
+    side_by_side,
+    to_rgb_uint8,
+)
 
 
 def test_draw_detections_colours_box_edges_and_leaves_input_alone():
@@ -51,3 +58,14 @@ def test_side_by_side_and_save(tmp_path):
     assert path.stat().st_size > 0 and not list(path.parent.glob(".*"))
     with pytest.raises(OSError, match="could not write"):
         save_image(sheet, tmp_path / "sheet.unknown")
+
+
+def test_class_maps_are_blended_in_class_colours_leaving_background_and_ignore_alone() -> None:
+    image = np.full((6, 8, 3), 100, np.uint8)
+    class_map = np.zeros((6, 8), np.int64)
+    class_map[1:3, 1:4], class_map[4:, 5:] = 2, 255
+    drawn = draw_class_map(image, class_map, alpha=1.0, outlines=False)
+    assert (drawn[1:3, 1:4] == class_color(2)).all()
+    assert (drawn[class_map != 2] == 100).all()
+    with pytest.raises(ValueError, match=r"class_map must be \[H, W\] at the image size \[6, 8\], got \[6, 7\]"):
+        draw_class_map(image, class_map[:, :7])

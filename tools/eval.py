@@ -1,14 +1,21 @@
-"""Evaluate a trained detector: COCO mAP (box, and mask when the model has masks), per-class AP, FPS.
+"""Evaluate a trained detector or segmenter: COCO mAP and per-class AP, or per-class IoU, mIoU, Dice; FPS.
 
     python tools/eval.py CONFIG --weights W --data D [--split val] [--out outputs/eval] [--device cpu]
                          [--set key=value ...] [--speed-iters 20]
 
-D is a dataset in any supported format (COCO .json, VOC folder, YOLO folder, mask folder). Prints the
-pycocotools-style summary, a per-class table and the time of each stage a user pays for (decode, network,
-post-processing); writes metrics.json, predictions.json (COCO results with the dataset's own image and
-category ids: pycocotools on the original annotation file and this file prints the same stats) and
-pr_curves.png to --out, and ground_truth.json for data that is not COCO. The model is prepared for
-inference (batch norms folded, channels-last) unless --no-optimize.
+The recipe's task (its model's; the checkpoint's must agree) picks the data and the metrics
+(structured.evaluation.tasks). D is a dataset in any supported format of that task (detection: COCO .json,
+VOC folder, YOLO folder, mask folder; semantic: VOC SegmentationClass, images/ + masks/, mask folders as
+foreground/background, COCO instances). Both print the time of each stage a user pays for (decode,
+network, post-processing) and write metrics.json to --out.
+
+- detection: the pycocotools-style summary (box, and mask when the model has masks) and a per-class table;
+  predictions.json (COCO results with the dataset's own image and category ids: pycocotools on the
+  original annotation file and this file prints the same stats), pr_curves.png, and ground_truth.json for
+  data that is not COCO;
+- semantic: per-class IoU and Dice, mIoU, fg_IoU, Dice, pixel accuracy; confusion_matrix.png.
+
+The model is prepared for inference (batch norms folded, channels-last) unless --no-optimize.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ import sys
 from pathlib import Path
 
 from structured.cli import reports_usage_errors
-from structured.config import build_model, load_config
+from structured.config import build_model, load_config, model_task
 from structured.data.recipes import data_config, open_evaluation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
 from structured.engine.distributed import resolve_device
-from structured.evaluation.detector import evaluate_detector_on_dataset
+from structured.evaluation.tasks import evaluation_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,14 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="recipe YAML the weights were trained with")
     parser.add_argument("--weights", required=True, help="checkpoint (best.pt / last.pt) or state dict")
     parser.add_argument("--data", required=True, help="dataset to evaluate on")
-    parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (e.g. val)")
+    parser.add_argument("--split", default=None, help="VOC ImageSets split (e.g. val)")
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--speed-iters", type=int, default=20, help="timed runs for the FPS line (0: skip)")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false",
-                        help="evaluate the model as trained, without folding batch norms (same detections up to rounding)")
+                        help="evaluate the model as trained, without folding batch norms (same outputs up to rounding)")
     return parser.parse_args(argv)
 
 
@@ -47,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate; exit status 2 for unusable input."""
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split)
+    task = evaluation_task(model_task(config))
     checkpoint = load_checkpoint(args.weights)
+    if checkpoint.get("task", task.name) != task.name:
+        raise ValueError(f"{args.weights} holds a {checkpoint['task']} model but the recipe {args.config} "
+                         f"describes a {task.name} model")
+    dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split, task.name)
     checkpoint_classes = checkpoint.get("class_names")
     if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
         raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
@@ -59,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.optimize:
         model.optimize_for_inference()
     device = resolve_device(args.device)
-    evaluation = evaluate_detector_on_dataset(model.to(device), dataset, args.out, device, args.batch_size,
-                                              speed_iterations=args.speed_iters)
+    evaluation = task.evaluate_on_dataset(model.to(device), dataset, args.out, device, args.batch_size,
+                                          speed_iterations=args.speed_iters)
     print(evaluation.report())
     print("wrote " + ", ".join(str(path) for path in evaluation.files))
     return 0

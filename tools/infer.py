@@ -1,10 +1,13 @@
-"""Run a trained detector on an image, a folder, a glob or a video.
+"""Run a trained detector or segmenter on an image, a folder, a glob or a video.
 
     python tools/infer.py SOURCE --weights runs/NAME/best.pt [--out outputs/infer] [--score-thr 0.25]
                           [--classes cat dog] [--save-txt] [--device cpu]
 
-Writes annotated pictures (an annotated video for a video), predictions.json (COCO results) and, with
---save-txt, YOLO label files; prints the time of each image. Unreadable inputs are reported and skipped.
+The checkpoint's task picks the predictor (structured.load). A detector writes annotated pictures (an
+annotated video for a video), predictions.json (COCO results) and, with --save-txt, YOLO label files; a
+segmenter writes colour overlays, a class-index PNG per image in masks/ and predictions.json (each image's
+mask file and pixels per class; --score-thr: pixels whose best class is less probable become background).
+Prints the time of each image. Unreadable inputs are reported and skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from structured import Detector
+import structured
 from structured.cli import reports_usage_errors
 from structured.inference import run_inference
 
@@ -27,10 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/infer"))
     parser.add_argument("--score-thr", type=float, default=0.25)
     parser.add_argument("--classes", nargs="+", help="keep only these class names")
-    parser.add_argument("--save-txt", action="store_true", help="also write YOLO label files")
+    parser.add_argument("--save-txt", action="store_true", help="also write YOLO label files (detectors)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false",
-                        help="run the model as trained, without folding batch norms (same detections up to rounding)")
+                        help="run the model as trained, without folding batch norms (same outputs up to rounding)")
     return parser.parse_args(argv)
 
 
@@ -38,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run inference; exit status 1 when some input was skipped, 2 for unusable input."""
     args = parse_args(argv)
-    detector = Detector.from_checkpoint(args.weights, device=args.device, optimize=args.optimize)
-    summary = run_inference(detector, args.source, args.out, args.score_thr, args.classes, args.save_txt)
+    predictor = structured.load(args.weights, device=args.device, optimize=args.optimize)
+    summary = run_inference(predictor, args.source, args.out, args.score_thr, args.classes, args.save_txt)
     median = statistics.median(summary.seconds) * 1e3 if summary.seconds else float("nan")
-    print(f"{summary.images} images, {summary.detections} detections, median {median:.1f} ms per image; "
-          f"{len(summary.skipped)} skipped; results in {args.out}")
+    print(f"{summary.images} images, median {median:.1f} ms per image; {len(summary.skipped)} skipped; "
+          f"results in {args.out}")
     return 1 if summary.skipped else 0
 
 

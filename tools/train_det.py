@@ -1,19 +1,20 @@
-"""Train a detector from a recipe: python tools/train_det.py CONFIG [options].
+"""Train a detector or a segmenter from a recipe: python tools/train_det.py CONFIG [options].
 
 Usage: python tools/train_det.py configs/faster_rcnn/faster_rcnn_r18_fpn.yaml
            [--data PATH] [--set train.lr=0.01 ...] [--out runs/NAME] [--resume] [--weights W] [--device D]
 Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_det.py CONFIG ...
 
---data PATH   train on the dataset at PATH (COCO .json, VOC folder, YOLO folder or data.yaml, mask folder; format
-              guessed) instead of the recipe's; model.num_classes is then taken from the data. A data.yaml (or
-              VOCdevkit) with train and val splits trains on train and validates on val.
+--data PATH   train on the dataset at PATH (COCO .json, VOC folder, YOLO folder or data.yaml, mask folder; for a
+              semantic model also VOC SegmentationClass and images/ + masks/; format guessed) instead of the
+              recipe's; model.num_classes is then taken from the data. A data.yaml (or VOCdevkit) with train
+              and val splits trains on train and validates on val.
 --resume      continue the run in --out exactly where its last.pt stopped (model, optimizer, schedule,
               AMP scaler, epoch and position in it, random states).
 --weights W   start a new run from the model weights of checkpoint W (sets train.init_from; nothing else is
               loaded). W may have other classes: the class-specific layers start afresh, except the rows of
               classes of the same name, and a line says what was loaded and re-initialised.
 The run folder (default runs/<config name>) receives config.yaml, log.jsonl, metrics.csv, loss.png,
-map.png, last.pt and best.pt.
+map.png (miou.png for a semantic model), last.pt and best.pt.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dataset base shared by the COCO, VOC and mask-folder loaders.
+"""The dataset bases: ``DetectionDataset`` (COCO, VOC, YOLO, mask-folder loaders) and ``SemanticDataset``.
 
 A loader parses its annotation format once into ``ImageRecord`` s (boxes already clipped and validated,
 labels already contiguous ``1..C``). ``DetectionDataset.__getitem__`` then decodes the image, builds the
@@ -8,6 +8,11 @@ sample whatever the worker count) and returns ``(Tensor[3, H, W] float in [0, 1]
 Augmentations see numpy data: image uint8 ``[H, W, 3]`` RGB and a target with ``boxes`` float32
 ``[N, 4]``, ``labels`` int64 ``[N]`` and optionally ``masks`` uint8 ``[N, H, W]``, ``polygons``, ``iscrowd``,
 ``difficult`` (see ``structured.data.transforms``).
+
+Semantic datasets (``SemanticDataset``: class-index PNG pairs, or instance datasets painted into class
+maps) return ``(Tensor[3, H, W], SemanticTarget)`` the same way. Both kinds share what the training and
+evaluation code needs of any dataset: ``class_names``, ``category_ids``, ``sample_ids``, ``image_path(i)``,
+``select(indices)`` (keep a subset, in that order) and ``collate`` (the batching function of the kind).
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from structured.data.loading import image_to_tensor, read_image, read_index_png
+from structured.data.loading import (
+    collate_detection,
+    collate_semantic,
+    image_to_tensor,
+    read_image,
+    read_index_png,
+)
 from structured.data.validate import ValidationReport, check_images
 from structured.types import PER_INSTANCE_DTYPES, select_instances
 
@@ -92,6 +103,8 @@ class DetectionDataset(Dataset):
     ``transforms``.
     """
 
+    collate = staticmethod(collate_detection)
+
     def __init__(self, records: Sequence[ImageRecord], class_names: Sequence[str], transforms: Transform | None = None,
                  with_masks: bool = False, seed: int = 0, skip_bad: bool = False,
                  report: ValidationReport | None = None) -> None:
@@ -115,6 +128,19 @@ class DetectionDataset(Dataset):
     def num_classes(self) -> int:
         """Number of object classes ``C`` (labels are ``1..C``)."""
         return len(self.class_names) - 1
+
+    @property
+    def sample_ids(self) -> list[int | str]:
+        """The image id of each sample, in order."""
+        return [record.image_id for record in self.records]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.records[index].path
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep only the samples ``indices``, in that order."""
+        self.records = [self.records[index] for index in indices]
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation draw: sample ``i`` of epoch ``e`` is seeded by ``(seed, e, i)``."""
@@ -169,43 +195,99 @@ class DetectionDataset(Dataset):
         return image_to_tensor(image), target_to_tensors(target)
 
 
-class SemanticSegmentationDataset(Dataset):
-    """Pairs of (image file, class-index PNG) as ``(Tensor[3, H, W], SemanticTarget)``.
+class SemanticDataset(Dataset):
+    """Images with a class per pixel, as ``(Tensor[3, H, W], SemanticTarget)``; subclasses load the samples.
 
-    ``class_names`` lists the classes ``0..C`` including the background at index 0. Mask values above
-    ``C`` other than 255 (ignore) raise ``ValueError`` naming the mask file.
+    ``class_names`` lists the classes ``0..C``, the background at index 0; ``category_ids`` are ``1..C``
+    (the class indices themselves); ``transforms`` see ``(image, {"semantic", "image_id"})``.
     """
 
-    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], class_names: Sequence[str],
-                 transforms: Transform | None = None, seed: int = 0) -> None:
-        self.pairs = list(pairs)
+    collate = staticmethod(collate_semantic)
+
+    def __init__(self, class_names: Sequence[str], transforms: Transform | None = None, seed: int = 0) -> None:
         self.class_names = list(class_names)
+        self.category_ids = list(range(1, len(self.class_names)))
         self.transforms = transforms
         self.seed = seed
         self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` besides the background (indices are ``0..C``)."""
+        return len(self.class_names) - 1
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation draw: sample ``i`` of epoch ``e`` is seeded by ``(seed, e, i)``."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.pairs)
+    @property
+    def sample_ids(self) -> list[int | str]:
+        """The image id of each sample, in order."""
+        raise NotImplementedError
+
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        raise NotImplementedError
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep only the samples ``indices``, in that order."""
+        raise NotImplementedError
 
     def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
-        """The un-augmented numpy ``(image, {"semantic", "image_id"})`` of sample ``index``."""
-        image_id, image_path, mask_path = self.pairs[index]
-        image = read_image(image_path)
-        semantic = read_index_png(mask_path)
+        """The un-augmented numpy ``(image, {"semantic": uint8 [H, W], "image_id"})`` of sample ``index``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def check_class_map(self, semantic: np.ndarray, image: np.ndarray, mask_path: Path, image_path: Path) -> None:
+        """``ValueError`` naming ``mask_path`` when the map's size differs from the image's or it holds a class
+        index outside ``0..C`` other than 255 (ignore)."""
         if semantic.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: mask is {semantic.shape} but image {image_path} is {image.shape[:2]}")
+            raise ValueError(f"{mask_path}: mask is {semantic.shape[0]}x{semantic.shape[1]} (HxW) but the image "
+                             f"{image_path} is {image.shape[0]}x{image.shape[1]}")
         bad = (semantic >= len(self.class_names)) & (semantic != 255)
         if bad.any():
             raise ValueError(f"{mask_path}: class indices {sorted(set(semantic[bad].tolist()))} outside "
-                             f"0..{len(self.class_names) - 1} (and not 255 = ignore)")
-        return image, {"semantic": semantic, "image_id": image_id}
+                             f"0..{len(self.class_names) - 1} ({', '.join(self.class_names)}) and not 255 = ignore")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image, target = self.load_sample(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target, np.random.default_rng((self.seed, self.epoch, index)))
         return image_to_tensor(image), target_to_tensors(target)
+
+
+class SemanticSegmentationDataset(SemanticDataset):
+    """Pairs of (image file, class-index PNG) as ``(Tensor[3, H, W], SemanticTarget)``.
+
+    ``class_names`` lists the classes ``0..C`` including the background at index 0. A mask whose size
+    differs from its image, values above ``C`` other than 255 (ignore), or a missing mask file raise
+    ``ValueError`` naming the mask file.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], class_names: Sequence[str],
+                 transforms: Transform | None = None, seed: int = 0) -> None:
+        super().__init__(class_names, transforms, seed)
+        self.pairs = list(pairs)
+
+    @property
+    def sample_ids(self) -> list[int | str]:
+        """The image id (file stem) of each sample, in order."""
+        return [image_id for image_id, _, _ in self.pairs]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.pairs[index][1]
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep only the samples ``indices``, in that order."""
+        self.pairs = [self.pairs[index] for index in indices]
+
+    def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
+        """The un-augmented numpy ``(image, {"semantic", "image_id"})`` of sample ``index``."""
+        image_id, image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        semantic = read_index_png(mask_path)
+        self.check_class_map(semantic, image, mask_path, image_path)
+        return image, {"semantic": semantic, "image_id": image_id}

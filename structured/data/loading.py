@@ -3,7 +3,10 @@
 - ``read_image(path)`` decodes with OpenCV into uint8 ``[H, W, 3]`` RGB: EXIF orientation applied,
   grayscale / RGBA / 16-bit converted; a missing, empty, undecodable or truncated file raises
   ``ImageReadError`` (a ``ValueError``) naming the file.
-- ``collate_detection`` batches ``(image, target)`` pairs of different sizes as two lists.
+- ``collate_detection`` batches ``(image, target)`` pairs of different sizes as two lists;
+  ``collate_semantic`` pads a training batch of semantic samples to one size (images with 0, class maps
+  with 255 = ignore).
+- ``read_index_png`` / ``write_palette_png`` read and write class-index PNGs (VOC palette).
 - ``build_dataloader`` seeds shuffling and workers, advances the dataset's augmentation epoch on each
   pass, and keeps each worker on one OpenCV / torch thread so that ``num_workers`` processes do not
   oversubscribe the CPU.
@@ -23,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from structured.types import IGNORE_INDEX
 
 _JPEG_START = b"\xff\xd8"
 _JPEG_START_OF_SCAN = b"\xff\xda"
@@ -75,6 +80,20 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[
     return images, targets
 
 
+def collate_semantic(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Like ``collate_detection``, with every image and ``semantic`` map padded (bottom, right) to the batch's
+    largest height and width: images with 0, class maps with ``IGNORE_INDEX`` (255), so padding has no loss."""
+    height = max(int(image.shape[-2]) for image, _ in batch)
+    width = max(int(image.shape[-1]) for image, _ in batch)
+    images, targets = [], []
+    for image, target in batch:
+        padding = (0, width - int(image.shape[-1]), 0, height - int(image.shape[-2]))
+        images.append(torch.nn.functional.pad(image, padding, value=0.0))
+        targets.append({**target, "semantic": torch.nn.functional.pad(target["semantic"], padding,
+                                                                      value=IGNORE_INDEX)})
+    return images, targets
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV / torch thread per worker, numpy and random seeded.
 
@@ -109,7 +128,8 @@ class EpochDataLoader(DataLoader):
 
 def build_dataloader(dataset: Dataset, batch_size: int = 2, shuffle: bool = True, num_workers: int = 0,
                      seed: int = 0, drop_last: bool = False, **loader_options: Any) -> EpochDataLoader:
-    """An ``EpochDataLoader`` for detection datasets: list-collation, seeded shuffling, one thread per worker.
+    """An ``EpochDataLoader``: the dataset's own ``collate`` (``collate_detection`` by default), seeded
+    shuffling, one thread per worker.
 
     ``loader_options`` go to ``torch.utils.data.DataLoader`` (for example ``pin_memory``).
     """
@@ -119,7 +139,7 @@ def build_dataloader(dataset: Dataset, batch_size: int = 2, shuffle: bool = True
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     generator = torch.Generator()
     generator.manual_seed(seed)
-    loader_options.setdefault("collate_fn", collate_detection)
+    loader_options.setdefault("collate_fn", getattr(dataset, "collate", collate_detection))
     return EpochDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                            worker_init_fn=seed_worker, generator=generator, drop_last=drop_last, **loader_options)
 
@@ -145,6 +165,31 @@ def read_index_png(path: str | Path) -> np.ndarray:
     if indices.size and indices.max() > 255:
         raise ImageReadError(f"{path}: class indices above 255 (max {indices.max()}) do not fit uint8")
     return indices.astype(np.uint8)
+
+
+def voc_palette() -> list[int]:
+    """The Pascal VOC colour map as a flat 768-entry PIL palette (index 255 = cream, the ignore colour)."""
+    palette = []
+    for index in range(256):
+        red = green = blue = 0
+        code = index
+        for bit in range(8):
+            red |= ((code >> 0) & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        palette.extend((red, green, blue))
+    return palette
+
+
+def write_palette_png(path: str | Path, class_map: np.ndarray) -> Path:
+    """Write a uint8 ``[H, W]`` class-index map as a VOC-style palette PNG (read back by ``read_index_png``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(class_map).astype(np.uint8), mode="P")
+    image.putpalette(voc_palette())
+    image.save(path)
+    return path
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

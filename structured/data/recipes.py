@@ -3,14 +3,18 @@
 Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` naming it)::
 
     data:
-      format: auto            # auto | coco | voc | yolo | folders (see structured.data.summary.detect_format)
+      format: auto            # auto | coco | voc | yolo | folders, and masks for semantic data (see
+                              # structured.data.summary.detect_format, structured.data.semantic)
       train: path             # COCO .json, VOC folder (VOCdevkit or flat), YOLO folder or data.yaml, mask folder
       val: null               # same forms; null: see val_split / val_fraction
       image_root: null        # COCO image folder (default: found next to the .json)
-      train_split: null       # VOC ImageSets/Main/<split>.txt, or a data.yaml split (train, val, test)
+      train_split: null       # VOC ImageSets/Main (or Segmentation) <split>.txt, or a data.yaml split
       val_split: null
-      val_fraction: 0.0       # without a val set, hold out this fraction of train (seeded, by image)
-      augment: standard       # standard (photometric, zoom-out, IoU crop, flip, resize) | flip | none
+      val_fraction: 0.0       # without a val set, hold out this fraction of train (at least one image)
+      hold_out: random        # which images val_fraction holds out: random (seeded by train.seed) or
+                              # last (the last ones by sorted image id: a fixed split, whatever the seed)
+      augment: standard       # standard (detection: photometric, zoom-out, IoU crop, flip, resize;
+                              # semantic: photometric, flip, resize, scale jitter, crop) | flip | none
       image_size: 512         # training resize: shorter side (null: keep); validation images keep their size
       max_size: 853           # longer side cap of the training resize
       batch_size: 2           # images per process per step
@@ -18,6 +22,11 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       with_masks: null        # load instance masks (COCO, mask folders); null: when the model is an
                               # instance model (its recipe's task, e.g. Mask R-CNN)
       skip_bad: false         # decode every image once and leave out unreadable ones
+
+The kind of dataset follows the task of the recipe's model (``config.model_task``): a semantic model
+(UNet) reads class maps (``structured.data.semantic``: VOC ``SegmentationClass``, ``images/`` + ``masks/``,
+mask folders as foreground / background, COCO instances painted into class maps), every other model
+boxes (and instance masks). Functions that open data take that ``task``.
 
 Rules for paths: a folder whose dataset sits one level down (``dsb2018_nuclei/stage1_train``) is found
 when it is the only one there; a VOCdevkit folder with ``ImageSets/Main/train.txt`` and ``val.txt``, or
@@ -38,13 +47,22 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from structured.config import Config, ConfigError, model_task, validate_keys
-from structured.data.base import DetectionDataset
+from structured.data.base import DetectionDataset, SemanticDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
+from structured.data.semantic import detect_semantic_format, open_semantic_dataset
 from structured.data.summary import detect_format, open_dataset
-from structured.data.transforms import Compose, RandomHorizontalFlip, Resize, training_transforms
+from structured.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    Resize,
+    semantic_training_transforms,
+    training_transforms,
+)
 from structured.data.yolo import yolo_splits
 
 AUGMENT_PRESETS = ("standard", "flip", "none")
+HOLD_OUT_RULES = ("random", "last")
+AnyDataset = DetectionDataset | SemanticDataset
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class DataConfig:
     train_split: str | None = None
     val_split: str | None = None
     val_fraction: float = 0.0
+    hold_out: str = "random"
     augment: str = "standard"
     image_size: int | None = 512
     max_size: int | None = 853
@@ -80,6 +99,8 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
         raise ConfigError(f"{config.source}: data.train is not set; give a dataset path in the recipe or --data PATH")
     if settings.augment not in AUGMENT_PRESETS:
         raise ConfigError(f"{config.source}: data.augment must be one of {AUGMENT_PRESETS}, got {settings.augment!r}")
+    if settings.hold_out not in HOLD_OUT_RULES:
+        raise ConfigError(f"{config.source}: data.hold_out must be one of {HOLD_OUT_RULES}, got {settings.hold_out!r}")
     if not 0.0 <= settings.val_fraction < 1.0:
         raise ConfigError(f"{config.source}: data.val_fraction must be in [0, 1), got {settings.val_fraction}")
     if settings.batch_size < 1 or settings.workers < 0:
@@ -107,21 +128,22 @@ def use_data_path(config: Config, path: str | Path) -> None:
         model.pop("num_classes", None)
 
 
-def locate_dataset(path: str | Path, fmt: str = "auto") -> tuple[Path, str]:
-    """``(path, format)`` of the dataset at ``path``, looking one folder down when ``path`` itself is none."""
+def locate_dataset(path: str | Path, fmt: str = "auto", task: str = "detection") -> tuple[Path, str]:
+    """``(path, format)`` of the ``task``'s dataset at ``path``, looking one folder down when ``path`` itself is none."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if fmt != "auto":
         return path, fmt
+    detect = detect_semantic_format if task == "semantic" else detect_format
     try:
-        return path, detect_format(path)
+        return path, detect(path)
     except ValueError as error:
         children = [child for child in sorted(path.iterdir()) if child.is_dir()] if path.is_dir() else []
         found = []
         for child in children:
             try:
-                found.append((child, detect_format(child)))
+                found.append((child, detect(child)))
             except ValueError:
                 continue
         if len(found) == 1:
@@ -129,28 +151,36 @@ def locate_dataset(path: str | Path, fmt: str = "auto") -> tuple[Path, str]:
         raise ValueError(f"{error} (and not exactly one dataset folder inside it: found {len(found)})") from None
 
 
-def _default_splits(path: Path, fmt: str, settings: DataConfig) -> tuple[str | None, str | None]:
-    """``(train split, val split)``: the recipe's, else ``train`` / ``val`` when the dataset defines both."""
+def _default_splits(path: Path, fmt: str, settings: DataConfig, task: str) -> tuple[str | None, str | None]:
+    """``(train split, val split)``: the recipe's, else ``train`` / ``val`` when the dataset defines both
+    (VOC: in ``ImageSets/Main``, or for semantic data also ``ImageSets/Segmentation``)."""
     if settings.val is not None or settings.train_split is not None or settings.val_split is not None:
         return settings.train_split, settings.val_split
-    main = path / "ImageSets" / "Main"
-    voc_splits = fmt == "voc" and (main / "train.txt").is_file() and (main / "val.txt").is_file()
+    split_folders = ("Main", "Segmentation") if task == "semantic" else ("Main",)
+    voc_splits = fmt == "voc" and any((path / "ImageSets" / folder / "train.txt").is_file()
+                                      and (path / "ImageSets" / folder / "val.txt").is_file()
+                                      for folder in split_folders)
     yolo_splits_given = fmt == "yolo" and {"train", "val"} <= set(yolo_splits(path))
     return ("train", "val") if voc_splits or yolo_splits_given else (None, None)
 
 
-def _train_transforms(settings: DataConfig) -> Compose | None:
+def _train_transforms(settings: DataConfig, task: str) -> Compose | None:
     if settings.augment == "standard":
         if settings.image_size is None:
             raise ConfigError("data.augment=standard needs data.image_size (the training resize)")
-        return training_transforms(settings.image_size, settings.max_size)
+        pipeline = semantic_training_transforms if task == "semantic" else training_transforms
+        return pipeline(settings.image_size, settings.max_size)
     steps: list = [RandomHorizontalFlip()] if settings.augment == "flip" else []
     if settings.image_size is not None:
         steps.append(Resize(settings.image_size, settings.max_size))
     return Compose(steps) if steps else None
 
 
-def _open(path: Path, fmt: str, settings: DataConfig, split: str | None) -> DetectionDataset:
+def _open(path: Path, fmt: str, settings: DataConfig, split: str | None, task: str) -> AnyDataset:
+    if task == "semantic":
+        if settings.skip_bad:
+            raise ConfigError("data.skip_bad applies to detection data; semantic datasets report a bad file when read")
+        return open_semantic_dataset(path, fmt, settings.image_root, split)
     dataset = open_dataset(path, fmt, settings.image_root, split)
     if settings.with_masks:
         dataset.with_masks = True
@@ -159,48 +189,62 @@ def _open(path: Path, fmt: str, settings: DataConfig, split: str | None) -> Dete
     return dataset
 
 
-def open_evaluation_dataset(path: str | Path, settings: DataConfig, split: str | None = None) -> DetectionDataset:
-    """The dataset at ``path`` (any supported format, found as for training) without augmentation."""
-    located, fmt = locate_dataset(path, settings.format)
-    return _open(located, fmt, settings, split)
+def open_evaluation_dataset(path: str | Path, settings: DataConfig, split: str | None = None,
+                            task: str = "detection") -> AnyDataset:
+    """The ``task``'s dataset at ``path`` (any supported format, found as for training) without augmentation."""
+    located, fmt = locate_dataset(path, settings.format, task)
+    return _open(located, fmt, settings, split, task)
 
 
-def _hold_out(train: DetectionDataset, val: DetectionDataset, fraction: float, seed: int) -> None:
-    """Move a seeded ``fraction`` of ``train``'s images (at least one) into ``val`` (both opened on the same data)."""
-    order = np.random.default_rng(seed).permutation(len(train.records))
-    count = max(1, round(fraction * len(order)))
-    held_out = set(order[:count].tolist())
-    records = train.records
-    val.records = [record for index, record in enumerate(records) if index in held_out]
-    train.records = [record for index, record in enumerate(records) if index not in held_out]
+def held_out_indices(sample_ids: list, fraction: float, rule: str, seed: int) -> list[int]:
+    """The positions of the ``fraction`` of ``sample_ids`` (at least one) held out for validation, ascending.
+
+    ``rule`` ``random``: a permutation seeded by ``seed``; ``last``: the last ones in sorted id order (by the
+    ids' text), the same split whatever the seed.
+    """
+    count = max(1, round(fraction * len(sample_ids)))
+    if rule == "last":
+        order = sorted(range(len(sample_ids)), key=lambda index: str(sample_ids[index]))[-count:]
+    else:
+        order = np.random.default_rng(seed).permutation(len(sample_ids))[:count].tolist()
+    return sorted(order)
 
 
-def build_datasets(settings: DataConfig, seed: int = 0) -> tuple[DetectionDataset, DetectionDataset | None]:
-    """``(train dataset with augmentation, validation dataset without it or None)`` from ``settings``."""
-    train_path, fmt = locate_dataset(settings.train, settings.format)
-    train_split, val_split = _default_splits(train_path, fmt, settings)
-    train = _open(train_path, fmt, settings, train_split)
-    val: DetectionDataset | None = None
+def _hold_out(train: AnyDataset, val: AnyDataset, settings: DataConfig, seed: int) -> None:
+    """Move ``settings.val_fraction`` of ``train``'s images into ``val`` (both opened on the same data)."""
+    held_out = set(held_out_indices(train.sample_ids, settings.val_fraction, settings.hold_out, seed))
+    val.select(sorted(held_out))
+    train.select([index for index in range(len(train)) if index not in held_out])
+
+
+def build_datasets(settings: DataConfig, seed: int = 0,
+                   task: str = "detection") -> tuple[AnyDataset, AnyDataset | None]:
+    """``(train dataset with augmentation, validation dataset without it or None)`` of the ``task`` from ``settings``."""
+    train_path, fmt = locate_dataset(settings.train, settings.format, task)
+    train_split, val_split = _default_splits(train_path, fmt, settings, task)
+    train = _open(train_path, fmt, settings, train_split, task)
+    val: AnyDataset | None = None
     if settings.val is not None:
-        val_path, val_format = locate_dataset(settings.val, settings.format)
-        val = _open(val_path, val_format, settings, val_split)
+        val_path, val_format = locate_dataset(settings.val, settings.format, task)
+        val = _open(val_path, val_format, settings, val_split, task)
     elif val_split is not None:
-        val = _open(train_path, fmt, settings, val_split)
+        val = _open(train_path, fmt, settings, val_split, task)
     elif settings.val_fraction > 0:
-        val = _open(train_path, fmt, settings, train_split)
-        _hold_out(train, val, settings.val_fraction, seed)
+        val = _open(train_path, fmt, settings, train_split, task)
+        _hold_out(train, val, settings, seed)
     if len(train) == 0:
         raise ValueError(f"training set {settings.train} has no images")
     if val is not None and val.class_names != train.class_names:
         raise ValueError(f"validation classes {val.class_names[1:]} differ from training classes {train.class_names[1:]}")
-    train.transforms = _train_transforms(settings)
+    train.transforms = _train_transforms(settings, task)
     train.seed = seed
     return train, val
 
 
-def build_train_loader(dataset: DetectionDataset, settings: DataConfig, sampler: Sampler[int],
+def build_train_loader(dataset: AnyDataset, settings: DataConfig, sampler: Sampler[int],
                        seed: int = 0) -> EpochDataLoader:
-    """Training batches in ``sampler``'s order (the loop sets the epoch on both)."""
+    """Training batches in ``sampler``'s order (the loop sets the epoch on both), batched by the dataset's
+    ``collate`` (semantic batches are padded to one size with 255 = ignore)."""
     return build_dataloader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
                             seed=seed, sampler=sampler)
 
@@ -220,7 +264,7 @@ def fill_num_classes(config: Config, class_names: list[str]) -> None:
         )
 
 
-def describe(dataset: DetectionDataset | None) -> dict[str, Any]:
+def describe(dataset: AnyDataset | None) -> dict[str, Any]:
     """A short JSON-ready description of a dataset (size and classes) for the run log."""
     if dataset is None:
         return {"images": 0}

@@ -43,7 +43,7 @@ def detect_format(path: Path) -> str:
                      f"(Annotations/ or annotations/), a YOLO folder (images/ + labels/) or data.yaml, or <id>/images/ + <id>/masks/")
 
 
-def _coco_image_root(annotation_file: Path) -> Path:
+def coco_image_root(annotation_file: Path) -> Path:
     """``images/`` beside the file or its folder, ``JPEGImages/`` beside its folder, else the file's own
     folder when it holds images (Roboflow's ``train/_annotations.coco.json`` among ``train/*.jpg``)."""
     for candidate in (annotation_file.parent / "images", annotation_file.parent.parent / "images",
@@ -69,7 +69,7 @@ def open_dataset(path: str | Path, fmt: str = "auto", image_root: str | Path | N
         raise FileNotFoundError(f"dataset not found: {path}")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "coco":
-        return CocoDetection(path, image_root if image_root is not None else _coco_image_root(path))
+        return CocoDetection(path, image_root if image_root is not None else coco_image_root(path))
     if fmt == "voc":
         return VOCDetection(path, split=split)
     if fmt == "yolo":

@@ -19,6 +19,9 @@ and the painted pixels agree up to a pixel at the boundaries.
                                               objects under 10 px marked difficult)
     root/ImageSets/Main/<split>.txt           VOC image lists
     root/SegmentationClass/<id>.png           VOC-style palette PNG of class indices (0 = background)
+    root/labelmap.txt                         the class of each index, background first (semantic format)
+
+so ``structured.data.semantic.open_semantic_dataset(root)`` reads the shapes as class maps.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
-from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.ops import unary_union
 
 from structured.data.geometry import masks_to_boxes
+from structured.data.loading import write_palette_png
 from structured.data.voc import write_voc_xml
 from structured.io import save_json
 
@@ -292,28 +295,6 @@ def _coco_annotations(sample: SyntheticSample, image_id: int, first_id: int, cat
     return annotations
 
 
-def voc_palette() -> list[int]:
-    """The Pascal VOC colour map as a flat 768-entry PIL palette (index 255 = cream, the ignore colour)."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        code = index
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette.extend((red, green, blue))
-    return palette
-
-
-def write_palette_png(path: Path, class_map: np.ndarray) -> None:
-    """Write a uint8 ``[H, W]`` class-index map as a VOC-style palette PNG."""
-    image = Image.fromarray(class_map.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
-    image.save(path)
-
-
 def semantic_map(sample: SyntheticSample) -> np.ndarray:
     """uint8 ``[H, W]`` class-index map of ``sample`` (0 = background)."""
     class_map = np.zeros(sample.image.shape[:2], dtype=np.uint8)
@@ -348,6 +329,9 @@ def generate_dataset(root: str | Path, num_train: int = 200, num_val: int = 50, 
     sample_options = {**sample_options, "classes": tuple(classes)}
     for folder in ("JPEGImages", "annotations", "Annotations", "ImageSets/Main", "SegmentationClass"):
         (root / folder).mkdir(parents=True, exist_ok=True)
+    if "semantic" in formats:
+        labelmap = "".join(f"{name}\n" for name in ("background", *SHAPE_CLASSES))
+        (root / "labelmap.txt").write_text(labelmap, encoding="utf-8")
     rng = np.random.default_rng(seed)
     first_id = 1
     for split, count in (("train", num_train), ("val", num_val)):

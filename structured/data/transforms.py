@@ -412,3 +412,11 @@ def training_transforms(min_size: int | Sequence[int] = 288, max_size: int | Non
     """A typical detection training pipeline: photometric distortion, zoom-out, IoU crop, flip, resize."""
     return Compose([PhotometricDistort(), RandomZoomOut(max_scale=2.0), RandomIoUCrop(),
                     RandomHorizontalFlip(), Resize(min_size, max_size)])
+
+
+def semantic_training_transforms(min_size: int = 512, max_size: int | None = None) -> Compose:
+    """A semantic-segmentation training pipeline: photometric distortion, flip, resize (shorter side
+    ``min_size``, longer at most ``max_size``), scale jitter 0.75-1.25 and a ``min_size`` square crop; the
+    class map follows by nearest neighbour, uncovered pixels 255 (ignore)."""
+    return Compose([PhotometricDistort(), RandomHorizontalFlip(), Resize(min_size, max_size),
+                    RandomScaleJitter((0.75, 1.25)), RandomCrop((min_size, min_size))])

@@ -45,21 +45,12 @@ from structured.detection.roi_heads import (
     RoIHeads,
     RoIHeadSettings,
     RoISample,
-    head_norm,
+    conv_norm_relu,
 )
 from structured.detection.rpn import RegionProposalNetwork, RPNSettings
 from structured.detection.transform import DetectionTransform, TransformSettings
 from structured.registry import MODELS
 from structured.types import Prediction, Target
-
-
-def _conv_block(in_channels: int, out_channels: int, norm_layer: str | None) -> nn.Sequential:
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm_layer is None)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    layers = [conv] if norm_layer is None else [conv, head_norm(norm_layer, out_channels)]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 class MaskPredictor(nn.Module):
@@ -106,7 +97,7 @@ class MaskBranch(nn.Module):
             raise ValueError("the mask head needs at least one convolution (conv_channels)")
         self.pooler = pooler
         channels = [in_channels, *conv_channels]
-        self.head = nn.Sequential(*(_conv_block(a, b, norm_layer) for a, b in itertools.pairwise(channels)))
+        self.head = nn.Sequential(*(conv_norm_relu(a, b, norm_layer) for a, b in itertools.pairwise(channels)))
         self.predictor = MaskPredictor(channels[-1], channels[-1], num_classes)
 
     @property

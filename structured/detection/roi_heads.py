@@ -177,6 +177,16 @@ def head_norm(kind: str, channels: int) -> nn.Module:
     return group_norm(channels) if kind == "gn" else nn.BatchNorm2d(channels)
 
 
+def conv_norm_relu(in_channels: int, out_channels: int, norm_layer: str | None) -> nn.Sequential:
+    """3x3 convolution ('same' padding), ``head_norm(norm_layer)`` unless ``None`` (then a bias), ReLU."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm_layer is None)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    layers = [conv] if norm_layer is None else [conv, head_norm(norm_layer, out_channels)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+
 class VGGBoxHead(nn.Module):
     """VGG16's fc6/fc7 (4096, ReLU, dropout) over 7x7x512 pooled features, as in the Faster R-CNN paper."""
 

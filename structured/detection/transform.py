@@ -79,7 +79,8 @@ def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     return resized.to(masks.dtype)
 
 
-def _check_image(image: Tensor, index: int) -> None:
+def check_image(image: Tensor, index: int) -> None:
+    """Raise naming image ``index`` unless it is a non-empty floating-point ``[3, H, W]`` tensor."""
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
         shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image {index} must be a float tensor [3, H, W], got {shape}")
@@ -108,6 +109,17 @@ def _check_target(target: Target, index: int) -> None:
         raise ValueError(
             f"target {index} box {first} {boxes[first].tolist()} has no area; boxes must be xyxy with x2 > x1, y2 > y1"
         )
+
+
+def pad_batch(tensors: Sequence[Tensor], size_divisible: int, fill: float = 0) -> Tensor:
+    """``[B, ..., H, W]``: each ``[..., h, w]`` tensor at the top left, padded with ``fill`` on the bottom and
+    right to the largest height and width, rounded up to multiples of ``size_divisible``."""
+    height = math.ceil(max(tensor.shape[-2] for tensor in tensors) / size_divisible) * size_divisible
+    width = math.ceil(max(tensor.shape[-1] for tensor in tensors) / size_divisible) * size_divisible
+    batch = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], height, width), fill)
+    for slot, tensor in zip(batch, tensors, strict=True):
+        slot[..., : tensor.shape[-2], : tensor.shape[-1]].copy_(tensor)
+    return batch
 
 
 class DetectionTransform(nn.Module):
@@ -162,14 +174,7 @@ class DetectionTransform(nn.Module):
 
     def batch(self, images: list[Tensor]) -> Tensor:
         """Zero-padded ``[B, 3, H, W]`` batch with sides rounded up to ``size_divisible``."""
-        height = max(image.shape[-2] for image in images)
-        width = max(image.shape[-1] for image in images)
-        step = self.size_divisible
-        height, width = math.ceil(height / step) * step, math.ceil(width / step) * step
-        batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
-        for slot, image in zip(batch, images, strict=True):
-            slot[:, : image.shape[-2], : image.shape[-1]].copy_(image)
-        return batch
+        return pad_batch(images, self.size_divisible)
 
     def forward(
         self, images: list[Tensor], targets: list[Target] | None = None
@@ -181,7 +186,7 @@ class DetectionTransform(nn.Module):
             raise ValueError(f"got {len(images)} images but {len(targets)} targets")
         resized = []
         for index, image in enumerate(images):
-            _check_image(image, index)
+            check_image(image, index)
             resized.append(self.resize((image - self.mean.to(image)) / self.std.to(image)))
         sizes = [(image.shape[-2], image.shape[-1]) for image in resized]
         if targets is not None:

@@ -1,11 +1,16 @@
-"""Config-driven training of any registered detector (the detector contract of docs/architecture.md).
+"""Config-driven training of any registered model: detectors and segmenters (contracts in docs/architecture.md).
 
 ``Trainer(config, run_dir).fit()`` builds the model (``model:``), the data (``data:``, see
 ``structured.data.recipes``) and the optimisation (``train:``, the fields of :class:`TrainConfig`), then
-trains, evaluates (COCO mAP on the validation set every ``eval_every_epochs`` epochs) and writes the run
-folder ``run_dir``: ``config.yaml`` (the resolved recipe), ``log.jsonl``, ``metrics.csv``, ``loss.png``,
-``map.png``, ``last.pt`` (every epoch and every ``checkpoint_every_iters`` optimizer steps) and ``best.pt``
-(best ``best_metric`` so far). Every file is written atomically and only by rank 0.
+trains, evaluates on the validation set every ``eval_every_epochs`` epochs and writes the run folder
+``run_dir``: ``config.yaml`` (the resolved recipe), ``log.jsonl``, ``metrics.csv``, ``loss.png``, the
+validation curves (``map.png``; ``miou.png`` for a semantic model), ``last.pt`` (every epoch and every
+``checkpoint_every_iters`` optimizer steps) and ``best.pt`` (best ``best_metric`` so far). Every file is
+written atomically and only by rank 0.
+
+What follows the task of the recipe's model (``structured.config.model_task``) comes from the task layer
+(``structured.evaluation.tasks``): the kind of dataset opened (boxes or class maps), the validation metrics
+(COCO stats; mIoU, fg_IoU, Dice, ...), the allowed and default ``best_metric``, and the plotted curves.
 
 Definitions: a *step* (iteration) is one optimizer update over ``accumulate_steps`` consecutive batches
 (fewer at the end of an epoch); an epoch has ``ceil(batches / accumulate_steps)`` steps; ``milestones`` are
@@ -52,7 +57,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +69,7 @@ from tqdm import tqdm
 
 from structured.backbones.transfer import freeze, parameter_groups
 from structured.config import Config, ConfigError, build_model, model_task, validate_keys
-from structured.data.base import DetectionDataset
+from structured.data.base import DetectionDataset, SemanticDataset
 from structured.data.loading import ResumableSampler
 from structured.data.recipes import (
     build_datasets,
@@ -92,16 +97,11 @@ from structured.engine.distributed import (
 from structured.engine.records import RunRecords
 from structured.engine.schedule import SCHEDULES, lr_factor, progress_lr_factor
 from structured.engine.transfer import TransferReport, load_transferred_weights
-from structured.evaluation.detector import (
-    METRIC_NAMES,
-    coco_ground_truth,
-    evaluate_results,
-    named_stats,
-    predict_dataset,
-)
+from structured.evaluation.tasks import EvaluationTask, evaluation_task
 from structured.io import atomic_output
 
 OPTIMIZERS = ("sgd", "adamw")
+AnyDataset = DetectionDataset | SemanticDataset
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 
@@ -120,7 +120,9 @@ class TrainConfig:
     ``constant``; ``clip_grad_norm``
     (None: off); ``amp`` (CUDA only; ignored on CPU); ``accumulate_steps`` batches per step;
     ``eval_every_epochs`` (0: never); ``checkpoint_every_iters`` (0: only at epoch ends); ``best_metric``
-    one of the COCO stat names (``AP``, ``AP50``, ... for boxes; ``segm_AP``, ... for masks); ``seed``;
+    one of the task's metric names (detection: the COCO stat names ``AP``, ``AP50``, ... for boxes,
+    ``segm_AP``, ... for masks; semantic: ``mIoU``, ``fg_IoU``, ``Dice``, ...; None: the task's default,
+    ``AP50`` or ``mIoU``); ``seed``;
     ``deterministic`` (turns on torch's process-wide deterministic kernels, warning where an op has none);
     ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
     (None: all epochs); ``time_limit`` wall-clock minutes of training (None: off; see the module docstring);
@@ -149,7 +151,7 @@ class TrainConfig:
     accumulate_steps: int = 1
     eval_every_epochs: int = 1
     checkpoint_every_iters: int = 0
-    best_metric: str = "AP50"
+    best_metric: str | None = None
     seed: int = 0
     deterministic: bool = False
     log_every: int = 20
@@ -172,8 +174,6 @@ def train_config(config: Config) -> TrainConfig:
     checks = (
         (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),
         (settings.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {settings.schedule!r}"),
-        (settings.best_metric in METRIC_NAMES,
-         f"train.best_metric must be one of {METRIC_NAMES}, got {settings.best_metric!r}"),
         (settings.epochs >= 1, f"train.epochs must be >= 1, got {settings.epochs}"),
         (settings.accumulate_steps >= 1, f"train.accumulate_steps must be >= 1, got {settings.accumulate_steps}"),
         (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
@@ -186,6 +186,17 @@ def train_config(config: Config) -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{config.source}: {message}")
+    return _with_best_metric(settings, config)
+
+
+def _with_best_metric(settings: TrainConfig, config: Config) -> TrainConfig:
+    """``settings`` with ``best_metric`` checked against the model task's metrics (its default when None)."""
+    task = evaluation_task(model_task(config))
+    if settings.best_metric is None:
+        return replace(settings, best_metric=task.default_best_metric)
+    if settings.best_metric not in task.metric_names:
+        raise ConfigError(f"{config.source}: train.best_metric must be one of {task.metric_names} (the {task.name} "
+                          f"metrics), got {settings.best_metric!r}")
     return settings
 
 
@@ -269,19 +280,20 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: str | os.PathLike[str], *, resume: bool = False,
-                 weights: str | os.PathLike[str] | None = None, train_dataset: DetectionDataset | None = None,
-                 val_dataset: DetectionDataset | None = None, verbose: bool = True,
+                 weights: str | os.PathLike[str] | None = None, train_dataset: AnyDataset | None = None,
+                 val_dataset: AnyDataset | None = None, verbose: bool = True,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.config = config
         self.clock = clock
         self.settings = train_config(config)
+        self.task: EvaluationTask = evaluation_task(model_task(config))
         self.data_settings = data_config(config, require_train=train_dataset is None)
         self.run_dir = Path(run_dir)
         self.context: DistributedContext = init_distributed(self.settings.device)
         self.verbose = verbose and self.context.is_main
         self._check_run_dir(resume)
         if train_dataset is None:
-            train_dataset, val_dataset = build_datasets(self.data_settings, self.settings.seed)
+            train_dataset, val_dataset = build_datasets(self.data_settings, self.settings.seed, self.task.name)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.class_names = list(train_dataset.class_names)
         fill_num_classes(config, self.class_names)
@@ -310,7 +322,7 @@ class Trainer:
         self.resumed = resume
         self._epoch_losses: dict[str, float] = {}
         self.best: dict[str, Any] = {"metric": self.settings.best_metric, "value": None, "epoch": None}
-        self.records = RunRecords(self.run_dir) if self.context.is_main else None
+        self.records = RunRecords(self.run_dir, self.task.curves) if self.context.is_main else None
         if resume:
             self._resume()
         else:
@@ -377,7 +389,7 @@ class Trainer:
             "config": self.config.data,
             "class_names": self.class_names,
             "category_ids": list(self.train_dataset.category_ids),
-            "task": model_task(self.config),
+            "task": self.task.name,
         }
 
     def sync_buffers(self) -> None:
@@ -642,12 +654,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """COCO metrics of the model on the validation set by name (all ranks share the images)."""
+        """The task's metrics of the model on the validation set by name (all ranks share the images)."""
         if self.val_dataset is None:
             return None
         self.sync_buffers()
-        stats = evaluate_detector(self.model, self.val_dataset, self.context, self.data_settings.batch_size,
-                                  self.data_settings.workers)
+        stats = evaluate_shared(self.model, self.val_dataset, self.task, self.context, self.data_settings.batch_size,
+                                self.data_settings.workers)
         self._train_mode()
         if self.best["metric"] not in stats:
             raise ConfigError(f"{self.config.source}: train.best_metric is {self.best['metric']!r} but the validation "
@@ -674,23 +686,17 @@ class _LossWindow:
         return self.count
 
 
-def evaluate_detector(model: nn.Module, dataset: DetectionDataset, context: DistributedContext,
-                      batch_size: int = 2, workers: int = 0) -> dict[str, float]:
-    """COCO metrics of ``model`` on ``dataset`` by name (``AP``, ``AP50``, ...; ``segm_AP``, ... for masks),
-    each rank predicting a share.
+def evaluate_shared(model: nn.Module, dataset: AnyDataset, task: EvaluationTask, context: DistributedContext,
+                    batch_size: int = 2, workers: int = 0) -> dict[str, float]:
+    """The ``task``'s metrics of ``model`` on ``dataset`` by name, each rank predicting a share.
 
-    Scored as ``tools/eval.py`` scores it: against the original annotation file for COCO data, else the
-    ground truth a COCO conversion would write (``structured.evaluation.detector``). Every rank gets the
-    same result.
+    Scored as ``tools/eval.py`` scores it (for detection: against the original annotation file for COCO
+    data, else the ground truth a COCO conversion would write; ``structured.evaluation.detector``). Every
+    rank gets the same result.
     """
     indices = list(range(context.rank, len(dataset), context.world_size))
-    samples, results = predict_dataset(model, dataset, indices, context.device, batch_size, workers)
-    gathered = all_gather_objects((samples, results))
-    stats = None
-    if context.is_main:
-        all_samples = [sample for part, _ in gathered for sample in part]
-        all_results = [result for _, part in gathered for result in part]
-        stats = named_stats(evaluate_results(coco_ground_truth(dataset, all_samples), all_results))
+    shares = all_gather_objects(task.predict_share(model, dataset, indices, context.device, batch_size, workers))
+    stats = task.score(dataset, shares) if context.is_main else None
     return broadcast_object(stats)
 
 

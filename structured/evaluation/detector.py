@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from structured.data.base import DetectionDataset
 from structured.data.coco import CocoDetection, segmentation_to_mask
-from structured.data.loading import collate_detection, image_to_tensor, read_image
+from structured.data.loading import collate_detection
 from structured.evaluation.coco import (
     STAT_NAMES,
     CocoEvalResult,
@@ -44,7 +44,7 @@ from structured.evaluation.coco import (
     predictions_to_coco_results,
 )
 from structured.evaluation.plots import coco_pr_curves, plot_pr_curves
-from structured.evaluation.speed import SpeedResult, measure_speed
+from structured.evaluation.speed import SpeedResult, measure_pipeline
 from structured.io import load_json, save_json
 
 GroundTruthSample = tuple[int, int, int, dict]
@@ -233,7 +233,7 @@ def evaluate_detector_on_dataset(
     samples, results = predict_dataset(model, dataset, range(len(dataset)), device, batch_size, workers)
     ground_truth = coco_ground_truth(dataset, samples)
     evaluations = evaluate_results(ground_truth, results)
-    speed = measure_pipeline(model, dataset.records[0].path, device, speed_iterations) \
+    speed = measure_pipeline(model, dataset.image_path(0), device, speed_iterations) \
         if speed_iterations > 0 and len(dataset) else None
     files = [
         save_json({"metrics": {t: r.as_dict() for t, r in evaluations.items()},
@@ -250,20 +250,3 @@ def evaluate_detector_on_dataset(
         by_name = {names[category_id]: value for category_id, value in ap50.items()}
         files.append(plot_pr_curves(curves, out_dir / "pr_curves.png", "Precision-recall at IoU 0.5", by_name))
     return DetectorEvaluation(evaluations, speed, files)
-
-
-def measure_pipeline(model: nn.Module, image_path: str | os.PathLike[str], device: torch.device,
-                     iterations: int = 20) -> SpeedResult:
-    """Time what a user pays per image, batch 1, stage by stage: decode + to tensor, network, post-processing.
-
-    - preprocess: read and decode the image file, convert it to a float tensor on ``device``;
-    - model: ``model.raw_outputs`` (the model's own resize, normalisation and padding included);
-    - postprocess: ``model.postprocess`` to the Prediction dicts (thresholds, NMS, rescaling).
-    """
-    def decode_to_tensor(path: str | os.PathLike[str]) -> list[torch.Tensor]:
-        return [image_to_tensor(read_image(path)).to(device)]
-
-    height, width = read_image(image_path).shape[:2]
-    return measure_speed(model, image_path, preprocess=decode_to_tensor, forward=model.raw_outputs,
-                         postprocess=model.postprocess, batch_size=1, warmup=min(3, iterations),
-                         iterations=iterations, device=device, image_size=(height, width))

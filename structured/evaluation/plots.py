@@ -1,4 +1,4 @@
-"""PNG figures of evaluation results: precision-recall curves per class, speed vs accuracy.
+"""PNG figures of evaluation results: precision-recall curves per class, confusion matrix, speed vs accuracy.
 
 Contract: each function draws with matplotlib's object API on its own ``Figure`` (:func:`new_figure`: an
 Agg canvas, no pyplot, no global backend change, so a user's backend stays as it was), writes the PNG
@@ -7,6 +7,7 @@ imported inside :func:`new_figure`, when something is drawn, not when this modul
 plotting code (the run folder's curves in ``structured.engine.records``) uses the same two functions.
 Curves are ``name -> (recall, precision)`` arrays: :func:`coco_pr_curves` builds them from a COCO result
 (101 sampled recall points), ``VocEvalResult.curves`` holds them per ranked detection.
+:class:`ValidationCurves` names which validation metrics a run folder plots, and in which file.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
     with atomic_output(path) as temporary_path:
         figure.savefig(temporary_path, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+@dataclass(frozen=True)
+class ValidationCurves:
+    """The validation metrics a run folder plots over the epochs (``names``), its file and y-axis label."""
+
+    names: tuple[str, ...]
+    file_name: str
+    label: str
+
+
+MAP_CURVES = ValidationCurves(("AP", "AP50", "AP75"), "map.png", "mAP")
+MIOU_CURVES = ValidationCurves(("mIoU", "fg_IoU", "Dice"), "miou.png", "mIoU")
 
 
 @dataclass(frozen=True)
@@ -106,4 +120,30 @@ def plot_speed_accuracy(
     axes.set_xscale("log")
     axes.set(xlabel="images per second (log scale)", ylabel=accuracy_name, title=title)
     axes.grid(alpha=0.3, which="both")
+    return save_figure(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path,
+                          title: str = "Confusion matrix (rows: truth, normalised)") -> Path:
+    """A ``[C, C]`` pixel confusion matrix (rows: true class, columns: predicted) as a heat map, each row
+    divided by its total (a class without pixels stays 0); the fractions are written in the cells up to 20
+    classes."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(class_names):
+        raise ValueError(f"confusion matrix must be [C, C] for {len(class_names)} classes, got {list(counts.shape)}")
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.45 * len(class_names)
+    figure = new_figure(size + 1, size)
+    axes = figure.add_subplot()
+    image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(ticks, labels=class_names, fontsize=8)
+    axes.set(xlabel="predicted", ylabel="true", title=title)
+    if len(class_names) <= 20:
+        for row, column in np.ndindex(*fractions.shape):
+            value = fractions[row, column]
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if value > 0.5 else "black")
     return save_figure(figure, path)

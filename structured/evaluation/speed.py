@@ -11,6 +11,9 @@ CPU unless ``amp_dtype`` says otherwise). Times are per batch in milliseconds; F
 of the whole pipeline: ``batch_size / mean(pre + model + post)``. ``SpeedResult.description`` states all
 of this for the numbers it carries.
 
+``measure_pipeline(model, image_path)`` is what ``tools/eval.py`` prints: a detector's or segmenter's
+whole inference on one image file, decode + to-tensor, network (``raw_outputs``) and ``postprocess`` apart.
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` since a reset just before the timed loop (tensor
 memory only, not the caching allocator's reserve or the CUDA context); on CPU the process' peak resident
 set size, reset before the timed loop through ``/proc/self/clear_refs`` where Linux allows it, otherwise
@@ -20,6 +23,7 @@ the high-water mark since the process started (the description says which).
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import statistics
 import sys
@@ -273,3 +277,26 @@ def _peak_memory_bytes(device: torch.device) -> float:
                 return float(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def measure_pipeline(model: nn.Module, image_path: str | os.PathLike[str], device: torch.device,
+                     iterations: int = 20) -> SpeedResult:
+    """Time what a user pays per image, batch 1, stage by stage: decode + to tensor, network, post-processing.
+
+    - preprocess: read and decode the image file, convert it to a float tensor on ``device``;
+    - model: ``model.raw_outputs`` (the model's own resize, normalisation and padding included);
+    - postprocess: ``model.postprocess`` to the model's outputs (a detector's Prediction dicts: thresholds,
+      NMS, rescaling; a segmenter's class maps and probabilities at the input size).
+
+    Any model with ``raw_outputs`` and ``postprocess`` (every detector and segmenter) can be timed. The image
+    decoding (OpenCV) is imported here, so that importing ``structured.evaluation`` does not load it.
+    """
+    from structured.data.loading import image_to_tensor, read_image
+
+    def decode_to_tensor(path: str | os.PathLike[str]) -> list[torch.Tensor]:
+        return [image_to_tensor(read_image(path)).to(device)]
+
+    height, width = read_image(image_path).shape[:2]
+    return measure_speed(model, image_path, preprocess=decode_to_tensor, forward=model.raw_outputs,
+                         postprocess=model.postprocess, batch_size=1, warmup=min(3, iterations),
+                         iterations=iterations, device=device, image_size=(height, width))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from structured.data.synthetic import SHAPE_CLASSES, write_palette_png
+from structured.data.loading import write_palette_png
+from structured.data.synthetic import SHAPE_CLASSES
 from structured.data.voc import VOCDetection, VOCSegmentation, natural_key, parse_voc_xml
 
 ENTITY_BOMB = """<?xml version="1.0"?>

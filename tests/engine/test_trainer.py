@@ -230,8 +230,8 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(toy_model: str,
     ("data", "batchsize", 2, r"unknown key 'batchsize' in data.*Did you mean 'batch_size'"),
     ("data", "augment", "heavy", r"data.augment must be one of"),
 ])
-def test_bad_recipe_keys_are_config_errors_naming_the_key(tiny_shapes: Path, section: str, key: str,
-                                                          value: object, expected: str) -> None:
+def test_bad_recipe_keys_are_config_errors_naming_the_key(registered_toy: str, tiny_shapes: Path, section: str,
+                                                          key: str, value: object, expected: str) -> None:
     recipe = toy_recipe(tiny_shapes)
     recipe[section][key] = value
     config = load_config(recipe)
