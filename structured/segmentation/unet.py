@@ -238,6 +238,10 @@ class UNet(nn.Module):
         self.decoder = decoder
         self.num_classes = num_classes
         self.head = nn.Conv2d(decoder.out_channels, 1 if num_classes == 1 else num_classes + 1, 1)
+        # The class-specific tensors for fine-tuning on other classes (engine/transfer.py): the head's rows,
+        # one per class 0..C. A binary head has only the foreground's channel, no per-class layout, so it
+        # declares none: it loads a binary checkpoint whole, whatever the class is called.
+        self.CLASS_SPECIFIC_TENSORS = {} if num_classes == 1 else {"head.": 1}
         self.size_divisible = max(backbone.strides.values())
         self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
