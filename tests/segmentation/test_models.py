@@ -159,4 +159,4 @@ def test_yaml_recipe_states_every_setting_of_the_registered_recipe(name):
     config = load_config(path)
     validate_section(config["model"], MODELS, "model", config.source, config.overrides)
     assert model_task(config) == "semantic"
-    assert config["train"]["best_metric"] == "mIoU"
+    assert config["train"]["best_metric"] == ("fg_IoU" if name == "unet_nuclei" else "mIoU")
