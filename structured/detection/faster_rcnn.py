@@ -30,89 +30,29 @@ new place (``FLAT_RECIPE_KEYS``).
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from structured.backbones import Backbone, FrozenBatchNorm2d
-from structured.config import Recipe, RegisteredPart, settings_from
+from structured.config import Recipe, settings_from
+from structured.detection.parts import (
+    BackboneSection,
+    NeckSection,
+    build_backbone_and_neck,
+    check_part_section,
+    original_sizes_of,
+    prepare_for_inference,
+    without_crowd,
+)
 from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, RoISample, build_roi_heads
 from structured.detection.rpn import ASPECT_RATIOS, RegionProposalNetwork, RPNSettings, build_rpn
 from structured.detection.transform import DetectionTransform, TransformSettings
-from structured.registry import BACKBONES, MODELS, NECKS
-from structured.types import Prediction, Target, select_instances
-
-
-def _is_foldable_norm(module: nn.Module) -> bool:
-    """A frozen batch norm, or a batch norm in eval mode with running statistics (an affine map either way)."""
-    if isinstance(module, FrozenBatchNorm2d):
-        return True
-    return (isinstance(module, nn.BatchNorm2d) and not module.training and module.track_running_stats
-            and module.affine)
-
-
-def _fold_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
-    scale = norm.weight.detach() * (norm.running_var + norm.eps).rsqrt()
-    shift = norm.bias.detach() - norm.running_mean * scale
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
-    with torch.no_grad():
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(bias * scale + shift, requires_grad=conv.weight.requires_grad)
-
-
-def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Names of (conv, foldable norm) children where the norm directly follows the conv in ``module``."""
-    children = dict(module.named_children())
-    names = list(children)
-    if isinstance(module, nn.Sequential):
-        candidates = list(itertools.pairwise(names))
-    else:
-        candidates = [
-            (name, "bn" + name[4:])
-            for name in names
-            if name.startswith("conv") and "bn" + name[4:] in children
-        ]
-    return [
-        (conv, norm)
-        for conv, norm in candidates
-        if isinstance(children[conv], nn.Conv2d) and _is_foldable_norm(children[norm])
-    ]
-
-
-def fold_frozen_batch_norms(model: nn.Module) -> int:
-    """Fold every frozen (or eval-mode) batch norm that directly follows a convolution into it; returns the count.
-
-    A convolution followed by a frozen batch norm, or by a batch norm in eval mode (its running statistics
-    in use), is an affine map of the convolution's output, so the norm's
-    scale and shift go into the convolution's weight and bias and the norm becomes ``nn.Identity``. The
-    outputs are unchanged up to float rounding, with one pass over each activation less. Pairs are children
-    of an ``nn.Sequential`` in a row, or ``convK``/``bnK`` attributes of one module (torchvision's ResNet
-    blocks). The model's state dict changes (norm entries go, conv biases come): fold for inference only,
-    after loading weights.
-    """
-    folded = 0
-    for module in list(model.modules()):
-        for conv_name, norm_name in _conv_norm_pairs(module):
-            _fold_into_conv(getattr(module, conv_name), getattr(module, norm_name))
-            setattr(module, norm_name, nn.Identity())
-            folded += 1
-    return folded
-
-
-def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
-    """``(height, width)`` of each input image."""
-    return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-
-
-def _without_crowd(target: Target) -> Target:
-    if "iscrowd" not in target:
-        return target
-    return select_instances(target, target["iscrowd"] == 0)
+from structured.registry import MODELS
+from structured.types import Prediction, Target
 
 
 @dataclass
@@ -166,15 +106,10 @@ class FasterRCNN(nn.Module):
     def optimize_for_inference(self, channels_last: bool = True) -> FasterRCNN:
         """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
 
-        Outputs equal the unoptimised model's up to float rounding (see ``fold_frozen_batch_norms``); the
-        state dict changes and trainable batch norms are gone, so call this after loading weights, for
+        See ``structured.detection.parts.prepare_for_inference``: call this after loading weights, for
         inference only, and do not save the result as a checkpoint.
         """
-        self.eval()
-        fold_frozen_batch_norms(self)
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = prepare_for_inference(self, channels_last)
         return self
 
     def extract_features(self, images: Tensor) -> OrderedDict[str, Tensor]:
@@ -200,7 +135,7 @@ class FasterRCNN(nn.Module):
         """
         if targets is None:
             return self.postprocess(self.raw_outputs(images))
-        targets = [_without_crowd(target) for target in targets]
+        targets = [without_crowd(target) for target in targets]
         batch, targets = self.transform(images, targets)
         features = self.extract_features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, self._select(features, self.rpn_features), targets)
@@ -245,26 +180,6 @@ class FasterRCNN(nn.Module):
         return self(images)
 
 
-BackboneSection = Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, filled_by_model=("classifier", "num_classes"))]
-"""A registered backbone's section, ``{name: resnet50, out_levels: [c2, c3, c4, c5], frozen_stages: 2, ...}``."""
-NeckSection = Annotated[Mapping[str, Any] | None, RegisteredPart(NECKS, filled_by_model=("in_channels", "in_strides"))]
-"""A registered neck's section, ``{name: fpn, out_channels: 256, ...}`` (its inputs come from the backbone), or
-``None`` for none."""
-
-
-def _build_backbone_and_neck(
-    backbone: Mapping[str, Any], neck: Mapping[str, Any] | None
-) -> tuple[Backbone, nn.Module | None, dict[str, int], dict[str, int]]:
-    """The backbone and optional neck of two sections, and the channels and strides of the features they give."""
-    backbone_options = {key: value for key, value in backbone.items() if key != "name"}
-    trunk = BACKBONES.build(backbone["name"], **backbone_options, classifier=False)
-    if neck is None:
-        return trunk, None, trunk.out_channels, trunk.strides
-    neck_options = {key: value for key, value in neck.items() if key != "name"}
-    built = NECKS.build(neck["name"], in_channels=trunk.out_channels, in_strides=trunk.strides, **neck_options)
-    return trunk, built, built.out_channels, built.strides
-
-
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:
     unknown = [name for name in names if name not in available]
     if not names or unknown:
@@ -274,11 +189,6 @@ def _check_levels(names: Sequence[str], available: dict[str, int], argument: str
         raise ValueError(
             f"{argument} levels must have the same channel count, got { {n: available[n] for n in names} }"
         )
-
-
-def _check_section(section: Mapping[str, Any], part: str) -> None:
-    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
-        raise ValueError(f"{part} must be a mapping with a registered 'name' and its options, got {section!r}")
 
 
 DEFAULT_RPN, DEFAULT_ROI_HEADS, DEFAULT_TRANSFORM = RPNSettings(), RoIHeadSettings(), TransformSettings()
@@ -307,13 +217,13 @@ def build_faster_rcnn(
         raise ValueError(
             f"num_classes counts object classes without background and must be >= 1, got {num_classes}"
         )
-    _check_section(backbone, "backbone")
+    check_part_section(backbone, "backbone")
     if neck is not None:
-        _check_section(neck, "neck")
+        check_part_section(neck, "neck")
     rpn = settings_from(RPNSettings, rpn, "rpn")
     roi_heads = settings_from(RoIHeadSettings, roi_heads, "roi_heads")
     transform = settings_from(TransformSettings, transform, "transform")
-    trunk, built_neck, channels, strides = _build_backbone_and_neck(backbone, neck)
+    trunk, built_neck, channels, strides = build_backbone_and_neck(backbone, neck)
     _check_levels(rpn.features, channels, "rpn.features")
     _check_levels(roi_heads.features, channels, "roi_heads.features")
     return FasterRCNN(
