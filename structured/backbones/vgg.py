@@ -4,11 +4,12 @@ Levels: the last feature map at each stride of ``features``: ``c1`` = conv2_2, `
 conv4_3 (SSD's source), ``c4`` = conv5_3 (Faster R-CNN's source), ``c5`` = pool5 (stride 32). Module names
 are torchvision's (``features``, ``avgpool``, ``classifier``).
 
-``<vgg>_ssd`` (``vgg16_ssd`` for SSD300/SSD512) is the trunk in the SSD paper's form: pool3 in ceil mode
+``vgg16_ssd`` (SSD300's and SSD512's) is VGG16 in the SSD paper's form: pool3 in ceil mode
 (a 300 input gives 38x38 at conv4_3), pool5 a 3x3 stride-1 pooling, and ``fc`` appended: fc6 as a 3x3
 convolution with dilation 6 (1024 channels) and fc7 as a 1x1 convolution (1024), each with ReLU,
-Xavier-initialised (a classification checkpoint, ``pretrained``, loads everything else). It offers
-``c1``, ``c2`` and the taps ``conv4_3`` (stride 8, 512 channels) and ``fc7`` (stride 16, 1024 channels).
+Xavier-initialised (a classification checkpoint, ``pretrained``, loads everything else). Its levels are
+``c1``, ``c2``, ``c3`` = conv4_3 (stride 8, 512 channels) and ``c4`` = fc7 (stride 16, 1024 channels), the
+maps SSD predicts from.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ VGGS = ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", 
 SSD_SUFFIX = "_ssd"
 FC_CHANNELS = 1024
 FC6_DILATION = 6
-CONV4_3_STRIDE, FC7_STRIDE = 8, 16
+FC7_STRIDE = 16
 
 
 def ssd_fc_layers(in_channels: int) -> nn.Sequential:
@@ -56,13 +57,11 @@ def make_vgg_ssd_trunk(arch: str, *, num_classes: int, pretrained: str | None) -
     trunk.features[pools[4]] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
     spec = features_trunk_spec(trunk, head=("avgpool", "classifier"))
     trunk.fc = ssd_fc_layers(spec.channels["c4"])
-    names = {"c3": "conv4_3", "c4": None}
-    steps = [replace(step, level=names.get(step.level, step.level)) for step in spec.steps]
-    channels = {"c1": spec.channels["c1"], "c2": spec.channels["c2"], "conv4_3": spec.channels["c3"],
-                "fc7": FC_CHANNELS}
-    return trunk, TrunkSpec(steps=(*steps, Step("fc", FC7_STRIDE, "fc7")), channels=channels, head=spec.head,
+    steps = [replace(step, level=None) if step.level == "c4" else step for step in spec.steps]
+    channels = {**spec.channels, "c4": FC_CHANNELS}
+    return trunk, TrunkSpec(steps=(*steps, Step("fc", FC7_STRIDE, "c4")), channels=channels, head=spec.head,
                             added_modules=("fc",))
 
 
 register_backbones(VGGS, make_features_trunk)
-register_backbones(tuple(name + SSD_SUFFIX for name in VGGS), make_vgg_ssd_trunk)
+register_backbones(("vgg16" + SSD_SUFFIX,), make_vgg_ssd_trunk)

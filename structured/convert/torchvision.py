@@ -19,7 +19,7 @@ torchvision's SSDs (``convert_ssd``: ``ssd300_vgg16`` -> ``ssd300_vgg16``, ``ssd
 
 - VGG: ``backbone.features.i`` (conv1_1..conv4_3) -> ``backbone.trunk.features.i``, ``backbone.extra.0.j``
   (pool4..conv5_3) -> ``backbone.trunk.features.<23 + j>``, ``backbone.extra.0.7.1`` / ``.3`` (fc6 / fc7)
-  -> ``backbone.trunk.fc.0`` / ``.2``, ``backbone.scale_weight`` -> ``l2_norms.conv4_3.scale``;
+  -> ``backbone.trunk.fc.0`` / ``.2``, ``backbone.scale_weight`` -> ``l2_norms.c3.scale``;
 - MobileNetV3: ``backbone.features.0.i`` -> ``backbone.trunk.features.i`` (``i = 13``, the expansion
   of the first stride-32 block, -> ``features.13.block.0``), ``backbone.features.1.0.j`` ->
   ``backbone.trunk.features.13.block.j``, ``backbone.features.1.i`` -> ``backbone.trunk.features.<13 + i>``;
@@ -163,7 +163,7 @@ def _rename_ssd(key: str, model_name: str) -> str:
         return f"head.{head.group(1)}.{head.group(2)}"
     if model_name == "ssd300_vgg16":
         if key == "backbone.scale_weight":
-            return "l2_norms.conv4_3.scale"
+            return "l2_norms.c3.scale"
         vgg = _SSD_VGG_KEY.fullmatch(key)
         if vgg:
             return _vgg_ssd_key(vgg.group(1), int(vgg.group(2)), vgg.group(3))

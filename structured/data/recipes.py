@@ -10,7 +10,10 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       train_split: null       # VOC ImageSets/Main/<split>.txt, or a data.yaml split (train, val, test)
       val_split: null
       val_fraction: 0.0       # without a val set, hold out this fraction of train (seeded, by image)
-      augment: standard       # standard (photometric, zoom-out, IoU crop, flip, resize) | flip | none
+      augment: standard       # standard (photometric, zoom-out, IoU crop, flip, resize) | ssd | flip | none
+                              # ssd: the SSD paper's preset (photometric distortion, zoom-out up to 4x
+                              # with the mean pixel, IoU crop, flip; resized only when image_size is set:
+                              # SSD models resize to their fixed size themselves)
       image_size: 512         # training resize: shorter side (null: keep); validation images keep their size
       max_size: 853           # longer side cap of the training resize
       batch_size: 2           # images per process per step
@@ -41,10 +44,16 @@ from structured.config import Config, ConfigError, model_task, validate_keys
 from structured.data.base import DetectionDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.summary import detect_format, open_dataset
-from structured.data.transforms import Compose, RandomHorizontalFlip, Resize, training_transforms
+from structured.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    Resize,
+    ssd_transforms,
+    training_transforms,
+)
 from structured.data.yolo import yolo_splits
 
-AUGMENT_PRESETS = ("standard", "flip", "none")
+AUGMENT_PRESETS = ("standard", "ssd", "flip", "none")
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,7 @@ def _train_transforms(settings: DataConfig) -> Compose | None:
         if settings.image_size is None:
             raise ConfigError("data.augment=standard needs data.image_size (the training resize)")
         return training_transforms(settings.image_size, settings.max_size)
-    steps: list = [RandomHorizontalFlip()] if settings.augment == "flip" else []
+    steps: list = {"flip": [RandomHorizontalFlip()], "ssd": list(ssd_transforms().transforms)}.get(settings.augment, [])
     if settings.image_size is not None:
         steps.append(Resize(settings.image_size, settings.max_size))
     return Compose(steps) if steps else None

@@ -412,3 +412,10 @@ def training_transforms(min_size: int | Sequence[int] = 288, max_size: int | Non
     """A typical detection training pipeline: photometric distortion, zoom-out, IoU crop, flip, resize."""
     return Compose([PhotometricDistort(), RandomZoomOut(max_scale=2.0), RandomIoUCrop(),
                     RandomHorizontalFlip(), Resize(min_size, max_size)])
+
+
+def ssd_transforms() -> Compose:
+    """The SSD paper's augmentation (Liu et al. 2016, section 3.6): photometric distortion, zoom-out up to 4x
+    on a mean-pixel canvas, a crop whose IoU with some box reaches one of {none, 0.1, 0.3, 0.5, 0.7, 0.9},
+    horizontal flip. No resize: SSD models resize to their fixed input size themselves."""
+    return Compose([PhotometricDistort(), RandomZoomOut(max_scale=4.0), RandomIoUCrop(), RandomHorizontalFlip()])

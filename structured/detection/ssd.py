@@ -7,8 +7,8 @@ list of predictions in each input image's pixels — in train or eval mode alike
 aliases, ``raw_outputs`` / ``postprocess`` split inference, ``optimize_for_inference()`` prepares it.
 
 The network (Liu et al. 2016): every image is resized to ``size x size`` (``FixedSizeTransform``); the
-backbone's maps named in ``head.features`` (VGG16's ``conv4_3`` and ``fc7``, MobileNetV3's
-``c4_expansion`` and ``c5``, any registered backbone's levels), those in ``head.l2_normalized`` rescaled by
+backbone's maps named in ``head.features`` (VGG16's conv4_3 and fc7: ``c3`` and ``c4`` of ``vgg16_ssd``;
+MobileNetV3's ``c4_expansion`` and ``c5``; any registered backbone's levels), those in ``head.l2_normalized`` rescaled by
 an L2 norm with a learnable per-channel scale (initialised to 20), then ``head.extras`` layers that each
 halve the last map (``[mid, out, kernel, stride, padding]``: a 1x1 convolution to ``mid`` channels, then a
 ``kernel`` convolution to ``out``). On each map a 3x3 convolution predicts, for each of its ``A`` default
@@ -83,8 +83,8 @@ class SSDHeadSettings:
         style: ``ssd`` (plain convolutions, ReLU) or ``ssdlite`` (depthwise-separable, batch norm, ReLU6).
     """
 
-    features: Sequence[str] = ("conv4_3", "fc7")
-    l2_normalized: Sequence[str] = ("conv4_3",)
+    features: Sequence[str] = ("c3", "c4")
+    l2_normalized: Sequence[str] = ("c3",)
     extras: Sequence[Sequence[int]] = ((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 1, 0),
                                        (128, 256, 3, 1, 0))
     style: str = "ssd"
@@ -490,7 +490,7 @@ def build_ssd(
 
 VGG_MEAN, VGG_STD = (0.48235, 0.45882, 0.40784), (1 / 255, 1 / 255, 1 / 255)
 """torchvision's SSD VGG16 normalisation: the ImageNet mean pixel subtracted from 0..255 values."""
-_VGG_BACKBONE = dict(name="vgg16_ssd", out_levels=("conv4_3", "fc7"), frozen_stages=1)
+_VGG_BACKBONE = dict(name="vgg16_ssd", out_levels=("c3", "c4"), frozen_stages=1)
 _LITE_EXTRAS = ((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 2, 1), (64, 128, 3, 2, 1))
 _LITE = dict(
     head=dict(l2_normalized=(), extras=_LITE_EXTRAS, style="ssdlite"),
