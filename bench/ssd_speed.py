@@ -73,11 +73,12 @@ def latency_rows(image: torch.Tensor, runs: int) -> list[str]:
 
 
 def training_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict], optimizer) -> None:
-    """One forward, backward and SGD step on ``images``."""
-    losses = model(images, targets)
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
+    """One forward, backward and SGD step on ``images`` (gradients on inside ``time_runners``' no-grad)."""
+    with torch.enable_grad():
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
 
 
 def training_rows(image: torch.Tensor, batch: int, runs: int) -> list[str]:
