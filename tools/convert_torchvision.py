@@ -1,7 +1,9 @@
-"""Convert a torchvision Faster R-CNN or Mask R-CNN checkpoint into ours.
+"""Convert a torchvision Faster R-CNN, Mask R-CNN or SSD checkpoint into ours.
 
 python tools/convert_torchvision.py fasterrcnn_resnet50_fpn_coco.pth r50.pt --model faster_rcnn_r50_fpn --norm-eps 0
 python tools/convert_torchvision.py maskrcnn_resnet50_fpn_coco.pth mask_r50.pt --model maskrcnn_resnet50_fpn --norm-eps 0
+python tools/convert_torchvision.py ssd300_vgg16_coco.pth ssd300.pt --model ssd300_vgg16
+python tools/convert_torchvision.py ssdlite320_mobilenet_v3_large_coco.pth ssdlite.pt --model ssdlite320_mobilenet_v3_large
 """
 
 from __future__ import annotations

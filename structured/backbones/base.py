@@ -47,12 +47,15 @@ class TrunkSpec:
     ``channels``: channels of every level and tap the trunk offers. ``head``: names of the trunk's
     classifier-head attributes (removed when no classifier is wanted). ``ignored_checkpoint_prefixes``:
     checkpoint keys that may be present but are never loaded (auxiliary classifiers).
+    ``added_modules``: trunk attributes the family adds to torchvision's classifier (SSD's fc6/fc7), which a
+    classification checkpoint does not hold; they keep their initialisation when one is loaded.
     """
 
     steps: tuple[Step, ...]
     channels: dict[str, int]
     head: tuple[str, ...]
     ignored_checkpoint_prefixes: tuple[str, ...] = ()
+    added_modules: tuple[str, ...] = ()
 
     @property
     def default_levels(self) -> tuple[str, ...]:
@@ -162,7 +165,8 @@ def build_backbone(
             setattr(trunk, name, nn.Identity())
     if pretrained is not None:
         ignored = spec.ignored_checkpoint_prefixes + (() if classifier else tuple(f"{h}." for h in spec.head))
-        load_pretrained(trunk, pretrained, arch=arch, ignored_prefixes=ignored)
+        load_pretrained(trunk, pretrained, arch=arch, ignored_prefixes=ignored,
+                        fresh_prefixes=tuple(f"{module}." for module in spec.added_modules))
     if norm_layer != "bn" and not has_batch_norm(trunk):
         raise ValueError(f"{arch} has no batch norm layers to turn into {norm_layer!r}; use norm_layer='bn'")
     convert_norm_layers(trunk, norm_layer, eps=norm_eps)

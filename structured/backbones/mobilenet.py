@@ -6,6 +6,12 @@ Levels: the last block of ``features`` at each stride; ``c5`` is the final 1x1 c
 to their FPN beside ``c5`` (both at stride 32). Module names are torchvision's (``features``,
 ``classifier``).
 
+``mobilenet_v3_large_reduced`` / ``mobilenet_v3_small_reduced`` are torchvision's ``reduced_tail=True``
+trunks (the last stage's channels halved: ``c5`` has 480 / 288), SSDlite's backbone. Their first stride-32
+block runs as its sub-layers, so they also offer the tap ``c4_expansion``: that block's 1x1 expansion
+(stride 16, 672 / 288 channels), the map torchvision's SSDlite takes before the stride-2 depthwise
+convolution; ``c5_entry`` is the block's output as before.
+
 MobileNet v1 (Howard et al. 2017, width 1.0): a 3x3 stride-2 convolution followed by 13
 depthwise-separable blocks (3x3 depthwise + 1x1 pointwise, each with batch norm and ReLU), global average
 pooling and a linear classifier: 4,231,976 parameters for 1000 classes.
@@ -17,9 +23,11 @@ from collections import OrderedDict
 from dataclasses import replace
 from functools import partial
 
+import torchvision
 from torch import Tensor, nn
 
 from structured.backbones.base import (
+    Step,
     TrunkSpec,
     features_trunk_spec,
     make_features_trunk,
@@ -28,6 +36,8 @@ from structured.backbones.base import (
 
 ENTRY_TAP = "c5_entry"
 ENTRY_STRIDE = 32
+EXPANSION_TAP = "c4_expansion"
+REDUCED_SUFFIX = "_reduced"
 # (output channels, stride) of the 13 depthwise-separable blocks of MobileNet v1.
 MOBILENET_V1_BLOCKS = (
     (64, 1),
@@ -121,6 +131,25 @@ def make_mobilenet_v3_trunk(
     return trunk, TrunkSpec(steps=tuple(steps), channels=channels, head=spec.head)
 
 
+def make_mobilenet_v3_reduced_trunk(
+    arch: str, *, num_classes: int, pretrained: str | None
+) -> tuple[nn.Module, TrunkSpec]:
+    """torchvision's ``arch`` with ``reduced_tail=True`` (untrained), its levels and the two taps."""
+    trunk = getattr(torchvision.models, arch.removesuffix(REDUCED_SUFFIX))(
+        weights=None, num_classes=num_classes, reduced_tail=True)
+    spec = features_trunk_spec(trunk, head=("avgpool", "classifier"))
+    entry = next(i for i, step in enumerate(spec.steps) if step.stride == ENTRY_STRIDE)
+    block = trunk.features[entry].block
+    sub_steps = [Step(f"features.{entry}.block.{index}", ENTRY_STRIDE) for index in range(len(block))]
+    sub_steps[0] = Step(sub_steps[0].module, ENTRY_STRIDE // 2, EXPANSION_TAP)
+    sub_steps[-1] = replace(sub_steps[-1], level=ENTRY_TAP)
+    steps = (*spec.steps[:entry], *sub_steps, *spec.steps[entry + 1:])
+    channels = dict(spec.channels, **{ENTRY_TAP: trunk.features[entry].out_channels,
+                                      EXPANSION_TAP: block[0].out_channels})
+    return trunk, TrunkSpec(steps=steps, channels=channels, head=spec.head)
+
+
 register_backbones(("mobilenet_v1",), make_mobilenet_v1_trunk)
 register_backbones(("mobilenet_v2",), partial(make_features_trunk, head=("classifier",)))
 register_backbones(("mobilenet_v3_large", "mobilenet_v3_small"), make_mobilenet_v3_trunk)
+register_backbones(("mobilenet_v3_large_reduced", "mobilenet_v3_small_reduced"), make_mobilenet_v3_reduced_trunk)

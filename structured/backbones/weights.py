@@ -42,18 +42,22 @@ def load_pretrained(
     *,
     arch: str,
     ignored_prefixes: Sequence[str],
+    fresh_prefixes: Sequence[str] = (),
 ) -> None:
     """Load ``pretrained`` (a path or ``"imagenet[:TAG]"``) into ``trunk``, checking every key.
 
     ``ignored_prefixes``: checkpoint key prefixes that may be present but are not loaded (a removed
-    classifier head, auxiliary classifiers).
+    classifier head, auxiliary classifiers). ``fresh_prefixes``: the trunk's own key prefixes that a
+    classification checkpoint lacks (layers a detection form adds, such as SSD's fc6/fc7); they keep
+    their initialisation.
     """
     path = resolve_checkpoint_path(pretrained, arch)
     state_dict = read_state_dict(path)
     checked = check_state_dict(
-        trunk.state_dict(), state_dict, ignored_prefixes=ignored_prefixes, source=str(path)
+        trunk.state_dict(), state_dict, ignored_prefixes=ignored_prefixes, source=str(path),
+        fresh_prefixes=fresh_prefixes,
     )
-    trunk.load_state_dict(checked, strict=True)
+    trunk.load_state_dict(checked, strict=not fresh_prefixes)
 
 
 def resolve_checkpoint_path(pretrained: str | os.PathLike[str], arch: str) -> Path:
@@ -127,16 +131,18 @@ def check_state_dict(
     *,
     ignored_prefixes: Sequence[str] = (),
     source: str = "checkpoint",
+    fresh_prefixes: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     """``given`` restricted to the keys of ``expected``, after checking that keys and shapes agree.
 
     Raises ``KeyError`` naming missing or unexpected keys and ``ValueError`` naming a key whose shape
-    differs. Keys ending in ``num_batches_tracked`` may be missing; keys under ``ignored_prefixes`` may
-    be extra.
+    differs. Keys ending in ``num_batches_tracked`` may be missing, and so may keys under
+    ``fresh_prefixes``; keys under ``ignored_prefixes`` may be extra.
     """
-    ignored = tuple(ignored_prefixes)
+    ignored, fresh = tuple(ignored_prefixes), tuple(fresh_prefixes)
     used = {key: value for key, value in given.items() if not (ignored and key.startswith(ignored))}
-    missing = [key for key in expected if key not in used and not key.endswith(OPTIONAL_KEY_SUFFIXES)]
+    missing = [key for key in expected if key not in used and not key.endswith(OPTIONAL_KEY_SUFFIXES)
+               and not (fresh and key.startswith(fresh))]
     unexpected = [key for key in used if key not in expected]
     if missing:
         raise KeyError(f"{source}: missing keys {_shown(missing)}")

@@ -1,6 +1,6 @@
 """The box module shared by every head: forms, encoding, IoU, NMS, anchors and matching."""
 
-from structured.boxes.anchors import AnchorGenerator
+from structured.boxes.anchors import AnchorGenerator, DefaultBoxGenerator
 from structured.boxes.coder import BoxCoder
 from structured.boxes.formats import (
     BOX_FORMATS,
@@ -26,7 +26,13 @@ from structured.boxes.iou import (
     polygon_iou,
     rle_iou,
 )
-from structured.boxes.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, IoUMatcher
+from structured.boxes.matcher import (
+    BELOW_LOW_THRESHOLD,
+    BETWEEN_THRESHOLDS,
+    BalancedSampler,
+    DefaultBoxMatcher,
+    IoUMatcher,
+)
 from structured.boxes.nms import batched_nms, nms, register_nms_kernel
 
 __all__ = [
@@ -36,6 +42,8 @@ __all__ = [
     "AnchorGenerator",
     "BalancedSampler",
     "BoxCoder",
+    "DefaultBoxGenerator",
+    "DefaultBoxMatcher",
     "IoUMatcher",
     "batched_nms",
     "box_area",

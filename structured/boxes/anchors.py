@@ -1,4 +1,4 @@
-"""Anchor boxes for region proposal networks, on one or several feature levels.
+"""Anchor boxes: RPN anchors on one or several feature levels, and SSD's default boxes.
 
 An ``AnchorGenerator`` holds, for each feature level, a set of anchor sizes (square root of the anchor
 area, in input pixels) and aspect ratios (height / width). Each level gets ``len(sizes) * len(ratios)``
@@ -11,15 +11,29 @@ ordered by row, then column, then cell anchor (ratio-major, size-minor) — the 
 head's ``[A, H, W]`` outputs are flattened after moving ``A`` last. Results are cached per
 (feature sizes, image size, dtype, device), so a batch of the same padded size costs nothing after
 the first.
+
+``DefaultBoxGenerator`` makes SSD's default boxes (Liu et al. 2016, section 2.2). Map ``k`` of ``m`` has
+scale ``s_k`` (linear from ``s_min`` to ``s_max`` over the maps, then ``1.0`` appended for the last map's
+extra box, unless ``scales`` lists all ``m + 1``), and at every cell the boxes ``(s_k, s_k)``,
+``(s'_k, s'_k)`` with ``s'_k = sqrt(s_k * s_(k+1))``, and ``(s_k sqrt(a), s_k / sqrt(a))`` and its transpose
+for each aspect ratio ``a`` of the map: ``2 + 2 * len(ratios)`` boxes per cell. Centres are
+``(i + 0.5) / f_k`` with ``f_k = image side / step`` when ``steps`` are given, else the map's size; widths
+and heights are fractions of the image, clipped to [0, 1] with ``clip``. ``generator(feature_sizes,
+image_size)`` returns all maps' boxes concatenated, ``[sum H*W*A, 4]`` ``xyxy`` in the image's pixels,
+ordered by map, row, column, box — the order of an SSD head's ``[A, H, W]`` outputs flattened with ``A``
+last. This is torchvision's ``DefaultBoxGenerator`` (a test compares every box of its two SSD models).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from structured.boxes.formats import box_convert, denormalize_boxes
 
 _CACHE_SIZE = 16
 
@@ -117,3 +131,114 @@ class AnchorGenerator(nn.Module):
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return anchors
+
+
+def linear_scales(num_maps: int, min_scale: float, max_scale: float) -> tuple[float, ...]:
+    """SSD's ``s_k``: ``num_maps`` scales linear from ``min_scale`` to ``max_scale``, then ``1.0``."""
+    if num_maps == 1:
+        return (min_scale, max_scale)
+    step = (max_scale - min_scale) / (num_maps - 1)
+    return (*(min_scale + step * k for k in range(num_maps)), 1.0)
+
+
+def default_box_sizes(scale: float, next_scale: float, aspect_ratios: Sequence[float]) -> Tensor:
+    """``[2 + 2 * len(aspect_ratios), 2]`` normalised ``(width, height)`` of the boxes of one map's cell."""
+    extra = math.sqrt(scale * next_scale)
+    sizes = [[scale, scale], [extra, extra]]
+    for ratio in aspect_ratios:
+        root = math.sqrt(ratio)
+        sizes.extend([[scale * root, scale / root], [scale / root, scale * root]])
+    return torch.as_tensor(sizes, dtype=torch.float32)
+
+
+class DefaultBoxGenerator(nn.Module):
+    """SSD default boxes for a set of feature maps (see the module docstring).
+
+    Args:
+        aspect_ratios: per map, the ratios ``a`` (each adds the boxes ``a`` and ``1 / a``), e.g. ``[[2], [2, 3]]``.
+        min_scale, max_scale: ``s_min`` and ``s_max`` of the linear scales (used when ``scales`` is ``None``).
+        scales: ``m + 1`` explicit scales instead (the last one only sizes the last map's extra box).
+        steps: per map, the pixel distance between cell centres on the image (``None``: image / map size).
+        clip: clip the normalised widths and heights to [0, 1].
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: Sequence[Sequence[float]],
+        min_scale: float = 0.15,
+        max_scale: float = 0.9,
+        scales: Sequence[float] | None = None,
+        steps: Sequence[float] | None = None,
+        clip: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(aspect_ratios, (int, float)) or len(aspect_ratios) == 0:
+            raise ValueError(f"aspect_ratios must hold one sequence of ratios per feature map, got {aspect_ratios!r}")
+        self.aspect_ratios = tuple(tuple(float(ratio) for ratio in ratios) for ratios in aspect_ratios)
+        num_maps = len(self.aspect_ratios)
+        if any(ratio <= 0 for ratios in self.aspect_ratios for ratio in ratios):
+            raise ValueError(f"aspect ratios must be positive, got {aspect_ratios!r}")
+        if scales is None:
+            if not 0 < min_scale <= max_scale:
+                raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale} and {max_scale}")
+            scales = linear_scales(num_maps, min_scale, max_scale)
+        if len(scales) != num_maps + 1 or min(scales) <= 0:
+            raise ValueError(f"scales must be {num_maps + 1} positive numbers (one per map, plus one), got {scales!r}")
+        if steps is not None and (len(steps) != num_maps or min(steps) <= 0):
+            raise ValueError(f"steps must be {num_maps} positive numbers (one per map), got {steps!r}")
+        self.scales = tuple(float(scale) for scale in scales)
+        self.steps = None if steps is None else tuple(float(step) for step in steps)
+        self.clip = clip
+        self.box_sizes = [
+            default_box_sizes(self.scales[k], self.scales[k + 1], self.aspect_ratios[k]) for k in range(num_maps)
+        ]
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    @property
+    def num_maps(self) -> int:
+        """Number of feature maps the generator expects."""
+        return len(self.aspect_ratios)
+
+    def num_anchors_per_location(self) -> list[int]:
+        """Boxes per cell of each map: ``2 + 2 * len(aspect_ratios)``."""
+        return [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
+
+    def normalized_boxes(self, feature_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int]) -> Tensor:
+        """All maps' default boxes ``[sum H*W*A, 4]`` as normalised ``cxcywh``."""
+        boxes = []
+        for k, (height, width) in enumerate(feature_sizes):
+            cells_y, cells_x = (height, width) if self.steps is None else (
+                image_size[0] / self.steps[k], image_size[1] / self.steps[k])
+            centre_x = (torch.arange(width) + 0.5) / cells_x
+            centre_y = (torch.arange(height) + 0.5) / cells_y
+            grid_y, grid_x = torch.meshgrid(centre_y.float(), centre_x.float(), indexing="ij")
+            sizes = self.box_sizes[k].clamp(0, 1) if self.clip else self.box_sizes[k]
+            centres = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=-1)  # [H*W, 2]
+            per_cell = torch.cat((centres[:, None].expand(-1, len(sizes), 2),
+                                  sizes[None].expand(len(centres), -1, 2)), dim=-1)  # [H*W, A, 4]
+            boxes.append(per_cell.reshape(-1, 4))
+        return torch.cat(boxes)
+
+    def forward(
+        self,
+        feature_sizes: Sequence[tuple[int, int]],
+        image_size: tuple[int, int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """Default boxes ``[sum H*W*A, 4]`` xyxy in pixels of an ``image_size`` ``(height, width)`` input."""
+        if len(feature_sizes) != self.num_maps:
+            raise ValueError(f"got {len(feature_sizes)} feature maps but the default boxes are set for "
+                             f"{self.num_maps} (aspect ratios {self.aspect_ratios})")
+        feature_sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
+        image_size = (int(image_size[0]), int(image_size[1]))
+        key = (feature_sizes, image_size, dtype, str(device))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        normalized = box_convert(self.normalized_boxes(feature_sizes, image_size), "cxcywh", "xyxy")
+        boxes = denormalize_boxes(normalized, image_size).to(dtype=dtype, device=device)
+        self._cache[key] = boxes
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return boxes

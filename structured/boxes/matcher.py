@@ -7,6 +7,11 @@ label per anchor: the index of its ground-truth box when its best IoU is at leas
 anchors that overlap it best (ties included), whatever their IoU, so that no object is left without a
 positive anchor. With no ground-truth box every anchor is background.
 
+``DefaultBoxMatcher`` is SSD's rule (Liu et al. 2016, section 2.2): every default box whose best IoU reaches
+``threshold`` (0.5) takes that ground truth, and each ground-truth box also takes the default box it
+overlaps best (that box is assigned to it, overriding its own best match), so every object has at least
+one positive. There is no ignored band: the rest are background.
+
 ``BalancedSampler`` draws, per image, at most ``batch_size_per_image`` labels of which at most
 ``positive_fraction`` are positive (label >= 1) and the rest negative (label 0); label -1 is never
 drawn. It uses ``torch.randperm`` (seed with ``torch.manual_seed``).
@@ -68,6 +73,29 @@ class IoUMatcher:
             best_for_each_gt = quality.max(dim=1, keepdim=True).values
             is_best_for_some_gt = (quality == best_for_each_gt).any(dim=0)
             matches = torch.where(is_best_for_some_gt, best_gt, matches)
+        return matches
+
+
+class DefaultBoxMatcher(IoUMatcher):
+    """SSD's matching of ground-truth boxes to default boxes (see the module docstring).
+
+    Args:
+        threshold: IoU at or above which a default box takes its best ground-truth box.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__(threshold, threshold, allow_low_quality_matches=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threshold={self.high_threshold})"
+
+    def __call__(self, quality: Tensor) -> Tensor:
+        """``[N]`` int64: the ground-truth index of each default box, or ``BELOW_LOW_THRESHOLD``."""
+        matches = super().__call__(quality)
+        if quality.shape[0] == 0 or quality.shape[1] == 0:
+            return matches
+        best_box_of_each_gt = quality.max(dim=1).indices
+        matches[best_box_of_each_gt] = torch.arange(quality.shape[0], device=quality.device)
         return matches
 
 

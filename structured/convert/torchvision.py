@@ -14,9 +14,21 @@ untouched. The mapping:
   ``roi_heads.mask_predictor.conv5_mask`` / ``mask_fcn_logits`` -> ``mask_branch.predictor.upsample`` /
   ``logits``.
 
+torchvision's SSDs (``convert_ssd``: ``ssd300_vgg16`` -> ``ssd300_vgg16``, ``ssdlite320_mobilenet_v3_large``
+-> ``ssdlite320_mobilenet_v3_large``):
+
+- VGG: ``backbone.features.i`` (conv1_1..conv4_3) -> ``backbone.trunk.features.i``, ``backbone.extra.0.j``
+  (pool4..conv5_3) -> ``backbone.trunk.features.<23 + j>``, ``backbone.extra.0.7.1`` / ``.3`` (fc6 / fc7)
+  -> ``backbone.trunk.fc.0`` / ``.2``, ``backbone.scale_weight`` -> ``l2_norms.c3.scale``;
+- MobileNetV3: ``backbone.features.0.i`` -> ``backbone.trunk.features.i`` (``i = 13``, the expansion
+  of the first stride-32 block, -> ``features.13.block.0``), ``backbone.features.1.0.j`` ->
+  ``backbone.trunk.features.13.block.j``, ``backbone.features.1.i`` -> ``backbone.trunk.features.<13 + i>``;
+- ``backbone.extra.k`` (after VGG's first) -> ``extras.<k>``, ``head.classification_head.module_list.k`` /
+  ``head.regression_head.module_list.k`` -> ``head.classification.k`` / ``head.regression.k``.
+
 A key outside this mapping is an error naming it. ``convert_checkpoint_file`` converts a checkpoint file
 and checks it by loading it into the built recipe (``tools/convert_torchvision.py`` is its CLI).
-``num_classes_of`` reads the class count (without background) from the predictor. Batch-norm ``eps`` is
+``num_classes_of`` reads the class count (without background) from the predictor (or the SSD head). Batch-norm ``eps`` is
 not stored in a checkpoint: torchvision's detection backbones use 1e-5 (our recipes' default, also for
 MobileNetV3 whose classifier uses 1e-3), except that its COCO ``fasterrcnn_resnet50_fpn`` and
 ``maskrcnn_resnet50_fpn`` weights are used with ``eps=0`` (``model.backbone.norm_eps: 0.0``).
@@ -37,6 +49,7 @@ from structured.config import model_task
 from structured.data.base import numbered_class_names
 from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
 from structured.detection.mask_rcnn import RECIPES as MASK_RCNN_RECIPES
+from structured.detection.ssd import RECIPES as SSD_RECIPES
 from structured.engine.checkpoint import save_checkpoint
 from structured.io import load_torch_file
 from structured.registry import MODELS
@@ -48,6 +61,8 @@ TORCHVISION_MODELS = {
     "fasterrcnn_resnet50_fpn_v2": "faster_rcnn_r50_fpn_v2",
     "maskrcnn_resnet50_fpn": "mask_rcnn_r50_fpn",
     "maskrcnn_resnet50_fpn_v2": "mask_rcnn_r50_fpn_v2",
+    "ssd300_vgg16": "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large": "ssdlite320_mobilenet_v3_large",
 }
 """torchvision builder name -> our recipe name."""
 
@@ -63,10 +78,21 @@ _FIXED_PREFIXES = (
 )
 _MASK_BRANCH_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
 RECIPES = {**FASTER_RCNN_RECIPES, **MASK_RCNN_RECIPES}
-"""The recipes a torchvision checkpoint can be converted onto (those with an FPN)."""
+"""The R-CNN recipes a torchvision checkpoint can be converted onto (those with an FPN)."""
+SSD_MODELS = ("ssd300_vgg16", "ssdlite320_mobilenet_v3_large")
+"""The SSD recipes with a torchvision counterpart of the same name."""
+VGG16_POOL4 = 23
+"""Index of pool4 in torchvision's VGG16 ``features``: where its SSD form splits the trunk."""
+MOBILENET_V3_LARGE_ENTRY = 13
+"""Index of MobileNetV3-Large's first stride-32 block: where torchvision's SSDlite splits the trunk."""
+_SSD_VGG_KEY = re.compile(r"backbone\.(features|extra)\.(\d+)\.(.+)")
+_SSD_LITE_KEY = re.compile(r"backbone\.(features|extra)\.(\d+)\.(\d+)\.(.+)")
+_SSD_HEAD_KEY = re.compile(r"head\.(classification|regression)_head\.module_list\.(.+)")
 
 
 def _recipe(model_name: str) -> dict:
+    if model_name in SSD_MODELS:
+        return SSD_RECIPES[model_name]
     if model_name not in RECIPES:
         raise ValueError(
             f"no torchvision mapping for model {model_name!r}; known: {sorted(TORCHVISION_MODELS.values())}"
@@ -107,12 +133,73 @@ def convert_faster_rcnn(state_dict: Mapping[str, Tensor], model_name: str) -> Or
     return OrderedDict((_rename(key, trunk, levels), value) for key, value in state_dict.items())
 
 
+def _vgg_ssd_key(kind: str, index: int, rest: str) -> str:
+    if kind == "features":
+        return f"backbone.trunk.features.{index}.{rest}"
+    if index > 0:
+        return f"extras.{index - 1}.{rest}"
+    position, _, param = rest.partition(".")
+    if int(position) < 7:
+        return f"backbone.trunk.features.{VGG16_POOL4 + int(position)}.{param}"
+    fc_layer, _, param = param.partition(".")
+    return f"backbone.trunk.fc.{int(fc_layer) - 1}.{param}"
+
+
+def _mobilenet_ssd_key(kind: str, part: int, index: int, rest: str) -> str:
+    if kind == "extra":
+        return f"extras.{part}.{index}.{rest}"
+    entry = MOBILENET_V3_LARGE_ENTRY
+    if part == 0:
+        return f"backbone.trunk.features.{entry}.block.0.{rest}" if index == entry else \
+            f"backbone.trunk.features.{index}.{rest}"
+    if index == 0:
+        return f"backbone.trunk.features.{entry}.block.{rest}"
+    return f"backbone.trunk.features.{entry + index}.{rest}"
+
+
+def _rename_ssd(key: str, model_name: str) -> str:
+    head = _SSD_HEAD_KEY.fullmatch(key)
+    if head:
+        return f"head.{head.group(1)}.{head.group(2)}"
+    if model_name == "ssd300_vgg16":
+        if key == "backbone.scale_weight":
+            return "l2_norms.c3.scale"
+        vgg = _SSD_VGG_KEY.fullmatch(key)
+        if vgg:
+            return _vgg_ssd_key(vgg.group(1), int(vgg.group(2)), vgg.group(3))
+    else:
+        lite = _SSD_LITE_KEY.fullmatch(key)
+        if lite:
+            return _mobilenet_ssd_key(lite.group(1), int(lite.group(2)), int(lite.group(3)), lite.group(4))
+    raise KeyError(f"checkpoint key {key!r} has no counterpart in our {model_name}")
+
+
+def convert_ssd(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
+    """A torchvision ``ssd300_vgg16`` or ``ssdlite320_mobilenet_v3_large`` ``state_dict`` renamed for our recipe."""
+    if model_name not in SSD_MODELS:
+        raise ValueError(f"no torchvision SSD mapping for model {model_name!r}; known: {list(SSD_MODELS)}")
+    return OrderedDict((_rename_ssd(key, model_name), value) for key, value in state_dict.items())
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], model_name: str) -> OrderedDict[str, Tensor]:
+    """A torchvision detection ``state_dict`` renamed for our recipe ``model_name`` (any family converted here)."""
+    if model_name in SSD_MODELS:
+        return convert_ssd(state_dict, model_name)
+    return convert_faster_rcnn(state_dict, model_name)
+
+
 def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
-    """Object classes (without background) of a torchvision Faster R-CNN state dict's box predictor."""
+    """Object classes (without background) of a torchvision Faster R-CNN or SSD state dict."""
     key = "roi_heads.box_predictor.cls_score.weight"
-    if key not in state_dict:
-        raise KeyError(f"not a torchvision Faster R-CNN state dict: no {key!r}")
-    return int(state_dict[key].shape[0]) - 1
+    if key in state_dict:
+        return int(state_dict[key].shape[0]) - 1
+    ssd_key = "head.regression_head.module_list.0."
+    last_weights = [k for k in state_dict if k.startswith(ssd_key) and k.endswith("weight")][-1:]
+    if last_weights:  # the first map's last layer: 4 deltas and C + 1 logits per default box
+        boxes_per_cell = state_dict[last_weights[0]].shape[0] // 4
+        classification = state_dict[last_weights[0].replace("regression", "classification")]
+        return int(classification.shape[0]) // boxes_per_cell - 1
+    raise KeyError(f"not a torchvision Faster R-CNN or SSD state dict: no {key!r} or {ssd_key!r}")
 
 
 def recipe_name(name: str) -> str:
@@ -125,7 +212,7 @@ def recipe_name(name: str) -> str:
 def convert_checkpoint_file(
     source: str | Path, destination: str | Path, model_name: str, norm_eps: float | None = None
 ) -> dict:
-    """Convert a torchvision Faster R-CNN checkpoint file into ours, checked by loading it into the model.
+    """Convert a torchvision Faster R-CNN, Mask R-CNN or SSD checkpoint file into ours, checked by loading it into the model.
 
     Writes a checkpoint in the training format, ``{"model": state_dict, "config": {"model": {"name": ...,
     "num_classes": ...}}, "class_names": [...], "task": ...}``, atomically to ``destination``, so that
@@ -143,7 +230,7 @@ def convert_checkpoint_file(
     model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
     if norm_eps is not None:
         model_section["backbone"] = {"norm_eps": float(norm_eps)}
-    converted = convert_faster_rcnn(state_dict, name)
+    converted = convert_state_dict(state_dict, name)
     model = MODELS.build(name, **{key: value for key, value in model_section.items() if key != "name"})
     try:
         model.load_state_dict(converted)

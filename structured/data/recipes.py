@@ -14,7 +14,10 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       hold_out: random        # which images val_fraction holds out: random (seeded by train.seed) or
                               # last (the last ones by sorted image id: a fixed split, whatever the seed)
       augment: standard       # standard (detection: photometric, zoom-out, IoU crop, flip, resize;
-                              # semantic: photometric, flip, resize, scale jitter, crop) | flip | none
+                              # semantic: photometric, flip, resize, scale jitter, crop) | ssd | flip | none
+                              # ssd: the SSD paper's preset (photometric distortion, zoom-out up to 4x
+                              # with the mean pixel, IoU crop, flip; resized only when image_size is set:
+                              # SSD models resize to their fixed size themselves)
       image_size: 512         # training resize: shorter side (null: keep); validation images keep their size
       max_size: 853           # longer side cap of the training resize
       batch_size: 2           # images per process per step
@@ -56,11 +59,12 @@ from structured.data.transforms import (
     RandomHorizontalFlip,
     Resize,
     semantic_training_transforms,
+    ssd_transforms,
     training_transforms,
 )
 from structured.data.yolo import yolo_splits
 
-AUGMENT_PRESETS = ("standard", "flip", "none")
+AUGMENT_PRESETS = ("standard", "ssd", "flip", "none")
 HOLD_OUT_RULES = ("random", "last")
 AnyDataset = DetectionDataset | SemanticDataset
 
@@ -170,7 +174,7 @@ def _train_transforms(settings: DataConfig, task: str) -> Compose | None:
             raise ConfigError("data.augment=standard needs data.image_size (the training resize)")
         pipeline = semantic_training_transforms if task == "semantic" else training_transforms
         return pipeline(settings.image_size, settings.max_size)
-    steps: list = [RandomHorizontalFlip()] if settings.augment == "flip" else []
+    steps: list = {"flip": [RandomHorizontalFlip()], "ssd": list(ssd_transforms().transforms)}.get(settings.augment, [])
     if settings.image_size is not None:
         steps.append(Resize(settings.image_size, settings.max_size))
     return Compose(steps) if steps else None

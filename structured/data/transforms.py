@@ -420,3 +420,10 @@ def semantic_training_transforms(min_size: int = 512, max_size: int | None = Non
     class map follows by nearest neighbour, uncovered pixels 255 (ignore)."""
     return Compose([PhotometricDistort(), RandomHorizontalFlip(), Resize(min_size, max_size),
                     RandomScaleJitter((0.75, 1.25)), RandomCrop((min_size, min_size))])
+
+
+def ssd_transforms() -> Compose:
+    """The SSD paper's augmentation (Liu et al. 2016, section 3.6): photometric distortion, zoom-out up to 4x
+    on a mean-pixel canvas, a crop whose IoU with some box reaches one of {none, 0.1, 0.3, 0.5, 0.7, 0.9},
+    horizontal flip. No resize: SSD models resize to their fixed input size themselves."""
+    return Compose([PhotometricDistort(), RandomZoomOut(max_scale=4.0), RandomIoUCrop(), RandomHorizontalFlip()])

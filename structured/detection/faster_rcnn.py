@@ -33,30 +33,26 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from structured.backbones import Backbone
-from structured.backbones.folding import fold_frozen_batch_norms
-from structured.config import Recipe, RegisteredPart, settings_from
+from structured.config import Recipe, settings_from
+from structured.detection.parts import (
+    BackboneSection,
+    NeckSection,
+    build_backbone_and_neck,
+    check_part_section,
+    original_sizes_of,
+    prepare_for_inference,
+    without_crowd,
+)
 from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, RoISample, build_roi_heads
 from structured.detection.rpn import ASPECT_RATIOS, RegionProposalNetwork, RPNSettings, build_rpn
 from structured.detection.transform import DetectionTransform, TransformSettings
-from structured.registry import BACKBONES, MODELS, NECKS
-from structured.types import Prediction, Target, select_instances
-
-
-def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
-    """``(height, width)`` of each input image."""
-    return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-
-
-def _without_crowd(target: Target) -> Target:
-    if "iscrowd" not in target:
-        return target
-    return select_instances(target, target["iscrowd"] == 0)
+from structured.registry import MODELS
+from structured.types import Prediction, Target
 
 
 @dataclass
@@ -117,15 +113,10 @@ class FasterRCNN(nn.Module):
     def optimize_for_inference(self, channels_last: bool = True) -> FasterRCNN:
         """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
 
-        Outputs equal the unoptimised model's up to float rounding (see ``fold_frozen_batch_norms``); the
-        state dict changes and trainable batch norms are gone, so call this after loading weights, for
+        See ``structured.detection.parts.prepare_for_inference``: call this after loading weights, for
         inference only, and do not save the result as a checkpoint.
         """
-        self.eval()
-        fold_frozen_batch_norms(self)
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = prepare_for_inference(self, channels_last)
         return self
 
     def extract_features(self, images: Tensor) -> OrderedDict[str, Tensor]:
@@ -151,7 +142,7 @@ class FasterRCNN(nn.Module):
         """
         if targets is None:
             return self.postprocess(self.raw_outputs(images))
-        targets = [_without_crowd(target) for target in targets]
+        targets = [without_crowd(target) for target in targets]
         batch, targets = self.transform(images, targets)
         features = self.extract_features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, self._select(features, self.rpn_features), targets)
@@ -201,26 +192,6 @@ class FasterRCNN(nn.Module):
         return self(images)
 
 
-BackboneSection = Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, filled_by_model=("classifier", "num_classes"))]
-"""A registered backbone's section, ``{name: resnet50, out_levels: [c2, c3, c4, c5], frozen_stages: 2, ...}``."""
-NeckSection = Annotated[Mapping[str, Any] | None, RegisteredPart(NECKS, filled_by_model=("in_channels", "in_strides"))]
-"""A registered neck's section, ``{name: fpn, out_channels: 256, ...}`` (its inputs come from the backbone), or
-``None`` for none."""
-
-
-def _build_backbone_and_neck(
-    backbone: Mapping[str, Any], neck: Mapping[str, Any] | None
-) -> tuple[Backbone, nn.Module | None, dict[str, int], dict[str, int]]:
-    """The backbone and optional neck of two sections, and the channels and strides of the features they give."""
-    backbone_options = {key: value for key, value in backbone.items() if key != "name"}
-    trunk = BACKBONES.build(backbone["name"], **backbone_options, classifier=False)
-    if neck is None:
-        return trunk, None, trunk.out_channels, trunk.strides
-    neck_options = {key: value for key, value in neck.items() if key != "name"}
-    built = NECKS.build(neck["name"], in_channels=trunk.out_channels, in_strides=trunk.strides, **neck_options)
-    return trunk, built, built.out_channels, built.strides
-
-
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:
     unknown = [name for name in names if name not in available]
     if not names or unknown:
@@ -230,11 +201,6 @@ def _check_levels(names: Sequence[str], available: dict[str, int], argument: str
         raise ValueError(
             f"{argument} levels must have the same channel count, got { {n: available[n] for n in names} }"
         )
-
-
-def _check_section(section: Mapping[str, Any], part: str) -> None:
-    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
-        raise ValueError(f"{part} must be a mapping with a registered 'name' and its options, got {section!r}")
 
 
 DEFAULT_RPN, DEFAULT_ROI_HEADS, DEFAULT_TRANSFORM = RPNSettings(), RoIHeadSettings(), TransformSettings()
@@ -263,13 +229,13 @@ def build_faster_rcnn(
         raise ValueError(
             f"num_classes counts object classes without background and must be >= 1, got {num_classes}"
         )
-    _check_section(backbone, "backbone")
+    check_part_section(backbone, "backbone")
     if neck is not None:
-        _check_section(neck, "neck")
+        check_part_section(neck, "neck")
     rpn = settings_from(RPNSettings, rpn, "rpn")
     roi_heads = settings_from(RoIHeadSettings, roi_heads, "roi_heads")
     transform = settings_from(TransformSettings, transform, "transform")
-    trunk, built_neck, channels, strides = _build_backbone_and_neck(backbone, neck)
+    trunk, built_neck, channels, strides = build_backbone_and_neck(backbone, neck)
     _check_levels(rpn.features, channels, "rpn.features")
     _check_levels(roi_heads.features, channels, "roi_heads.features")
     return FasterRCNN(

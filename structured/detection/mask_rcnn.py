@@ -31,14 +31,12 @@ from structured.detection.faster_rcnn import (
     DEFAULT_RPN,
     DEFAULT_TRANSFORM,
     FLAT_RECIPE_KEYS,
-    BackboneSection,
     FasterRCNN,
-    NeckSection,
     build_faster_rcnn,
-    original_sizes_of,
 )
 from structured.detection.faster_rcnn import RECIPES as FASTER_RECIPES
 from structured.detection.masks import paste_masks
+from structured.detection.parts import BackboneSection, NeckSection, original_sizes_of
 from structured.detection.roi_heads import (
     HEAD_NORMS,
     MultiLevelRoIAlign,

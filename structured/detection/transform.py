@@ -12,7 +12,11 @@ with output sides ``floor(side * scale)`` and bilinear interpolation (``align_co
 scale by ``new_side / old_side`` per axis. In training mode ``min_size`` may list several sizes, one
 drawn at random per image (``torch`` RNG); in eval mode the last one is used.
 
-``TransformSettings`` is the transform's part of a detector recipe (``model.transform``).
+``FixedSizeTransform`` is the one-stage detectors' variant (SSD): every image is resized to the same
+``size x size`` whatever its aspect ratio (torchvision's ``fixed_size``, bilinear), so no padding is needed.
+
+``TransformSettings`` and ``FixedSizeTransformSettings`` are the transform's part of a detector recipe
+(``model.transform``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,20 @@ class TransformSettings:
 
     min_size: int | Sequence[int] = 800
     max_size: int = 1333
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class FixedSizeTransformSettings:
+    """A fixed-size transform's settings (SSD's ``model.transform``): the side every image is resized to.
+
+    Attributes:
+        size: output height and width in pixels (300 for SSD300, 512 for SSD512, 320 for SSDlite320).
+        image_mean, image_std: per-channel normalisation of the [0, 1] RGB input (ImageNet's by default).
+    """
+
+    size: int = 300
     image_mean: Sequence[float] = IMAGENET_MEAN
     image_std: Sequence[float] = IMAGENET_STD
 
@@ -220,3 +238,21 @@ class DetectionTransform(nn.Module):
         for prediction, size, original in zip(predictions, image_sizes, original_sizes, strict=True):
             prediction["boxes"] = scale_boxes(prediction["boxes"], size, original)
         return predictions
+
+
+class FixedSizeTransform(DetectionTransform):
+    """Normalise and resize every image to ``size x size`` (aspect ratio not kept), then stack them.
+
+    Boxes scale per axis into the resized frame and back, as in ``DetectionTransform``.
+    """
+
+    def __init__(self, size: int, image_mean: Sequence[float], image_std: Sequence[float]) -> None:
+        super().__init__(size, size, image_mean, image_std, size_divisible=1)
+        self.size = int(size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+    def resize(self, image: Tensor) -> Tensor:
+        """Normalised ``[3, H, W]`` image resized to ``[3, size, size]`` (bilinear)."""
+        return F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]

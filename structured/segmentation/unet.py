@@ -48,9 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structured.backbones.base import level_name
-from structured.backbones.folding import fold_frozen_batch_norms
 from structured.config import Recipe, settings_from
-from structured.detection.faster_rcnn import BackboneSection, original_sizes_of
+from structured.detection.parts import BackboneSection, original_sizes_of, prepare_for_inference
 from structured.detection.roi_heads import HEAD_NORMS, conv_norm_relu
 from structured.detection.transform import IMAGENET_MEAN, IMAGENET_STD, check_image, pad_batch
 from structured.registry import BACKBONES, MODELS
@@ -253,11 +252,7 @@ class UNet(nn.Module):
         Outputs equal the unoptimised model's up to float rounding; the state dict changes, so call this
         after loading weights, for inference only, and do not save the result as a checkpoint.
         """
-        self.eval()
-        fold_frozen_batch_norms(self)
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = prepare_for_inference(self, channels_last)
         return self
 
     def forward(self, images: list[Tensor], targets: list[SemanticTarget] | None = None

@@ -1,12 +1,14 @@
 """Generic tester: every registered detection recipe honours the detector contract of docs/architecture.md.
 
-Each recipe (and the demo's, configs/demo) is built small (short side 128) and checked for: the same model
+Each recipe (and the demo's, configs/demo) is built small and checked for: the same model
 as the flat recipes built before recipes were grouped by part (``recipe_fingerprints.json``), predictions in
 both modes, losses in both modes (named finite scalars that back-propagate), images of odd and different sizes
 in one batch, images without objects, and deterministic eval predictions; instance recipes (Mask R-CNN)
-also ``loss_mask`` and ``masks [K, H, W]`` probabilities at each image's size. Each recipe's YAML in
-configs/faster_rcnn and configs/mask_rcnn states every part's settings exactly as the registered recipe
-resolves them.
+also ``loss_mask`` and ``masks [K, H, W]`` probabilities at each image's size. What "small" means and which
+losses to expect is the family's (``FAMILIES``): R-CNNs at short side 128 with fewer proposals; SSDs at a
+64 input with two small extra maps (their full layouts are checked in tests/detection/test_ssd.py). Each
+recipe's YAML in configs/faster_rcnn, configs/mask_rcnn and configs/ssd states every part's settings
+exactly as the registered recipe resolves them.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from structured.config import (
 )
 from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
 from structured.detection.mask_rcnn import RECIPES as MASK_RCNN_RECIPES
+from structured.detection.ssd import RECIPES as SSD_RECIPES
+from structured.detection.ssd import SSDHeadSettings
 from structured.registry import MODELS
 from tests.detection.recipe_fingerprint import fingerprint
 
 NUM_CLASSES = 3
-LOSS_NAMES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
 SMALL = {
     "num_classes": NUM_CLASSES,
     "transform": {"min_size": 128, "max_size": 160},
@@ -48,28 +51,64 @@ SMALL = {
 IMAGE_SIZES = [(97, 131), (150, 61)]
 
 
+def small_ssd(name: str) -> dict:
+    """An SSD recipe at a 64 input: its backbone maps plus two small extra maps, linear default box scales."""
+    features = len(SSD_RECIPES[name].get("head", {}).get("features", SSDHeadSettings().features))
+    return {"num_classes": NUM_CLASSES, "transform": {"size": 64},
+            "head": {"extras": [[32, 64, 3, 2, 1], [32, 64, 3, 2, 1]]},
+            "default_boxes": {"aspect_ratios": [[2]] * (features + 2), "scales": [], "steps": []},
+            "postprocess": {"detections_per_img": 50}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the tester needs to know of a detector family: its small build, its losses, its predictor."""
+
+    small: typing.Callable[[str], dict]
+    losses: frozenset[str]
+    predictor: str
+
+
+FAMILIES = {
+    "rcnn": Family(lambda name: SMALL, frozenset({"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                                  "loss_box_reg"}), "roi_heads.predictor"),
+    "ssd": Family(small_ssd, frozenset({"loss_localization", "loss_confidence"}), "head"),
+}
+
+
+def family_of(name: str) -> Family:
+    """The family of a registered recipe (the demo recipe is a Faster R-CNN)."""
+    return FAMILIES["ssd" if name in SSD_RECIPES else "rcnn"]
+
+
 DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo" / "shapes_faster_rcnn_r18_fpn.yaml"
 FINGERPRINTS = json.loads((Path(__file__).with_name("recipe_fingerprints.json")).read_text())
 
 
-RECIPES = {**FASTER_RCNN_RECIPES, **MASK_RCNN_RECIPES}
+RECIPES = {**FASTER_RCNN_RECIPES, **MASK_RCNN_RECIPES, **SSD_RECIPES}
 
 
 @pytest.fixture(scope="module", params=[*sorted(RECIPES), "demo recipe"])
 def built(request):
     """The recipe's model built small under seed 0, and its fingerprint taken before any test runs it."""
     torch.manual_seed(0)
+    small = family_of(request.param).small(request.param)
     if request.param == "demo recipe":  # GroupNorm FPN and BatchNorm conv box head
         model = yaml.safe_load(DEMO_RECIPE.read_text())["model"]
-        detector = MODELS.build(model.pop("name"), **merge_parts(model, SMALL))
+        detector = MODELS.build(model.pop("name"), **merge_parts(model, small))
     else:
-        detector = MODELS.build(request.param, **SMALL)
+        detector = MODELS.build(request.param, **small)
     return request.param, detector, fingerprint(detector)
 
 
 @pytest.fixture
 def detector(built):
     return built[1]
+
+
+@pytest.fixture
+def family(built):
+    return family_of(built[0])
 
 
 def test_recipe_builds_the_model_the_flat_recipe_built(built):
@@ -131,8 +170,8 @@ def check_predictions(predictions: list[dict]) -> None:
             assert count == 0 or (float(masks.min()) >= 0 and float(masks.max()) <= 1)
 
 
-def check_losses(losses: dict, instance: bool = False) -> None:
-    assert set(losses) == LOSS_NAMES | ({"loss_mask"} if instance else set())
+def check_losses(losses: dict, family: Family, instance: bool = False) -> None:
+    assert set(losses) == family.losses | ({"loss_mask"} if instance else set())
     for name, value in losses.items():
         assert value.ndim == 0 and math.isfinite(value.item()), name
 
@@ -147,19 +186,19 @@ def test_predictions_in_both_modes(detector, training):
 
 
 @pytest.mark.parametrize(("training", "empty"), [(True, False), (False, True)])
-def test_losses_in_both_modes(detector, training, empty):
+def test_losses_in_both_modes(detector, family, training, empty):
     detector.train(training)
     torch.manual_seed(0)
     instance = is_instance_model(detector)
     losses = detector(make_images(), make_targets(empty, masks=instance))
-    check_losses(losses, instance)
+    check_losses(losses, family, instance)
     sum(losses.values()).backward()
-    gradient = detector.roi_heads.predictor.cls_score.weight.grad
-    assert gradient is not None and bool(torch.isfinite(gradient).all())
+    for name, parameter in detector.get_submodule(family.predictor).named_parameters():
+        assert parameter.grad is not None and bool(torch.isfinite(parameter.grad).all()), name
     detector.zero_grad()
 
 
-def test_eval_is_deterministic_and_aliases_agree(detector):
+def test_eval_is_deterministic_and_aliases_agree(detector, family):
     detector.eval()
     first = detector.predict(make_images())
     second = detector(make_images())
@@ -170,7 +209,7 @@ def test_eval_is_deterministic_and_aliases_agree(detector):
     torch.manual_seed(0)
     instance = is_instance_model(detector)
     losses = detector.loss(make_images(), make_targets(masks=instance))
-    check_losses(losses, instance)
+    check_losses(losses, family, instance)
 
 
 def test_single_tiny_image(detector):
@@ -185,7 +224,7 @@ CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 def recipe_yaml(name: str) -> Path:
     """The YAML of a registered recipe: ``configs/<family>/<name>.yaml``."""
-    family = "mask_rcnn" if name in MASK_RCNN_RECIPES else "faster_rcnn"
+    family = "mask_rcnn" if name in MASK_RCNN_RECIPES else "ssd" if name in SSD_RECIPES else "faster_rcnn"
     return CONFIG_ROOT / family / f"{name}.yaml"
 
 
@@ -230,5 +269,5 @@ def test_every_yaml_recipe_validates_part_by_part(path):
     config = load_config(path, ["model.num_classes=3"])
     validate_section(config["model"], MODELS, "model", config.source, config.overrides)
     family = path.parent.name
-    if family in ("faster_rcnn", "mask_rcnn"):
+    if family in ("faster_rcnn", "mask_rcnn", "ssd"):
         assert model_task(config) == ("instance" if family == "mask_rcnn" else "detection")

@@ -127,3 +127,44 @@ def test_backbone_from_a_detector_checkpoint(tmp_path: Path) -> None:
                             backbone={"pretrained": str(tmp_path / "detector.pt")})
     assert isinstance(detector.backbone.trunk.bn1, FrozenBatchNorm2d)
     assert torch.equal(detector.backbone.trunk.layer4[1].conv2.weight, trained["backbone.trunk.layer4.1.conv2.weight"])
+
+
+def small_of_family(name: str, num_classes: int) -> torch.nn.Module:
+    """An SSD or UNet recipe built small, through the generic testers' small settings."""
+    from tests.detection.test_models import small_ssd
+    from tests.segmentation.test_models import small_settings
+
+    options = small_ssd(name) if name.startswith("ssd") else small_settings(name)
+    return MODELS.build(name, **{**options, "num_classes": num_classes})
+
+
+@pytest.mark.parametrize("name", ["ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "unet_mobilenet_v2"])
+def test_ssd_and_unet_keep_the_rows_of_shared_class_names_group_by_group(name: str) -> None:
+    """SSD heads hold ``[default boxes per cell, classes]`` rows per map, a UNet head one row per class: each
+    declared tensor keeps the background's and car's rows (in every group) and starts the rest afresh."""
+    torch.manual_seed(1)
+    source = small_of_family(name, len(PRETRAINED_CLASSES) - 1)
+    with torch.no_grad():
+        for tensor in source.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn_like(tensor))
+    trained = source.state_dict()
+    torch.manual_seed(2)
+    model = small_of_family(name, len(FINE_TUNE_CLASSES) - 1)
+    fresh = {key: value.clone() for key, value in model.state_dict().items()}
+    report = transfer_weights(model, trained, "pretrained.pt", FINE_TUNE_CLASSES, PRETRAINED_CLASSES)
+    declared = class_specific_prefixes(model)
+    specific = {key for key in fresh if any(key.startswith(prefix) for prefix in declared)}
+    assert specific and set(report.reinitialised) == specific
+    assert report.kept_classes == (BACKGROUND, "car")
+    for key, value in model.state_dict().items():
+        if key not in specific:
+            assert torch.equal(value, trained[key]), key
+            continue
+        new = value.reshape(-1, len(FINE_TUNE_CLASSES), *value.shape[1:])
+        old = trained[key].reshape(-1, len(PRETRAINED_CLASSES), *value.shape[1:])
+        initial = fresh[key].reshape(new.shape)
+        assert new.shape[0] == old.shape[0] >= 1
+        for row in range(len(FINE_TUNE_CLASSES)):
+            wanted = old[:, KEPT[row]] if row in KEPT else initial[:, row]
+            assert torch.equal(new[:, row], wanted), (key, row)

@@ -1,0 +1,74 @@
+"""Pieces every detector shares: its backbone and neck built from recipe sections, targets without crowd
+boxes, the input sizes, and the preparation for inference (batch norms folded, channels-last).
+
+``BackboneSection`` / ``NeckSection`` are the annotations a detector builder gives its ``backbone`` and
+``neck`` parameters (registered parts, validated against their builders by ``structured.config``);
+``build_backbone_and_neck`` builds them. ``prepare_for_inference`` is what each detector's
+``optimize_for_inference()`` does: eval mode, every frozen or eval-mode batch norm that follows a
+convolution folded into it (``fold_frozen_batch_norms``), and optionally the channels-last memory layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import torch
+from torch import Tensor, nn
+
+from structured.backbones import Backbone
+from structured.backbones.folding import fold_frozen_batch_norms
+from structured.config import RegisteredPart
+from structured.registry import BACKBONES, NECKS
+from structured.types import Target, select_instances
+
+BackboneSection = Annotated[Mapping[str, Any], RegisteredPart(BACKBONES, filled_by_model=("classifier", "num_classes"))]
+"""A registered backbone's section, ``{name: resnet50, out_levels: [c2, c3, c4, c5], frozen_stages: 2, ...}``."""
+NeckSection = Annotated[Mapping[str, Any] | None, RegisteredPart(NECKS, filled_by_model=("in_channels", "in_strides"))]
+"""A registered neck's section, ``{name: fpn, out_channels: 256, ...}`` (its inputs come from the backbone), or
+``None`` for none."""
+
+
+def check_part_section(section: Mapping[str, Any], part: str) -> None:
+    """Raise ``ValueError`` unless ``section`` is a mapping with a registered part's ``name``."""
+    if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+        raise ValueError(f"{part} must be a mapping with a registered 'name' and its options, got {section!r}")
+
+
+def build_backbone_and_neck(
+    backbone: Mapping[str, Any], neck: Mapping[str, Any] | None
+) -> tuple[Backbone, nn.Module | None, dict[str, int], dict[str, int]]:
+    """The backbone and optional neck of two sections, and the channels and strides of the features they give."""
+    backbone_options = {key: value for key, value in backbone.items() if key != "name"}
+    trunk = BACKBONES.build(backbone["name"], **backbone_options, classifier=False)
+    if neck is None:
+        return trunk, None, trunk.out_channels, trunk.strides
+    neck_options = {key: value for key, value in neck.items() if key != "name"}
+    built = NECKS.build(neck["name"], in_channels=trunk.out_channels, in_strides=trunk.strides, **neck_options)
+    return trunk, built, built.out_channels, built.strides
+
+
+def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
+    """``(height, width)`` of each input image."""
+    return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+
+
+def without_crowd(target: Target) -> Target:
+    """``target`` without its crowd instances (``iscrowd`` = 1), which take no part in training."""
+    if "iscrowd" not in target:
+        return target
+    return select_instances(target, target["iscrowd"] == 0)
+
+
+def prepare_for_inference(model: nn.Module, channels_last: bool) -> bool:
+    """Put ``model`` in eval mode, fold its batch norms, and move it to channels-last when asked.
+
+    Outputs equal the unprepared model's up to float rounding (see ``fold_frozen_batch_norms``); the state
+    dict changes and trainable batch norms are gone, so prepare after loading weights, for inference only.
+    Returns ``channels_last``, which the detector keeps to lay out its input batch the same way.
+    """
+    model.eval()
+    fold_frozen_batch_norms(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last
