@@ -11,6 +11,14 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), one torch thread per worker and per child process,
+    so the workers share the cores instead of oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def shared_data_root() -> Path:
     """``../shared/data`` beside the checkout, or ``$STRUCTURED_SHARED_DATA`` when set."""
     override = os.environ.get("STRUCTURED_SHARED_DATA")

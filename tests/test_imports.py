@@ -126,7 +126,7 @@ def median_import_seconds(statement: str, repeats: int) -> float:
 
 @pytest.mark.slow
 def test_report_import_time_against_torchvision() -> None:
-    repeats = 3
+    repeats = 1
     torchvision_seconds = median_import_seconds("import torchvision", repeats)
     for statement in ("import structured", "from structured import Detector"):
         seconds = median_import_seconds(statement, repeats)

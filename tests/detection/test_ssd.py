@@ -212,5 +212,5 @@ def test_an_unknown_ssd_key_is_named():
 
 def test_the_ssd_recipes_select_the_papers_augmentation():
     config = load_config(REPO_ROOT / "configs" / "ssd" / "ssd300_vgg16.yaml", ["data.train=unused"])
-    names = [type(step).__name__ for step in _train_transforms(data_config(config)).transforms]
+    names = [type(step).__name__ for step in _train_transforms(data_config(config), "detection").transforms]
     assert names == ["PhotometricDistort", "RandomZoomOut", "RandomIoUCrop", "RandomHorizontalFlip"]
