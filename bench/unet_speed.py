@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from bench.detector_speed import time_runners
 from bench.nms_cpu import render_table
 from structured.registry import MODELS
 
@@ -52,19 +51,6 @@ def smp_unet(encoder: str) -> nn.Module:
 
 
 @torch.no_grad()
-def best_latencies(runners: list[Callable[[], object]], runs: int) -> list[float]:
-    """One warm-up each, then ``runs`` turns over ``runners``; the best latency (s) of each."""
-    for run in runners:
-        run()
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for run, run_times in zip(runners, times, strict=True):
-            start = time.perf_counter()
-            run()
-            run_times.append(time.perf_counter() - start)
-    return [min(run_times) for run_times in times]
-
-
 @torch.no_grad()
 def odd_size_outputs(ours: nn.Module, theirs: nn.Module) -> tuple[str, str]:
     """The map size each model gives for a 97x131 image (smp: its error, when it refuses the size)."""
@@ -82,8 +68,9 @@ def bench_encoder(encoder: str, size: int, runs: int) -> list[str]:
     ours, optimized, theirs = our_unet(encoder, False), our_unet(encoder, True), smp_unet(encoder)
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
     normalised = ((image - ours.mean) / ours.std)[None]
-    plain, fast, reference = best_latencies(
+    times, _ = time_runners(
         [lambda: ours.predict([image]), lambda: optimized.predict([image]), lambda: theirs(normalised)], runs)
+    plain, fast, reference = (min(run_times) for run_times in times)
     odd_ours, odd_theirs = odd_size_outputs(ours, theirs)
     return [f"unet_{encoder}", f"{reference * 1000:.0f}", f"{plain * 1000:.0f}", f"{fast * 1000:.0f}",
             f"{plain / reference:.2f}", f"{fast / reference:.2f}", f"{parameter_count(theirs):,}",
