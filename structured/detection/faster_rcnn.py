@@ -44,8 +44,10 @@ from structured.detection.parts import (
     NeckSection,
     build_backbone_and_neck,
     check_part_section,
+    extract_features,
     original_sizes_of,
     prepare_for_inference,
+    select_features,
     without_crowd,
 )
 from structured.detection.roi_heads import RoIHeads, RoIHeadSettings, RoISample, build_roi_heads
@@ -121,16 +123,7 @@ class FasterRCNN(nn.Module):
 
     def extract_features(self, images: Tensor) -> OrderedDict[str, Tensor]:
         """Named feature maps of a padded batch (after the neck when there is one)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(images)
-        return self.neck(features) if self.neck is not None else features
-
-    def _select(self, features: OrderedDict[str, Tensor], names: list[str]) -> list[Tensor]:
-        missing = [name for name in names if name not in features]
-        if missing:
-            raise KeyError(f"feature maps {missing} not produced; available: {list(features)}")
-        return [features[name] for name in names]
+        return extract_features(self.backbone, self.neck, images, self.channels_last)
 
     def forward(
         self, images: list[Tensor], targets: list[Target] | None = None
@@ -145,7 +138,7 @@ class FasterRCNN(nn.Module):
         targets = [without_crowd(target) for target in targets]
         batch, targets = self.transform(images, targets)
         features = self.extract_features(batch.tensors)
-        proposals, rpn_losses = self.rpn(batch, self._select(features, self.rpn_features), targets)
+        proposals, rpn_losses = self.rpn(batch, select_features(features, self.rpn_features), targets)
         return {**rpn_losses, **self.head_losses(features, proposals, targets)}
 
     def head_losses(
@@ -153,7 +146,7 @@ class FasterRCNN(nn.Module):
     ) -> dict[str, Tensor]:
         """The second stage's losses on a balanced sample of ``proposals`` (resized frame)."""
         sample = self.roi_heads.sample(proposals, targets)
-        return self.sample_losses(self._select(features, self.roi_features), sample, targets)
+        return self.sample_losses(select_features(features, self.roi_features), sample, targets)
 
     def sample_losses(self, roi_features: list[Tensor], sample: RoISample, targets: list[Target]) -> dict[str, Tensor]:
         """The losses of the heads that see the sampled proposals (the box branch here)."""
@@ -163,8 +156,8 @@ class FasterRCNN(nn.Module):
         """Inference up to the second stage: the RoI feature maps, the proposals and the resized sizes."""
         batch, _ = self.transform(images, None)
         features = self.extract_features(batch.tensors)
-        proposals, _ = self.rpn(batch, self._select(features, self.rpn_features), None)
-        return self._roi_layout(self._select(features, self.roi_features)), proposals, batch.image_sizes
+        proposals, _ = self.rpn(batch, select_features(features, self.rpn_features), None)
+        return self._roi_layout(select_features(features, self.roi_features)), proposals, batch.image_sizes
 
     def _roi_layout(self, roi_features: list[Tensor]) -> list[Tensor]:
         """The RoI feature maps in the layout ``roi_align`` reads (it copies channels-last input on every

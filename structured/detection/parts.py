@@ -48,6 +48,24 @@ def build_backbone_and_neck(
     return trunk, built, built.out_channels, built.strides
 
 
+def extract_features(backbone: nn.Module, neck: nn.Module | None, images: Tensor,
+                     channels_last: bool) -> dict[str, Tensor]:
+    """Named feature maps of a padded batch ``[B, 3, H, W]``: the backbone's, through the neck when there is one
+    (the batch laid out channels-last first when the model was prepared that way)."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    features = backbone(images)
+    return neck(features) if neck is not None else features
+
+
+def select_features(features: Mapping[str, Tensor], names: list[str]) -> list[Tensor]:
+    """The maps ``names`` of ``features``, in that order; ``KeyError`` naming the missing ones and those available."""
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise KeyError(f"feature maps {missing} not produced; available: {list(features)}")
+    return [features[name] for name in names]
+
+
 def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
     """``(height, width)`` of each input image."""
     return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]

@@ -57,8 +57,10 @@ from structured.detection.parts import (
     NeckSection,
     build_backbone_and_neck,
     check_part_section,
+    extract_features,
     original_sizes_of,
     prepare_for_inference,
+    select_features,
     without_crowd,
 )
 from structured.detection.transform import FixedSizeTransform, FixedSizeTransformSettings
@@ -308,16 +310,10 @@ class SSD(nn.Module):
 
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The head's maps for a batch ``[B, 3, size, size]``: the named features (L2-normalised where set), then the extras."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(images)
-        if self.neck is not None:
-            features = self.neck(features)
-        missing = [name for name in self.feature_names if name not in features]
-        if missing:
-            raise KeyError(f"feature maps {missing} not produced; available: {list(features)}")
-        maps = [self.l2_norms[name](features[name]) if name in self.l2_norms else features[name]
-                for name in self.feature_names]
+        features = extract_features(self.backbone, self.neck, images, self.channels_last)
+        selected = select_features(features, self.feature_names)
+        maps = [self.l2_norms[name](feature) if name in self.l2_norms else feature
+                for name, feature in zip(self.feature_names, selected, strict=True)]
         x = features[self.feature_names[-1]]
         for extra in self.extras:
             x = extra(x)
