@@ -17,6 +17,7 @@ evaluation code needs of any dataset: ``class_names``, ``category_ids``, ``sampl
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,8 +196,9 @@ class DetectionDataset(Dataset):
         return image_to_tensor(image), target_to_tensors(target)
 
 
-class SemanticDataset(Dataset):
-    """Images with a class per pixel, as ``(Tensor[3, H, W], SemanticTarget)``; subclasses load the samples.
+class SemanticDataset(Dataset, ABC):
+    """Images with a class per pixel, as ``(Tensor[3, H, W], SemanticTarget)``; subclasses load the samples
+    (the four abstract methods).
 
     ``class_names`` lists the classes ``0..C``, the background at index 0; ``category_ids`` are ``1..C``
     (the class indices themselves); ``transforms`` see ``(image, {"semantic", "image_id"})``.
@@ -221,21 +223,21 @@ class SemanticDataset(Dataset):
         self.epoch = epoch
 
     @property
+    @abstractmethod
     def sample_ids(self) -> list[int | str]:
         """The image id of each sample, in order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def image_path(self, index: int) -> Path:
         """The image file of sample ``index``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def select(self, indices: Sequence[int]) -> None:
         """Keep only the samples ``indices``, in that order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
         """The un-augmented numpy ``(image, {"semantic": uint8 [H, W], "image_id"})`` of sample ``index``."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.sample_ids)

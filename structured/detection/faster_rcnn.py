@@ -41,12 +41,12 @@ from torch import Tensor, nn
 from structured.config import Recipe, settings_from
 from structured.detection.parts import (
     BackboneSection,
+    InferenceModel,
     NeckSection,
     build_backbone_and_neck,
     check_part_section,
     extract_features,
     original_sizes_of,
-    prepare_for_inference,
     select_features,
     without_crowd,
 )
@@ -72,7 +72,7 @@ class RawDetections:
     original_sizes: list[tuple[int, int]]
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(InferenceModel):
     """Two-stage detector.
 
     Args:
@@ -110,16 +110,6 @@ class FasterRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.rpn_features = list(rpn_features)
         self.roi_features = list(roi_features)
-        self.channels_last = False
-
-    def optimize_for_inference(self, channels_last: bool = True) -> FasterRCNN:
-        """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
-
-        See ``structured.detection.parts.prepare_for_inference``: call this after loading weights, for
-        inference only, and do not save the result as a checkpoint.
-        """
-        self.channels_last = prepare_for_inference(self, channels_last)
-        return self
 
     def extract_features(self, images: Tensor) -> OrderedDict[str, Tensor]:
         """Named feature maps of a padded batch (after the neck when there is one)."""

@@ -90,3 +90,24 @@ def prepare_for_inference(model: nn.Module, channels_last: bool) -> bool:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return channels_last
+
+
+class InferenceModel(nn.Module):
+    """A model's ``optimize_for_inference()``, shared by every family (the detectors and the UNet).
+
+    ``channels_last`` says whether the model was prepared in that layout, so it can lay out its input batch
+    the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels_last = False
+
+    def optimize_for_inference(self, channels_last: bool = True) -> InferenceModel:
+        """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
+
+        See ``prepare_for_inference``: outputs equal the unprepared model's up to float rounding; call this after
+        loading weights, for inference only, and do not save the result as a checkpoint.
+        """
+        self.channels_last = prepare_for_inference(self, channels_last)
+        return self

@@ -54,12 +54,12 @@ from structured.boxes import (
 from structured.config import Recipe, settings_from
 from structured.detection.parts import (
     BackboneSection,
+    InferenceModel,
     NeckSection,
     build_backbone_and_neck,
     check_part_section,
     extract_features,
     original_sizes_of,
-    prepare_for_inference,
     select_features,
     without_crowd,
 )
@@ -248,7 +248,7 @@ class RawSSDOutputs:
     original_sizes: list[tuple[int, int]]
 
 
-class SSD(nn.Module):
+class SSD(InferenceModel):
     """One-stage detector (see the module docstring).
 
     Args:
@@ -297,16 +297,6 @@ class SSD(nn.Module):
         self.topk_candidates = int(postprocess_settings.topk_candidates)
         self.nms_thresh = float(postprocess_settings.nms_thresh)
         self.detections_per_img = int(postprocess_settings.detections_per_img)
-        self.channels_last = False
-
-    def optimize_for_inference(self, channels_last: bool = True) -> SSD:
-        """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
-
-        See ``structured.detection.parts.prepare_for_inference``: call this after loading weights, for
-        inference only, and do not save the result as a checkpoint.
-        """
-        self.channels_last = prepare_for_inference(self, channels_last)
-        return self
 
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The head's maps for a batch ``[B, 3, size, size]``: the named features (L2-normalised where set), then the extras."""

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from structured.backbones.base import level_name
 from structured.config import Recipe, settings_from
-from structured.detection.parts import BackboneSection, original_sizes_of, prepare_for_inference
+from structured.detection.parts import BackboneSection, InferenceModel, original_sizes_of
 from structured.detection.roi_heads import HEAD_NORMS, conv_norm_relu
 from structured.detection.transform import IMAGENET_MEAN, IMAGENET_STD, check_image, pad_batch
 from structured.registry import BACKBONES, MODELS
@@ -215,7 +215,7 @@ class RawSegmentation:
     image_sizes: list[tuple[int, int]]
 
 
-class UNet(nn.Module):
+class UNet(InferenceModel):
     """Encoder -> decoder -> 1x1 head, with normalisation, padding and cropping inside (see the module docstring).
 
     Args:
@@ -244,16 +244,6 @@ class UNet(nn.Module):
         self.size_divisible = max(backbone.strides.values())
         self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
-        self.channels_last = False
-
-    def optimize_for_inference(self, channels_last: bool = True) -> UNet:
-        """Eval mode, batch norms folded into convolutions, optionally channels-last layout; returns ``self``.
-
-        Outputs equal the unoptimised model's up to float rounding; the state dict changes, so call this
-        after loading weights, for inference only, and do not save the result as a checkpoint.
-        """
-        self.channels_last = prepare_for_inference(self, channels_last)
-        return self
 
     def forward(self, images: list[Tensor], targets: list[SemanticTarget] | None = None
                 ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
