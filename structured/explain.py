@@ -52,7 +52,7 @@ class Explanation:
     the map before resizing and normalising, the ``level`` it was taken at, the explained output's
     ``value``, ``target`` (the detection's index or the class index), a ``title`` saying what was explained,
     a ``name`` for its file (``detection3``, ``class2``), and for a detection its ``box`` (xyxy, input image
-    pixels) and ``label``."""
+    pixels), ``label`` and ``score``."""
 
     heatmap: Tensor
     activation: Tensor
@@ -63,6 +63,7 @@ class Explanation:
     name: str = ""
     box: Tensor | None = None
     label: int | None = None
+    score: float | None = None
 
     def __repr__(self) -> str:
         return f"Explanation({self.title!r}, level={self.level!r}, value={self.value:.4g})"
@@ -72,15 +73,16 @@ class Explanation:
         canvas = draw_heatmap(image, self.heatmap, alpha)
         if self.box is None:
             return canvas
-        return draw_detections(canvas, self.box[None], torch.tensor([self.label]), torch.tensor([self.value]),
+        return draw_detections(canvas, self.box[None], torch.tensor([self.label]), torch.tensor([self.score]),
                                class_names)
 
 
-def class_activation(level_map: Tensor, output: Tensor, retain_graph: bool = False, level: str = "the level",
-                     available: Sequence[str] = ()) -> Tensor:
+def class_activation(level_map: Tensor, output: Tensor, level: str, available: Sequence[str] = (),
+                     retain_graph: bool = False) -> Tensor:
     """Grad-CAM ``[h, w]`` of the scalar ``output`` at ``level_map`` ``[1, C, h, w]``: ``ReLU(sum_k alpha_k A_k)``,
     ``alpha_k`` the mean over positions of ``d output / d A_k``. ``ValueError`` (naming ``level`` and the
-    ``available`` ones) when the output does not depend on the map."""
+    ``available`` ones) when the output does not depend on the map; ``retain_graph`` keeps the graph for
+    another output."""
     gradient = None
     if output.requires_grad:
         (gradient,) = torch.autograd.grad(output, level_map, retain_graph=retain_graph, allow_unused=True)
@@ -114,7 +116,6 @@ class CapturedLevel:
     """What a forward pass left in the hooks: the chosen ``level``'s map and the size of the input batch."""
 
     level: str
-    available: list[str]
     level_map: Tensor | None = None
     batch_size: tuple[int, int] | None = None
 
@@ -147,7 +148,7 @@ def capturing(modules: Sequence[tuple[nn.Module, str | None]], input_module: nn.
     ``ValueError`` listing ``available`` for an unknown level."""
     if level not in available:
         raise ValueError(f"unknown level {level!r}; the model's levels: {', '.join(available)}")
-    captured = CapturedLevel(level, list(available))
+    captured = CapturedLevel(level)
     handles = [module.register_forward_hook(_keep_level(captured, name)) for module, name in modules]
     handles.append(input_module.register_forward_pre_hook(_keep_batch_size(captured)))
     try:
@@ -166,9 +167,9 @@ def explain_outputs(model: nn.Module, image: Tensor, level: str | None,
     ``outputs(prediction)`` gives ``(target, scalar output)`` pairs, one Grad-CAM each (titles left empty).
     ``level`` defaults to the backbone's deepest. Returns the prediction (detached) and the explanations.
     """
-    available = feature_levels(model)
-    level = level or list(model.feature_modules()[0].out_channels)[-1]
     modules = model.feature_modules()
+    available = feature_levels(model)
+    level = level or list(modules[0].out_channels)[-1]
     with capturing([(module, None) for module in modules], modules[0], level, available) as captured:
         raw = model.raw_outputs([image])
         prediction = model.postprocess(raw)[0]
@@ -176,7 +177,7 @@ def explain_outputs(model: nn.Module, image: Tensor, level: str | None,
         image_size = (int(image.shape[-2]), int(image.shape[-1]))
         explanations = []
         for number, (target, output) in enumerate(chosen):
-            activation = class_activation(captured.level_map, output, number + 1 < len(chosen), level, available)
+            activation = class_activation(captured.level_map, output, level, available, number + 1 < len(chosen))
             heatmap = to_image_frame(activation, captured.batch_size, raw.image_sizes[0], image_size)
             explanations.append(Explanation(heatmap, activation, level, float(output.detach()), target))
     return {key: value.detach() for key, value in prediction.items()}, explanations
@@ -222,8 +223,9 @@ def explain_detections(model: nn.Module, image: Tensor, level: str | None = None
     for explanation in explanations:
         index = explanation.target
         explanation.box, explanation.label = prediction["boxes"][index], int(prediction["labels"][index])
+        explanation.score = float(prediction["scores"][index])
         name = class_names[explanation.label] if class_names else str(explanation.label)
-        explanation.title = f"detection {index}: {name} {float(prediction['scores'][index]):.2f}"
+        explanation.title = f"detection {index}: {name} {explanation.score:.2f}"
         explanation.name = f"detection{index}"
     return prediction, explanations
 
@@ -276,7 +278,7 @@ def explain_backbone(backbone: nn.Module, images: Tensor, level: str, class_inde
         if not 0 <= class_index < logits.shape[1]:
             raise ValueError(f"class_index must be in 0..{logits.shape[1] - 1}, got {class_index}")
         output = logits[0, class_index]
-        activation = class_activation(captured.level_map, output, level=level, available=list(emitters))
+        activation = class_activation(captured.level_map, output, level, list(emitters))
     size = captured.batch_size
     return Explanation(to_image_frame(activation, size, size, size), activation, level, float(output.detach()),
                        class_index, f"class {class_index}", f"class{class_index}")

@@ -131,6 +131,7 @@ def test_detection_heatmaps_are_image_sized_non_negative_and_differ_per_detectio
     assert default.level == "c5"  # the backbone's deepest
     _, (box,) = explain_detections(faster_rcnn, image(), "c4", detections=[0], output="box")
     assert box.value == pytest.approx(float(prediction["boxes"][0].sum()), rel=1e-5)
+    assert box.score == first.score == pytest.approx(float(prediction["scores"][0]))
     assert not torch.allclose(box.heatmap, first.heatmap, atol=1e-3)
 
 
@@ -155,7 +156,7 @@ def test_an_all_zero_map_gives_an_all_zero_heatmap() -> None:
 def test_class_activation_of_an_output_without_gradient_is_an_error() -> None:
     level_map = torch.rand(1, 2, 3, 3, requires_grad=True)
     with pytest.raises(ValueError, match="does not depend on level 'c3'"):
-        class_activation(level_map, torch.tensor(1.0), level="c3", available=["c3", "c4"])
+        class_activation(level_map, torch.tensor(1.0), "c3", ["c3", "c4"])
 
 
 def test_ssd_and_mask_rcnn_heatmaps(faster_rcnn) -> None:
