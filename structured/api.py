@@ -40,6 +40,7 @@ from structured.data.loading import image_to_tensor, read_image, write_palette_p
 from structured.engine.checkpoint import apply_weights, load_checkpoint, load_weights, model_state_from
 from structured.evaluation.coco import predictions_to_coco_results
 from structured.evaluation.detector import coco_categories
+from structured.explain import Explanation, explain_classes, explain_detections
 from structured.visualize import draw_class_map, draw_detections, save_image, to_rgb_uint8
 
 ImageInput = str | os.PathLike[str] | np.ndarray | Tensor
@@ -291,6 +292,27 @@ class Detector(Predictor):
         ]
         return results[0] if single else results
 
+    def explain(
+        self, image: ImageInput, level: str | None = None, detection: int | None = None,
+        class_name: str | int | None = None, score_threshold: float = 0.0, limit: int = 8,
+    ) -> list[Explanation]:
+        """Grad-CAMs of detections on one image (``structured.explain``; ``level`` a backbone ``c<k>`` or neck
+        ``p<k>`` map, default the backbone's deepest): detection ``detection`` (an index into the model's
+        detections, by score), or else the first ``limit`` scoring at least ``score_threshold`` (of class
+        ``class_name`` when given)."""
+        _, _, _, tensors = self._tensors(image)
+        wanted = None if class_name is None else class_index(self.class_names, class_name)
+
+        def chosen(prediction: Mapping[str, Tensor]) -> list[int]:
+            if detection is not None:
+                return [detection]
+            keep = prediction["scores"] >= score_threshold
+            if wanted is not None:
+                keep &= prediction["labels"] == wanted
+            return torch.where(keep)[0].tolist()[:limit]
+
+        return explain_detections(self.model, tensors[0], level, chosen, class_names=self.class_names)[1]
+
 
 class Segmenter(Predictor):
     """A semantic segmentation model (UNet), ready to ``predict`` a class per pixel."""
@@ -318,12 +340,30 @@ class Segmenter(Predictor):
             mask = prediction["mask"].cpu()
             probabilities = prediction.get("probabilities")
             probabilities = None if probabilities is None else probabilities.cpu()
-            if score_threshold > 0 and probabilities is not None:
-                mask = torch.where(probabilities.max(dim=0).values >= score_threshold, mask, 0)
+            mask = confident_mask(mask, probabilities, score_threshold)
             if wanted is not None:
                 mask = torch.where(torch.isin(mask, torch.tensor(wanted, dtype=mask.dtype)), mask, 0)
             results.append(SegmentationResult(mask, probabilities, self.class_names, image, _describe(item)))
         return results[0] if single else results
+
+    def explain(
+        self, image: ImageInput, level: str | None = None, detection: int | None = None,
+        class_name: str | int | None = None, score_threshold: float = 0.0, limit: int = 8,
+    ) -> list[Explanation]:
+        """Grad-CAMs of classes on one image (``structured.explain``; ``level`` an encoder ``c<k>`` map, default
+        the deepest): class ``class_name`` (name or index), or else the first ``limit`` classes other than the
+        background that ``predict(image, score_threshold)`` finds. A segmenter has no ``detection``."""
+        if detection is not None:
+            raise ValueError(f"a semantic segmenter has no detections to pick (detection {detection}); "
+                             "choose a class by name instead")
+        wanted = None if class_name is None else [class_index(self.class_names, class_name)]
+
+        def chosen(prediction: Mapping[str, Tensor]) -> list[int]:
+            mask = confident_mask(prediction["mask"], prediction["probabilities"], score_threshold)
+            return wanted or [index for index in mask.unique().tolist() if index][:limit]
+
+        _, _, _, tensors = self._tensors(image)
+        return explain_classes(self.model, tensors[0], level, chosen, self.class_names)[1]
 
 
 PREDICTORS: dict[str, type[Predictor]] = {"detection": Detector, "instance": Detector, "semantic": Segmenter}
@@ -344,6 +384,13 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Conf
                          "recipe, weights=path) (or Segmenter.from_config) instead")
     config = Config(checkpoint["config"], str(path))
     return checkpoint, config, checkpoint.get("task") or model_task(config)
+
+
+def confident_mask(mask: Tensor, probabilities: Tensor | None, score_threshold: float) -> Tensor:
+    """A class map with the pixels whose most probable class scores below ``score_threshold`` made background."""
+    if score_threshold <= 0 or probabilities is None:
+        return mask
+    return torch.where(probabilities.max(dim=0).values >= score_threshold, mask, 0)
 
 
 def class_index(class_names: Sequence[str], item: str | int) -> int:

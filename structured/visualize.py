@@ -1,4 +1,4 @@
-"""Drawing detections (boxes, class names, scores, mask overlays) and class maps on RGB images (OpenCV).
+"""Drawing detections (boxes, class names, scores, mask overlays), class maps and heatmaps on RGB images (OpenCV).
 
 Everything takes and returns ``uint8`` RGB arrays ``[H, W, 3]`` (a float tensor ``[3, H, W]`` in [0, 1]
 is accepted too) and never modifies its input. Colours are fixed per class, so the same class has the
@@ -151,6 +151,19 @@ def draw_class_map(image: ArrayLike, class_map: ArrayLike, alpha: float = 0.5, o
         if outlines:
             contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(blended, contours, -1, class_color(label), 1, cv2.LINE_AA)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def draw_heatmap(image: ArrayLike, heatmap: ArrayLike, alpha: float = 0.5) -> np.ndarray:
+    """A copy of ``image`` with an ``[H, W]`` heatmap in [0, 1] (at the image's size) blended over it in the
+    JET colour map (blue low, red high), ``alpha`` its weight."""
+    canvas = to_rgb_uint8(image)
+    values = _as_numpy(heatmap, "heatmap").astype(np.float32)
+    if values.shape != canvas.shape[:2]:
+        raise ValueError(f"heatmap must be [H, W] at the image size {list(canvas.shape[:2])}, got {list(values.shape)}")
+    levels = (np.clip(values, 0, 1) * 255).round().astype(np.uint8)
+    colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB).astype(np.float32)
+    blended = (1 - alpha) * canvas.astype(np.float32) + alpha * colours
     return blended.round().clip(0, 255).astype(np.uint8)
 
 

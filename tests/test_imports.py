@@ -44,6 +44,8 @@ IMPORT_CASES = {
         "structured.engine.trainer", "structured.api", "structured.evaluation", *PLOTTING, "cv2",
     ),
     "from structured import Detector": ("structured.engine.trainer", "structured.data.recipes", *PLOTTING),
+    "import structured.explain": (*TRAINING, *PLOTTING, "structured.backbones", "structured.data",
+                                  "structured.detection", "pycocotools"),
 }  # fmt: skip
 
 

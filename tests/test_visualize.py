@@ -8,6 +8,7 @@ from structured.visualize import (
     class_color,
     draw_class_map,
     draw_detections,
+    draw_heatmap,
     save_image,
     side_by_side,
     to_rgb_uint8,
@@ -69,3 +70,16 @@ def test_class_maps_are_blended_in_class_colours_leaving_background_and_ignore_a
     assert (drawn[class_map != 2] == 100).all()
     with pytest.raises(ValueError, match=r"class_map must be \[H, W\] at the image size \[6, 8\], got \[6, 7\]"):
         draw_class_map(image, class_map[:, :7])
+
+
+def test_draw_heatmap_blends_hot_red_over_cold_blue_and_names_a_wrong_size():
+    image = np.zeros((10, 20, 3), np.uint8)
+    heatmap = torch.zeros(10, 20)
+    heatmap[:, 10:] = 1.0
+    drawn = draw_heatmap(image, heatmap, alpha=1.0)
+    assert (image == 0).all() and drawn.shape == image.shape
+    assert drawn[5, 15, 0] > 100 and drawn[5, 15, 2] < 50  # JET's top is red
+    assert drawn[5, 2, 2] > 100 and drawn[5, 2, 0] < 50  # its bottom blue
+    assert (draw_heatmap(image + 7, heatmap, alpha=0.0) == 7).all()
+    with pytest.raises(ValueError, match=r"heatmap must be \[H, W\] at the image size \[10, 20\], got \[5, 5\]"):
+        draw_heatmap(image, torch.zeros(5, 5))

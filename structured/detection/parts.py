@@ -93,7 +93,8 @@ def prepare_for_inference(model: nn.Module, channels_last: bool) -> bool:
 
 
 class InferenceModel(nn.Module):
-    """A model's ``optimize_for_inference()``, shared by every family (the detectors and the UNet).
+    """A model's ``optimize_for_inference()`` and ``feature_modules()``, shared by every family (the detectors
+    and the UNet, each with a ``backbone`` and, the detectors, a ``neck``).
 
     ``channels_last`` says whether the model was prepared in that layout, so it can lay out its input batch
     the same way.
@@ -111,3 +112,9 @@ class InferenceModel(nn.Module):
         """
         self.channels_last = prepare_for_inference(self, channels_last)
         return self
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The modules returning the model's dicts of named feature maps, in the order they run: the backbone
+        (``c<k>``; it takes the model's padded input batch), then the neck when there is one (``p<k>``). Each
+        has ``out_channels`` by map name; ``structured.explain`` hooks them."""
+        return [module for module in (self.backbone, getattr(self, "neck", None)) if module is not None]
