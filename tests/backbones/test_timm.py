@@ -10,6 +10,7 @@ from torch import nn
 
 from structured.backbones.folding import fold_frozen_batch_norms
 from structured.backbones.transfer import FrozenBatchNormAct2d, GroupNormAct
+from structured.cli import reports_usage_errors
 from structured.config import ConfigError, build_model, load_config
 from structured.registry import BACKBONES, MissingExtraError, UnknownNameError
 
@@ -148,10 +149,12 @@ def test_registry_resolves_any_timm_name_without_listing_them():
         BACKBONES.get("resnet_18")
 
 
-def test_without_timm_the_error_says_how_to_install_the_extra(monkeypatch):
+def test_without_timm_the_error_says_how_to_install_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'structured\[timm\]'"):
         BACKBONES.get("timm:resnet18")
+    assert reports_usage_errors(lambda argv: BACKBONES.build("timm:resnet18"))([]) == 2
+    assert capsys.readouterr().err.startswith("error: timm:<model> backbones need the timm package")
 
 
 def test_recipe_sections_and_overrides_validate_timm_options():
