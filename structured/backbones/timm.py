@@ -6,19 +6,20 @@ model, a ``Backbone`` with the options every family has (``out_levels``, ``froze
 ``norm_eps``, ``pretrained``, ``classifier``, ``num_classes``). timm is imported only when such a name is
 looked up; without it the lookup is a ``MissingExtraError`` that says how to install the ``timm`` extra.
 
-The trunk is timm's ``FeatureGetterNet`` around the untrained classification model (``trunk.model``, with
-timm's own module names): its ``forward_intermediates`` gives the maps of the model's ``feature_info``,
-the same taps as ``timm.create_model(name, features_only=True)``. Each tap is named ``c<k>`` by its
-reduction ``2**k``; when several taps share a reduction the last one is the level. Without ``classifier``
-the model is built without its head and pruned after its last tap; with it the whole model stays and
-``classify`` is the model's own forward.
+The trunk is timm's untrained classification model itself (timm's module names, so a timm state dict
+maps by the prefix ``trunk.``): its ``forward_intermediates`` gives the maps of its ``feature_info``, the
+taps of ``timm.create_model(name, features_only=True)``. Each tap is named ``c<k>`` by its reduction
+``2**k``; when several taps share a reduction the last one is the level. Without ``classifier`` the model
+is built without its head and pruned after its last tap (``prune_intermediate_layers``); with it the
+whole model stays and ``classify`` is its own forward.
 
 ``frozen_stages=k`` freezes the modules that finish computing before the tap of stride ``2**k``, found
 from the model's top-level modules in order (descending into ``nn.Sequential``s that hold taps): a module
 that is itself a tap belongs to its level; one that holds a tap deeper inside (Xception's taps are the
 activation that starts the next block) belongs to the next level, and the tap's own module to the tap's.
-``pretrained`` is a local file holding a timm classification state dict (timm's key names), checked key
-by key as in ``weights.py``; timm's hub downloads are not used.
+``pretrained`` is a local file holding a timm classification state dict (timm's key names; or, as for every
+family, a backbone's state dict or one of our checkpoints with this backbone), checked key by key by
+``weights.py``; timm's hub downloads are not used.
 """
 
 from __future__ import annotations
@@ -49,8 +50,6 @@ from structured.registry import BACKBONES, MissingExtraError, UnknownNameError
 PREFIX = "timm:"
 INSTALL_HINT = "pip install 'structured[timm]' (or pip install -e '.[timm]' in a checkout)"
 MAX_CLOSE_MATCHES = 5
-TRUNK_MODEL = "model."
-"""The prefix of the timm model's modules inside the trunk (``FeatureGetterNet.model``)."""
 
 
 @dataclass(frozen=True)
@@ -66,25 +65,23 @@ class Tap:
 
 
 class TimmBackbone(Backbone):
-    """A ``Backbone`` over timm's ``FeatureGetterNet``; see the module docstring."""
+    """A ``Backbone`` over a timm model's ``forward_intermediates``; see the module docstring.
+
+    ``taps``: the model's feature maps that are levels, in increasing stride order.
+    """
+
+    def __init__(self, trunk: nn.Module, steps: Sequence[Step], taps: Sequence[Tap],
+                 out_levels: Sequence[str]) -> None:
+        super().__init__(trunk, steps, {tap.level: tap.channels for tap in taps}, out_levels)
+        self.tap_levels = [tap.level for tap in taps]
+        self.tap_indices = [tap.index for tap in taps]
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Features of ``x`` [B,3,H,W]: the requested levels in increasing stride order."""
         check_backbone_input(x)
-        maps = self.trunk(x)
-        return OrderedDict((level, feature) for level, feature in zip(self.trunk_levels, maps, strict=True)
+        maps = self.trunk.forward_intermediates(x, indices=self.tap_indices, intermediates_only=True)
+        return OrderedDict((level, feature) for level, feature in zip(self.tap_levels, maps, strict=True)
                            if level in self.out_channels)
-
-    @property
-    def trunk_levels(self) -> list[str]:
-        """The level of each map the trunk returns, in order."""
-        return [step.level for step in self.steps if step.level]
-
-    def classify(self, x: Tensor) -> Tensor:
-        """Class logits [B, num_classes] of ``x`` (only for a backbone built with ``classifier=True``)."""
-        if not self.has_classifier:
-            raise RuntimeError(f"{type(self.trunk.model).__name__} backbone was built without classifier=True")
-        return self.trunk.model(x)
 
 
 def import_timm() -> ModuleType:
@@ -131,10 +128,10 @@ def build_timm_backbone(
     if pretrained is not None:
         load_timm_checkpoint(model, arch, pretrained, classifier)
     taps = level_taps(arch, model.feature_info)
-    trunk = feature_getter(model, taps, prune=not classifier)
-    convert_trunk_norm_layers(trunk, arch, norm_layer, norm_eps)
-    steps = trunk_steps(arch, model, taps)
-    backbone = TimmBackbone(trunk, steps, {tap.level: tap.channels for tap in taps}, out_levels or [t.level for t in taps])
+    if not classifier:
+        model.prune_intermediate_layers([tap.index for tap in taps], prune_norm=True)
+    convert_trunk_norm_layers(model, arch, norm_layer, norm_eps)
+    backbone = TimmBackbone(model, trunk_steps(arch, model, taps), taps, out_levels or [tap.level for tap in taps])
     return finish_backbone(backbone, classifier, frozen_stages)
 
 
@@ -164,12 +161,6 @@ def level_taps(arch: str, feature_info: Sequence[Mapping[str, Any]]) -> list[Tap
     return sorted(by_level.values(), key=lambda tap: tap.stride)
 
 
-def feature_getter(model: nn.Module, taps: Sequence[Tap], prune: bool) -> nn.Module:
-    """timm's ``FeatureGetterNet`` returning the maps of ``taps`` (pruned after the last one when ``prune``)."""
-    features = importlib.import_module("timm.models._features")
-    return features.FeatureGetterNet(model, out_indices=[tap.index for tap in taps], prune=prune)
-
-
 def trunk_steps(arch: str, model: nn.Module, taps: Sequence[Tap]) -> list[Step]:
     """The trunk's steps: each of ``model``'s units in order with the stride it finishes before, and the taps.
 
@@ -180,12 +171,12 @@ def trunk_steps(arch: str, model: nn.Module, taps: Sequence[Tap]) -> list[Step]:
     steps = []
     for unit in model_units(model, "", [tap.module for tap in taps]):
         inside = [tap for tap in pending if tap.module.startswith(unit + ".")]
-        steps += [Step(TRUNK_MODEL + tap.module, tap.stride, tap.level) for tap in inside]
+        steps += [Step(tap.module, tap.stride, tap.level) for tap in inside]
         pending = [tap for tap in pending if tap not in inside]
         if not pending:
             break
         is_tap = pending[0].module == unit
-        steps.append(Step(TRUNK_MODEL + unit, pending[0].stride, pending[0].level if is_tap else None))
+        steps.append(Step(unit, pending[0].stride, pending[0].level if is_tap else None))
         pending = pending[1:] if is_tap else pending
     if pending:
         raise ValueError(f"{arch}: feature maps {[tap.module for tap in pending]} are not modules of the model "

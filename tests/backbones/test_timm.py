@@ -65,7 +65,7 @@ def test_out_levels_selects_maps():
 @pytest.mark.parametrize("name", SMALL_MODELS)
 def test_frozen_stages_freeze_exactly_the_modules_up_to_the_stride(name):
     backbone = build(name, frozen_stages=2).train()
-    frozen_prefixes = tuple(f"model.{module}." for module in FROZEN_AT_STRIDE_4[name])
+    frozen_prefixes = tuple(f"{module}." for module in FROZEN_AT_STRIDE_4[name])
     for parameter_name, parameter in backbone.trunk.named_parameters():
         assert parameter.requires_grad != parameter_name.startswith(frozen_prefixes), parameter_name
     frozen_norms = [m for path in backbone.frozen_modules for m in backbone.trunk.get_submodule(path).modules()
@@ -78,7 +78,7 @@ def test_frozen_stages_freeze_exactly_the_modules_up_to_the_stride(name):
 def test_a_module_holding_a_deeper_tap_is_frozen_with_the_next_level():
     # legacy Xception's c2 is the ReLU that starts block2: block1 feeds c2, the rest of block2 (stride 8) does not
     backbone = build("legacy_xception", frozen_stages=2, out_levels=["c2", "c3"])
-    trainable = {name.split(".")[1] for name, p in backbone.trunk.named_parameters() if p.requires_grad}
+    trainable = {name.split(".")[0] for name, p in backbone.trunk.named_parameters() if p.requires_grad}
     assert {"conv1", "conv2", "block1"}.isdisjoint(trainable)
     assert {"block2", "block3"} <= trainable
 
@@ -131,6 +131,10 @@ def test_pretrained_loads_a_timm_state_dict_checked(tmp_path):
         logits = build("test_resnet", pretrained=str(path), classifier=True).eval().classify(images)
         torch.testing.assert_close(c5, source.forward_features(images))
         torch.testing.assert_close(logits, source(images))
+    ours = tmp_path / "backbone.pth"
+    torch.save(build("test_resnet", pretrained=str(path)).state_dict(), ours)
+    with torch.no_grad():
+        torch.testing.assert_close(build("test_resnet", pretrained=str(ours)).eval()(images)["c5"], c5)
     other = tmp_path / "other.pth"
     torch.save(timm.create_model("test_efficientnet").state_dict(), other)
     with pytest.raises(KeyError, match="missing keys"):
@@ -162,7 +166,7 @@ def test_recipe_sections_and_overrides_validate_timm_options():
                                     "backbone": {"name": "timm:test_resnet", "frozen_stages": 1}}},
                          overrides=["model.backbone.norm_layer=frozen_bn"])
     model = build_model(config)
-    assert model.backbone.trunk.model.bn1.__class__.__name__ == "FrozenBatchNorm2d"
+    assert model.backbone.trunk.bn1.__class__.__name__ == "FrozenBatchNorm2d"
     with pytest.raises(ConfigError, match="frozen_stage"):
         build_model(load_config(config.data, overrides=["model.backbone.frozen_stage=1"]))
     with pytest.raises(ConfigError, match="unknown timm model"):
@@ -212,7 +216,7 @@ def test_keras_parameter_counts_are_explained(name, keras_params):
     # docs/benchmarks.md: Keras counts batch-norm moving statistics as parameters; ResNet50V2 also has conv biases
     backbone = build(name, classifier=True)
     norm_channels = sum(m.num_features for m in backbone.modules() if isinstance(m, nn.BatchNorm2d))
-    model = backbone.trunk.model
+    model = backbone.trunk
     keras_biases = 0
     if name == "resnetv2_50":
         keras_biases = model.stem.conv.out_channels + sum(
