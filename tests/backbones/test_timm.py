@@ -162,11 +162,13 @@ def test_without_timm_the_error_says_how_to_install_the_extra(monkeypatch, capsy
 
 
 def test_recipe_sections_and_overrides_validate_timm_options():
-    config = load_config({"model": {"name": "unet_resnet34", "num_classes": NUM_CLASSES,
-                                    "backbone": {"name": "timm:test_resnet", "frozen_stages": 1}}},
-                         overrides=["model.backbone.norm_layer=frozen_bn"])
+    config = load_config({"model": {"name": "unet_resnet34", "num_classes": NUM_CLASSES}},
+                         overrides=["model.backbone.name=timm:test_resnet", "model.backbone.norm_layer=frozen_bn",
+                                    "model.backbone.frozen_stages=1"])
     model = build_model(config)
+    assert model.backbone.trunk.default_cfg["architecture"] == "test_resnet"
     assert model.backbone.trunk.bn1.__class__.__name__ == "FrozenBatchNorm2d"
+    assert model.backbone.frozen_modules == ("conv1", "bn1", "act1")
     with pytest.raises(ConfigError, match="frozen_stage"):
         build_model(load_config(config.data, overrides=["model.backbone.frozen_stage=1"]))
     with pytest.raises(ConfigError, match="unknown timm model"):
