@@ -3,7 +3,8 @@
 Every tool decorates its ``main(argv)`` with :func:`reports_usage_errors`. The toolkit signals input it
 cannot use (a missing or unreadable file, a wrong-typed recipe value, a malformed annotation) with
 ``ValueError`` (``ConfigError``, ``CheckpointError`` and ``ImageReadError`` are kinds of it) or an
-``OSError`` about a path, and an unknown registered name with ``UnknownNameError``; those become one line on stderr naming the culprit. Anything else is a bug
+``OSError`` about a path, an unknown registered name with ``UnknownNameError`` and a name whose optional
+dependency is not installed with ``MissingExtraError``; those become one line on stderr naming the culprit. Anything else is a bug
 and keeps its traceback.
 """
 
@@ -13,10 +14,10 @@ import functools
 import sys
 from collections.abc import Callable
 
-from structured.registry import UnknownNameError
+from structured.registry import MissingExtraError, UnknownNameError
 
 USAGE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, UnknownNameError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+    ValueError, UnknownNameError, MissingExtraError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
     PermissionError,
 )
 """The exception types that mean "this input cannot be used", not "the toolkit has a bug"."""

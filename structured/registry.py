@@ -10,6 +10,11 @@ So ``list_models()`` and ``build_model`` see every built-in backbone, neck and m
 imported first (``structured.config``, ``structured.registry`` or ``structured.backbones.resnet``),
 and importing this module alone stays cheap. A failed lookup lists the registered names and the closest
 match, so a typo in a config never surfaces as a bare ``KeyError``.
+
+A registry may also resolve a whole namespace of names it does not list: ``register_prefix("timm:",
+resolve)`` makes ``get("timm:xception41")`` return ``resolve("xception41")``, while ``names()`` keeps
+listing the registered names only. A resolver raises ``UnknownNameError`` for a name it does not know and
+``MissingExtraError`` when the optional package it needs is not installed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class MissingExtraError(ModuleNotFoundError):
+    """A name that needs an optional dependency (an extra of the package) which is not installed."""
+
+
 class Registry:
     """A mapping from names to builders (classes or functions) of one kind of part.
 
@@ -40,6 +49,7 @@ class Registry:
         self.kind = kind
         self.defined_in = tuple(defined_in)
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._prefixes: dict[str, tuple[Callable[[str], Callable[..., Any]], str]] = {}
 
     def _import_definitions(self) -> None:
         for package in self.defined_in:
@@ -57,15 +67,27 @@ class Registry:
 
         return add
 
+    def register_prefix(self, prefix: str, resolve: Callable[[str], Callable[..., Any]], described: str) -> None:
+        """Resolve every name ``<prefix><rest>`` with ``resolve(rest)``, which returns the builder.
+
+        ``described`` says what ``rest`` may be (``"a timm model name"``), for the unknown-name message.
+        """
+        if prefix in self._prefixes:
+            raise ValueError(f"{self.kind} prefix {prefix!r} is already registered")
+        self._prefixes[prefix] = (resolve, described)
+
     def get(self, name: str) -> Callable[..., Any]:
-        """The builder registered under ``name``; an unknown name raises ``UnknownNameError``."""
+        """The builder registered under ``name``, or resolved by its prefix; an unknown name raises
+        ``UnknownNameError``."""
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}: {name!r}")
         self._import_definitions()
-        try:
+        if name in self._builders:
             return self._builders[name]
-        except KeyError:
-            raise UnknownNameError(self._unknown_message(name)) from None
+        for prefix, (resolve, _) in self._prefixes.items():
+            if name.startswith(prefix):
+                return resolve(name[len(prefix) :])
+        raise UnknownNameError(self._unknown_message(name))
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Call the builder registered under ``name`` with keyword arguments."""
@@ -79,12 +101,14 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         known = ", ".join(self.names()) or "(none registered)"
         message = f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}"
+        message += "".join(f"; or {prefix}<{described}>" for prefix, (_, described) in self._prefixes.items())
         close = difflib.get_close_matches(name, self._builders, n=1)
         if close:
             message += f". Did you mean {close[0]!r}?"
         return message
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered (names under a prefix are resolved on ``get``, not listed)."""
         self._import_definitions()
         return name in self._builders
 

@@ -35,7 +35,7 @@ IMPORT_CASES = {
     "import structured.registry": ("torch", *ALL_HEAVY),
     "import structured.config": ALL_HEAVY,
     "import structured.data": (*TRAINING, *PLOTTING, "structured.backbones", "structured.detection"),
-    "import structured.backbones": (*TRAINING, *PLOTTING, "structured.data", "structured.detection", "cv2"),
+    "import structured.backbones": (*TRAINING, *PLOTTING, "structured.data", "structured.detection", "cv2", "timm"),
     "import structured.detection": (*TRAINING, *PLOTTING, "structured.data", "cv2", "pycocotools"),
     "import structured.evaluation": (
         "structured.api", "structured.engine", *PLOTTING, "structured.data", "structured.detection", "cv2",

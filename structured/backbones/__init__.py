@@ -1,10 +1,21 @@
 """Backbones (trunks -> named multi-scale features) and necks; importing this registers them all.
 
 Every family module registers its names in ``structured.registry.BACKBONES`` and the FPN in ``NECKS``
-when imported; this package imports them all, so ``import structured.backbones`` is enough.
+when imported; this package imports them all, so ``import structured.backbones`` is enough. ``timm.py``
+adds the ``timm:<model>`` names (timm itself is imported only when such a name is looked up).
 """
 
-from structured.backbones import alexnet, efficientnet, fpn, fractalnet, inception, mobilenet, resnet, vgg
+from structured.backbones import (
+    alexnet,
+    efficientnet,
+    fpn,
+    fractalnet,
+    inception,
+    mobilenet,
+    resnet,
+    timm,
+    vgg,
+)
 from structured.backbones.base import Backbone, build_backbone
 from structured.backbones.fpn import FPN
 from structured.backbones.torchvision_keys import split_torchvision_backbone_state, torchvision_backbone_key
@@ -32,6 +43,7 @@ __all__ = [
     "parameter_groups",
     "resnet",
     "split_torchvision_backbone_state",
+    "timm",
     "torchvision_backbone_key",
     "unfreeze",
     "vgg",

@@ -97,8 +97,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         """Features of ``x`` [B,3,H,W]: the requested levels in increasing stride order."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"backbone input must be [B,3,H,W], got shape {tuple(x.shape)}")
+        check_backbone_input(x)
         features: OrderedDict[str, Tensor] = OrderedDict()
         for step in self._run_steps:
             x = self.trunk.get_submodule(step.module)(x)
@@ -167,10 +166,26 @@ def build_backbone(
         ignored = spec.ignored_checkpoint_prefixes + (() if classifier else tuple(f"{h}." for h in spec.head))
         load_pretrained(trunk, pretrained, arch=arch, ignored_prefixes=ignored,
                         fresh_prefixes=tuple(f"{module}." for module in spec.added_modules))
+    convert_trunk_norm_layers(trunk, arch, norm_layer, norm_eps)
+    backbone = Backbone(trunk, spec.steps, spec.channels, out_levels or spec.default_levels)
+    return finish_backbone(backbone, classifier, frozen_stages)
+
+
+def check_backbone_input(x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is an image batch ``[B, 3, H, W]``."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"backbone input must be [B,3,H,W], got shape {tuple(x.shape)}")
+
+
+def convert_trunk_norm_layers(trunk: nn.Module, arch: str, norm_layer: str, norm_eps: float | None) -> None:
+    """The ``norm_layer`` / ``norm_eps`` options on ``trunk`` of backbone ``arch`` (see ``build_backbone``)."""
     if norm_layer != "bn" and not has_batch_norm(trunk):
         raise ValueError(f"{arch} has no batch norm layers to turn into {norm_layer!r}; use norm_layer='bn'")
     convert_norm_layers(trunk, norm_layer, eps=norm_eps)
-    backbone = Backbone(trunk, spec.steps, spec.channels, out_levels or spec.default_levels)
+
+
+def finish_backbone(backbone: Backbone, classifier: bool, frozen_stages: int) -> Backbone:
+    """The ``classifier`` and ``frozen_stages`` options on a built ``backbone`` (see ``build_backbone``)."""
     backbone.has_classifier = classifier
     backbone.freeze_stages(frozen_stages)
     return backbone

@@ -5,7 +5,9 @@ Contract:
   under BatchNorm2d's names (``weight``, ``bias``, ``running_mean``, ``running_var``), so a BatchNorm2d
   or torchvision ``FrozenBatchNorm2d`` state dict loads into it unchanged.
 - ``convert_norm_layers(module, kind, eps)`` swaps every ``nn.BatchNorm2d`` for a frozen copy or a
-  ``GroupNorm`` (keeping the affine parameters) and optionally sets ``eps`` on every batch norm.
+  ``GroupNorm`` (keeping the affine parameters) and optionally sets ``eps`` on every batch norm. A batch
+  norm that applies its own activation (timm's ``BatchNormAct2d``: ``drop`` and ``act`` modules after the
+  norm) becomes ``FrozenBatchNormAct2d`` / ``GroupNormAct``, which keep them.
 - ``group_norm(C)`` is the one GroupNorm layout of the package (gcd(32, C) groups).
 - ``freeze`` / ``unfreeze`` switch ``requires_grad`` of a module's parameters.
 - ``parameter_groups`` splits a model's trainable parameters into a backbone group and a heads group,
@@ -71,14 +73,58 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class FrozenBatchNormAct2d(FrozenBatchNorm2d):
+    """A frozen batch norm followed by the ``drop`` and ``act`` modules of the norm it replaces."""
+
+    def __init__(self, num_features: int, eps: float, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__(num_features, eps=eps)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` [B,C,H,W] with the stored statistics, then dropout and activation."""
+        return self.act(self.drop(super().forward(x)))
+
+
+class GroupNormAct(nn.GroupNorm):
+    """The package's group norm followed by the ``drop`` and ``act`` modules of the norm it replaces."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float, drop: nn.Module, act: nn.Module) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Group-normalise ``x`` [B,C,H,W], then dropout and activation."""
+        return self.act(self.drop(super().forward(x)))
+
+
+def applies_activation(norm: nn.Module) -> bool:
+    """Whether ``norm`` applies its own dropout and activation after normalising (timm's ``BatchNormAct2d``)."""
+    return isinstance(getattr(norm, "act", None), nn.Module) and isinstance(getattr(norm, "drop", None), nn.Module)
+
+
+def frozen_batch_norm(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """A frozen copy of ``bn``; one that applies an activation keeps it (``FrozenBatchNormAct2d``)."""
+    frozen = FrozenBatchNorm2d.from_batch_norm(bn)
+    if not applies_activation(bn):
+        return frozen
+    with_activation = FrozenBatchNormAct2d(bn.num_features, bn.eps, bn.drop, bn.act)
+    with_activation.load_state_dict(frozen.state_dict(), strict=False)
+    return with_activation.to(bn.weight.device)
+
+
 def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     """The package's GroupNorm over ``channels``: gcd(32, C) groups, so any channel count divides evenly."""
     return nn.GroupNorm(math.gcd(GROUP_NORM_MAX_GROUPS, channels), channels, eps=eps, affine=True)
 
 
 def group_norm_from_batch_norm(bn: nn.BatchNorm2d) -> nn.GroupNorm:
-    """A ``group_norm`` over the same channels that keeps ``bn``'s eps and affine parameters."""
+    """A ``group_norm`` over the same channels that keeps ``bn``'s eps and affine parameters (and its
+    activation, ``GroupNormAct``, when it applies one)."""
     gn = group_norm(bn.num_features, eps=bn.eps)
+    if applies_activation(bn):
+        gn = GroupNormAct(gn.num_groups, gn.num_channels, gn.eps, bn.drop, bn.act)
     if bn.affine:
         gn = gn.to(bn.weight.device)
         with torch.no_grad():
@@ -112,11 +158,7 @@ def convert_norm_layers(module: nn.Module, kind: str, eps: float | None = None) 
 def _replace_batch_norms(module: nn.Module, kind: str) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            new = (
-                FrozenBatchNorm2d.from_batch_norm(child)
-                if kind == "frozen_bn"
-                else group_norm_from_batch_norm(child)
-            )
+            new = frozen_batch_norm(child) if kind == "frozen_bn" else group_norm_from_batch_norm(child)
             setattr(module, name, new)
         else:
             _replace_batch_norms(child, kind)
