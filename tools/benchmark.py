@@ -4,8 +4,8 @@
 weight size (MiB), GMACs and GFLOPs at 224x224, and best-of-``--repeats`` CPU latency of one image with ``--threads``
 threads. Logic lives in ``structured.backbones.profiling``.
 
-``models``: for every registered recipe (or ``--names``: registered names or recipe YAML files such as
-configs/demo/*.yaml): task, model and backbone, classes, the padded input its backbone sees for one
+``models``: for every registered recipe (or ``--names``: registered names or recipe YAML files), then the recipe
+files of ``--recipes`` (such as configs/demo/*.yaml): task, model and backbone, classes, the padded input its backbone sees for one
 ``--image-size`` image, parameters, fp32 MiB, GFLOPs, detections, best-of-``--repeats`` CPU latency and FPS at batch 1
 with ``--threads`` threads, the GPU's when CUDA is there (``--device``), and the accuracy of ``--metrics`` files
 (metrics.json from tools/eval.py). Prints the caption and the markdown table; ``--md``, ``--csv`` and ``--plot``
@@ -65,6 +65,8 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="size, GFLOPs, speed and accuracy of each detector / segmenter")
     models.add_argument("--names", nargs="+", default=None,
                         help="registered recipes or recipe YAML files (default: every registered recipe)")
+    models.add_argument("--recipes", nargs="+", default=[],
+                        help="recipe YAML files to add after the --names rows (e.g. configs/demo/*.yaml)")
     models.add_argument("--metrics", nargs="+", type=Path, default=[],
                         help="metrics.json files of tools/eval.py; each fills its recipe's accuracy")
     models.add_argument("--md", type=Path, help="write the caption and markdown table here")
@@ -102,7 +104,7 @@ def run_models(args: argparse.Namespace) -> int:
     """The ``models`` command: profile each recipe, fill the accuracy, print and write the outputs."""
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
-    specs = [model_spec(name, args.data_classes) for name in args.names or list_models()]
+    specs = [model_spec(name, args.data_classes) for name in [*(args.names or list_models()), *args.recipes]]
     check_unique_labels(specs)
     settings = ProfileSettings(tuple(args.image_size), args.repeats, args.timing, gpu_device(args.device))
     recorded = [read_accuracy(path) for path in args.metrics]

@@ -12,6 +12,7 @@ Curves are ``name -> (recall, precision)`` arrays: :func:`coco_pr_curves` builds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,20 +110,34 @@ def speed_accuracy_figure(
 ) -> Figure:
     """Accuracy against time per image on a log axis, one labelled point per model, as in Huang et al. 2017's
     speed/accuracy figure; one panel per metric (detectors' AP beside segmenters' mIoU), in order of appearance."""
+    from matplotlib.ticker import FuncFormatter
+
     if not points:
         raise ValueError("no models to plot")
     metrics = list(dict.fromkeys(point.metric for point in points))
     figure = new_figure(6.5 * len(metrics), 5)
     for index, metric in enumerate(metrics, start=1):
         axes = figure.add_subplot(1, len(metrics), index)
-        for point in (point for point in points if point.metric == metric):
+        shown = [point for point in points if point.metric == metric]
+        for point in shown:
             axes.scatter(point.latency_ms, point.accuracy, s=40)
             axes.annotate(point.name, (point.latency_ms, point.accuracy), textcoords="offset points",
                           xytext=(5, 4), fontsize=8)
+        times = [point.latency_ms for point in shown]
         axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(_time_tick))
+        axes.xaxis.set_minor_formatter(FuncFormatter(_time_tick))
+        axes.set_xlim(min(times) / 2, max(times) * 3)  # at least a factor 6 of time, room for the labels
+        axes.set_ylim(0, min(1.0, 1.15 * max(point.accuracy for point in shown)) or 1.0)
         axes.set(xlabel=time_label, ylabel=metric, title=title if len(metrics) == 1 else f"{title}: {metric}")
         axes.grid(alpha=0.3, which="both")
     return figure
+
+
+def _time_tick(value: float, _position: int) -> str:
+    """A log-axis tick as a plain number, written only at 1, 2 and 5 times a power of ten."""
+    leading = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if leading in (1, 2, 5) else ""
 
 
 def plot_speed_accuracy(

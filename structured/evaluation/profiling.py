@@ -100,7 +100,7 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
     model.optimize_for_inference()
     height, width = settings.image_size
     images = [torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))]
-    network_input, predictions = backbone_input_size(model, images)
+    flops, network_input, predictions = counted_inference(model, images)
     row = ModelProfile(
         recipe=spec.source,
         task=model_task(spec.config),
@@ -109,7 +109,7 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
         network_input=network_input,
         params=params,
         size_mib=fp32_mib(params),
-        gflops=count_flops(model, images) / 1e9,
+        gflops=flops / 1e9,
         detections=len(predictions[0]["boxes"]) if "boxes" in predictions[0] else None,
         label=spec.label,
     )
@@ -117,8 +117,11 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
 
 
 def timed(row: ModelProfile, model: nn.Module, images: list[Tensor], settings: ProfileSettings) -> ModelProfile:
-    """``row`` with the CPU latency and FPS of ``model(images)``, and the GPU's when ``settings.gpu`` is set."""
-    cpu_ms = best_latency_ms(model, images, settings.repeats, warmup=1)
+    """``row`` with the CPU latency and FPS of ``model(images)``, and the GPU's when ``settings.gpu`` is set.
+
+    On the CPU the FLOP-counting pass of ``counted_inference`` was the warm-up; the GPU gets three of its own.
+    """
+    cpu_ms = best_latency_ms(model, images, settings.repeats, warmup=0)
     row = dataclasses.replace(row, cpu_ms=cpu_ms, cpu_fps=1000.0 / cpu_ms)
     if settings.gpu is None:
         return row
@@ -129,17 +132,16 @@ def timed(row: ModelProfile, model: nn.Module, images: list[Tensor], settings: P
     return dataclasses.replace(row, gpu_ms=gpu_ms, gpu_fps=1000.0 / gpu_ms)
 
 
-def backbone_input_size(model: nn.Module, images: list[Tensor]) -> tuple[str, list[dict[str, Tensor]]]:
-    """``"HxW"`` of the (resized, padded) batch the model's ``backbone`` receives for ``images``, and the
-    model's predictions."""
-    shapes = []
+def counted_inference(model: nn.Module, images: list[Tensor]) -> tuple[int, str, list[dict[str, Tensor]]]:
+    """FLOPs of ``model(images)``, ``"HxW"`` of the (resized, padded) batch its ``backbone`` receives, and the
+    predictions, from one pass."""
+    shapes, outputs = [], []
     hook = model.backbone.register_forward_pre_hook(lambda _, inputs: shapes.append(tuple(inputs[0].shape)))
     try:
-        with torch.no_grad():
-            predictions = model(images)
+        flops = count_flops(lambda batch: outputs.append(model(batch)), images)
     finally:
         hook.remove()
-    return f"{shapes[0][-2]}x{shapes[0][-1]}", predictions
+    return flops, f"{shapes[0][-2]}x{shapes[0][-1]}", outputs[0]
 
 
 def architecture_of(config: Config, model: nn.Module) -> str:
@@ -206,17 +208,22 @@ def speed_accuracy_points(rows: Sequence[ModelProfile]) -> list[SpeedAccuracyPoi
 def caption(settings: ProfileSettings, threads: int) -> str:
     """One paragraph saying how the table's numbers were taken."""
     height, width = settings.image_size
-    timing = (f"CPU ms: best of {settings.repeats} runs after a warm-up, batch 1, {threads} torch threads; FPS = "
-              "1000 / ms" + (f"; GPU ({_device_name(settings.gpu)}) the same, CUDA synchronised around each run"
-                             if settings.gpu is not None else "") + ". "
-              if settings.timing else "Not timed. ")
     return (f"Input: one {height}x{width} (HxW) RGB image, resized and padded by each model as in use ('network "
             "input' is the padded batch its backbone sees). Seeded random weights; params and fp32 MiB as built, "
             "then optimize_for_inference() (batch norms folded, channels-last) for GFLOPs and time. GFLOPs: "
             "convolutions and matrix products of the whole inference (torch.utils.flop_counter, 2 per "
-            f"multiply-add). {timing}'dets': detections the seeded model returned (its post-processing time grows "
-            "with them; a trained model's count differs). Accuracy: box AP / AP50 (mask AP) or mIoU from the "
-            "metrics.json files given, on their own datasets.")
+            f"multiply-add). {_timing_sentence(settings, threads)} 'dets': detections the seeded model returned (its "
+            "post-processing time grows with them; a trained model's count differs). Accuracy: box AP / AP50 (mask "
+            "AP) or mIoU from the metrics.json files given, on their own datasets.")
+
+
+def _timing_sentence(settings: ProfileSettings, threads: int) -> str:
+    if not settings.timing:
+        return "Not timed."
+    gpu = (f"; GPU ({_device_name(settings.gpu)}) the same after 3 warm-up runs, CUDA synchronised around each run"
+           if settings.gpu is not None else "")
+    return (f"CPU ms: best of {settings.repeats} runs after the FLOP-counting pass, batch 1, {threads} torch "
+            f"threads; FPS = 1000 / ms{gpu}.")
 
 
 def format_models(rows: Sequence[ModelProfile], table_format: str = "md") -> str:
