@@ -66,6 +66,8 @@ def test_eval_prints_per_class_iou_and_writes_metrics_and_the_confusion_matrix(t
     assert "triangle" in printed and "mIoU" in printed and "FPS" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 2 and set(metrics["metrics"]) >= {"mIoU", "fg_IoU", "Dice", "pixel_accuracy"}
+    assert metrics["model"] == {"recipe": "run", "model": "unet_original", "config": str(arguments[0]),
+                                "checkpoint": str(trained / "run" / "best.pt"), "dataset": str(trained / "shapes")}
     assert (out / "confusion_matrix.png").is_file()
 
 

@@ -7,7 +7,8 @@ The recipe's task (its model's; the checkpoint's must agree) picks the data and 
 (structured.evaluation.tasks). D is a dataset in any supported format of that task (detection: COCO .json,
 VOC folder, YOLO folder, mask folder; semantic: VOC SegmentationClass, images/ + masks/, mask folders as
 foreground/background, COCO instances). Both print the time of each stage a user pays for (decode,
-network, post-processing) and write metrics.json to --out.
+network, post-processing) and write metrics.json to --out (with the recipe, checkpoint and dataset it scored:
+structured.evaluation.metrics_file).
 
 - detection: the pycocotools-style summary (box, and mask when the model has masks) and a per-class table;
   predictions.json (COCO results with the dataset's own image and category ids: pycocotools on the
@@ -29,6 +30,7 @@ from structured.config import build_model, load_config, model_task
 from structured.data.recipes import data_config, open_evaluation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
 from structured.engine.distributed import resolve_device
+from structured.evaluation.metrics_file import EvaluatedModel, recipe_label
 from structured.evaluation.tasks import evaluation_task
 
 
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.optimize:
         model.optimize_for_inference()
     device = resolve_device(args.device)
+    evaluated = EvaluatedModel(recipe_label(args.config), config.get("model.name"), str(args.config),
+                               str(args.weights), str(args.data))
     evaluation = task.evaluate_on_dataset(model.to(device), dataset, args.out, device, args.batch_size,
-                                          speed_iterations=args.speed_iters)
+                                          speed_iterations=args.speed_iters, evaluated=evaluated)
     print(evaluation.report())
     print("wrote " + ", ".join(str(path) for path in evaluation.files))
     return 0

@@ -6,25 +6,22 @@ GFLOPs of one forward pass at ``image_size`` (counted with ``torch.utils.flop_co
 convolutions and matrix products only, 1 MAC = 2 FLOPs; batch norm, activations and pooling are not
 counted) and the best CPU latency of a batch of one image over a few runs. ``format_table`` renders rows as markdown,
 CSV or aligned text.
+
+The counting, timing and table primitives are ``structured.measures``'s, shared with the model table
+(``structured.evaluation.profiling``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from structured.measures import best_latency_ms, count_flops, count_parameters, fp32_mib, render_table
 from structured.registry import BACKBONES
 
-BYTES_PER_FP32 = 4
-MIB = 2**20
-TABLE_FORMATS = ("text", "md", "csv")
+__all__ = ["BackboneProfile", "count_parameters", "format_table", "profile_backbone"]
 HEADERS = {
     "name": "backbone",
     "params": "params",
@@ -47,33 +44,6 @@ class BackboneProfile:
     latency_ms: float
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def count_flops(run: Callable[[Tensor], object], images: Tensor) -> int:
-    """FLOPs (2 per multiply-accumulate) of convolutions and matrix products in ``run(images)``."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        run(images)
-    return counter.get_total_flops()
-
-
-def best_latency_ms(run: Callable[[Tensor], object], images: Tensor, repeats: int, warmup: int = 2) -> float:
-    """Shortest wall time of ``run(images)`` in milliseconds over ``repeats`` runs after ``warmup`` runs.
-
-    The minimum, not the median: on a shared machine other processes only ever add time.
-    """
-    times = []
-    with torch.no_grad():
-        for index in range(warmup + repeats):
-            start = time.perf_counter()
-            run(images)
-            if index >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    return min(times)
-
-
 def profile_backbone(name: str, image_size: int = 224, repeats: int = 5) -> BackboneProfile:
     """Profile registered backbone ``name`` with its classifier on one ``image_size`` x ``image_size`` image."""
     torch.manual_seed(0)
@@ -84,7 +54,7 @@ def profile_backbone(name: str, image_size: int = 224, repeats: int = 5) -> Back
     return BackboneProfile(
         name=name,
         params=params,
-        size_mib=params * BYTES_PER_FP32 / MIB,
+        size_mib=fp32_mib(params),
         gmacs=flops / 2e9,
         gflops=flops / 1e9,
         latency_ms=best_latency_ms(model.classify, images, repeats),
@@ -93,30 +63,9 @@ def profile_backbone(name: str, image_size: int = 224, repeats: int = 5) -> Back
 
 def format_table(rows: Sequence[BackboneProfile], table_format: str = "text") -> str:
     """Rows as a markdown table (``"md"``), CSV (``"csv"``) or aligned plain text (``"text"``)."""
-    if table_format not in TABLE_FORMATS:
-        raise ValueError(f"table format must be one of {TABLE_FORMATS}, got {table_format!r}")
     names = [f.name for f in fields(BackboneProfile)]
-    if table_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
-        return buffer.getvalue()
-    header = [HEADERS[n] for n in names]
-    cells = [_formatted_cells(row) for row in rows]
-    if table_format == "md":
-        lines = [
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(names) - 1)) + "|",
-        ]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
-    widths = [max(len(text) for text in column) for column in zip(header, *cells, strict=True)]
-    return (
-        "\n".join(
-            "  ".join(t.rjust(w) for t, w in zip(line, widths, strict=True)) for line in [header, *cells]
-        )
-        + "\n"
-    )
+    return render_table([HEADERS[n] for n in names], [_formatted_cells(row) for row in rows],
+                        [asdict(row) for row in rows], table_format)
 
 
 def _formatted_cells(row: BackboneProfile) -> list[str]:

@@ -43,6 +43,7 @@ from structured.evaluation.coco import (
     evaluate_coco,
     predictions_to_coco_results,
 )
+from structured.evaluation.metrics_file import EvaluatedModel, save_metrics
 from structured.evaluation.plots import coco_pr_curves, plot_pr_curves
 from structured.evaluation.speed import SpeedResult, measure_pipeline
 from structured.io import load_json, save_json
@@ -226,9 +227,10 @@ def per_class_table(result: CocoEvalResult) -> str:
 
 def evaluate_detector_on_dataset(
     model: nn.Module, dataset: DetectionDataset, out_dir: str | os.PathLike[str], device: torch.device,
-    batch_size: int = 2, workers: int = 0, speed_iterations: int = 20,
+    batch_size: int = 2, workers: int = 0, speed_iterations: int = 20, evaluated: EvaluatedModel | None = None,
 ) -> DetectorEvaluation:
-    """COCO metrics of ``model`` on every image of ``dataset``, speed on its first image, report files."""
+    """COCO metrics of ``model`` on every image of ``dataset``, speed on its first image, report files
+    (``metrics.json`` records ``evaluated``, what was scored)."""
     out_dir = Path(out_dir)
     samples, results = predict_dataset(model, dataset, range(len(dataset)), device, batch_size, workers)
     ground_truth = coco_ground_truth(dataset, samples)
@@ -236,9 +238,9 @@ def evaluate_detector_on_dataset(
     speed = measure_pipeline(model, dataset.image_path(0), device, speed_iterations) \
         if speed_iterations > 0 and len(dataset) else None
     files = [
-        save_json({"metrics": {t: r.as_dict() for t, r in evaluations.items()},
-                   "speed": None if speed is None else speed.as_dict(), "images": len(dataset)},
-                  out_dir / "metrics.json", indent=2),
+        save_metrics({"metrics": {t: r.as_dict() for t, r in evaluations.items()},
+                      "speed": None if speed is None else speed.as_dict(), "images": len(dataset)},
+                     evaluated, out_dir),
         save_json(results, out_dir / "predictions.json"),
     ]
     if needs_loaded_targets(dataset):

@@ -12,6 +12,7 @@ Curves are ``name -> (recall, precision)`` arrays: :func:`coco_pr_curves` builds
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,12 @@ MIOU_CURVES = ValidationCurves(("mIoU", "fg_IoU", "Dice"), "miou.png", "mIoU")
 
 @dataclass(frozen=True)
 class SpeedAccuracyPoint:
-    """One model on the speed-accuracy plane."""
+    """One model on the speed-accuracy plane: its time per image and its accuracy under ``metric``."""
 
     name: str
-    fps: float
-    accuracy: float  # e.g. COCO AP or VOC mAP, in [0, 1]
+    latency_ms: float
+    accuracy: float  # e.g. COCO AP or mIoU, in [0, 1]
+    metric: str = "AP"
 
 
 def coco_pr_curves(
@@ -101,26 +103,51 @@ def plot_pr_curves(
     return save_figure(figure, path)
 
 
+def speed_accuracy_figure(
+    points: Sequence[SpeedAccuracyPoint],
+    time_label: str = "time per image (ms, log scale)",
+    title: str = "Speed vs accuracy",
+) -> Figure:
+    """Accuracy against time per image on a log axis, one labelled point per model, as in Huang et al. 2017's
+    speed/accuracy figure; one panel per metric (detectors' AP beside segmenters' mIoU), in order of appearance."""
+    from matplotlib.ticker import FuncFormatter
+
+    if not points:
+        raise ValueError("no models to plot")
+    metrics = list(dict.fromkeys(point.metric for point in points))
+    figure = new_figure(6.5 * len(metrics), 5)
+    for index, metric in enumerate(metrics, start=1):
+        axes = figure.add_subplot(1, len(metrics), index)
+        shown = [point for point in points if point.metric == metric]
+        for point in shown:
+            axes.scatter(point.latency_ms, point.accuracy, s=40)
+            axes.annotate(point.name, (point.latency_ms, point.accuracy), textcoords="offset points",
+                          xytext=(5, 4), fontsize=8)
+        times = [point.latency_ms for point in shown]
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(_time_tick))
+        axes.xaxis.set_minor_formatter(FuncFormatter(_time_tick))
+        axes.set_xlim(min(times) / 2, max(times) * 3)  # at least a factor 6 of time, room for the labels
+        axes.set_ylim(0, min(1.0, 1.15 * max(point.accuracy for point in shown)) or 1.0)
+        axes.set(xlabel=time_label, ylabel=metric, title=title if len(metrics) == 1 else f"{title}: {metric}")
+        axes.grid(alpha=0.3, which="both")
+    return figure
+
+
+def _time_tick(value: float, _position: int) -> str:
+    """A log-axis tick as a plain number, written only at 1, 2 and 5 times a power of ten."""
+    leading = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if leading in (1, 2, 5) else ""
+
+
 def plot_speed_accuracy(
     points: Sequence[SpeedAccuracyPoint],
     path: str | Path,
-    accuracy_name: str = "AP",
+    time_label: str = "time per image (ms, log scale)",
     title: str = "Speed vs accuracy",
 ) -> Path:
-    """Scatter of accuracy against FPS (log scale), one labelled point per model."""
-    if not points:
-        raise ValueError("no models to plot")
-    figure = new_figure(7, 5)
-    axes = figure.add_subplot()
-    for point in points:
-        axes.scatter(point.fps, point.accuracy, s=40)
-        axes.annotate(
-            point.name, (point.fps, point.accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
-    axes.set_xscale("log")
-    axes.set(xlabel="images per second (log scale)", ylabel=accuracy_name, title=title)
-    axes.grid(alpha=0.3, which="both")
-    return save_figure(figure, path)
+    """Write :func:`speed_accuracy_figure` of ``points`` as a PNG at ``path``."""
+    return save_figure(speed_accuracy_figure(points, time_label, title), path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path,

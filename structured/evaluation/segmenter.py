@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from structured.data.loading import collate_detection
+from structured.evaluation.metrics_file import EvaluatedModel, save_metrics
 from structured.evaluation.plots import plot_confusion_matrix
 from structured.evaluation.segmentation import ConfusionMatrix
 from structured.evaluation.speed import SpeedResult, measure_pipeline
-from structured.io import json_float, save_json
+from structured.io import json_float
 
 SEMANTIC_METRIC_NAMES = ("mIoU", "fg_IoU", "Dice", "fg_Dice", "pixel_accuracy", "mean_class_accuracy")
 """The names :func:`semantic_stats` always gives (``train.best_metric`` picks one)."""
@@ -125,10 +126,10 @@ class SegmenterEvaluation:
 
 def evaluate_segmenter_on_dataset(
     model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike[str], device: torch.device,
-    batch_size: int = 2, workers: int = 0, speed_iterations: int = 20,
+    batch_size: int = 2, workers: int = 0, speed_iterations: int = 20, evaluated: EvaluatedModel | None = None,
 ) -> SegmenterEvaluation:
-    """Metrics of ``model`` on every image of ``dataset``, speed on its first image, ``metrics.json`` and
-    ``confusion_matrix.png`` in ``out_dir``."""
+    """Metrics of ``model`` on every image of ``dataset``, speed on its first image, ``metrics.json`` (recording
+    ``evaluated``, what was scored) and ``confusion_matrix.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
     matrix = confusion_on_dataset(model, dataset, range(len(dataset)), device, batch_size, workers)
     class_names = list(dataset.class_names)
@@ -136,7 +137,7 @@ def evaluate_segmenter_on_dataset(
         if speed_iterations > 0 and len(dataset) else None
     evaluation = SegmenterEvaluation(matrix, class_names, semantic_stats(matrix, class_names), speed, [])
     evaluation.files = [
-        save_json({**evaluation.as_dict(), "images": len(dataset)}, out_dir / "metrics.json", indent=2),
+        save_metrics({**evaluation.as_dict(), "images": len(dataset)}, evaluated, out_dir),
         plot_confusion_matrix(matrix.numpy(), class_names, out_dir / "confusion_matrix.png"),
     ]
     return evaluation

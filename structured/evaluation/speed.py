@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from structured.measures import synchronize
+
 STAGES = ("preprocess", "model", "postprocess", "total")
 
 
@@ -196,11 +198,11 @@ def _timed_pass(
     with torch.inference_mode():
         for name in ("preprocess", "model", "postprocess"):
             context = _autocast(device, autocast_dtype) if name == "model" else contextlib.nullcontext()
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             with context:
                 data = stages[name](data)
-            _synchronize(device)
+            synchronize(device)
             seconds[name] = time.perf_counter() - start
     seconds["total"] = seconds["preprocess"] + seconds["model"] + seconds["postprocess"]
     return seconds
@@ -248,11 +250,6 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak_memory(device: torch.device) -> str:

@@ -10,8 +10,9 @@ model's type:
 - ``predict_share(model, dataset, indices, device, batch_size, workers)``: what one process computes on
   its share of a validation set (detections and loaded ground truth; a confusion matrix), and
   ``score(dataset, shares)``: the named metrics from every share (run on one process);
-- ``evaluate_on_dataset(model, dataset, out_dir, device, batch_size, workers, speed_iterations)``: the
-  whole of ``tools/eval.py`` (an object with ``report()`` and ``files``);
+- ``evaluate_on_dataset(model, dataset, out_dir, device, batch_size, workers, speed_iterations, evaluated)``:
+  the whole of ``tools/eval.py`` (an object with ``report()`` and ``files``; ``metrics.json`` records
+  ``evaluated``, an ``EvaluatedModel``);
 - ``curves``: the validation metrics the run folder plots (``map.png`` / ``miou.png``).
 """
 

@@ -10,6 +10,7 @@ from structured.evaluation.plots import (
     coco_pr_curves,
     plot_pr_curves,
     plot_speed_accuracy,
+    speed_accuracy_figure,
 )
 from tests.evaluation.coco_cases import random_bbox_case
 
@@ -27,9 +28,21 @@ def test_pr_curves_png(tmp_path):
 
 
 def test_speed_accuracy_png(tmp_path):
-    points = [SpeedAccuracyPoint("ssd", 45.0, 0.25), SpeedAccuracyPoint("faster-rcnn", 8.0, 0.37)]
+    points = [SpeedAccuracyPoint("ssd", 22.0, 0.25), SpeedAccuracyPoint("faster-rcnn", 125.0, 0.37)]
     path = plot_speed_accuracy(points, tmp_path / "speed.png")
     assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 1000
+
+
+def test_speed_accuracy_has_a_log_time_panel_per_metric_and_labelled_points():
+    points = [SpeedAccuracyPoint("ssd", 22.0, 0.25), SpeedAccuracyPoint("unet", 9.0, 0.6, "mIoU"),
+              SpeedAccuracyPoint("faster-rcnn", 125.0, 0.37)]
+    figure = speed_accuracy_figure(points, time_label="CPU ms")
+    detection, semantic = figure.axes
+    assert [axes.get_ylabel() for axes in figure.axes] == ["AP", "mIoU"]
+    assert detection.get_xscale() == "log" and detection.get_xlabel() == "CPU ms"
+    assert [text.get_text() for text in detection.texts] == ["ssd", "faster-rcnn"]
+    assert [text.get_text() for text in semantic.texts] == ["unet"]
+    assert [tuple(collection.get_offsets()[0]) for collection in detection.collections] == [(22.0, 0.25), (125.0, 0.37)]
 
 
 def test_empty_inputs_are_errors(tmp_path):
