@@ -200,6 +200,13 @@ class MaskRCNN(FasterRCNN):
             prediction["masks"] = paste_masks(masks, prediction["boxes"], size)
         return predictions
 
+    EXPORT_OUTPUTS = ("boxes", "scores", "labels", "masks")
+
+    def export_unsupported(self, fmt: str) -> str | None:
+        """Either format: the mask pasting plans its work on the host, which a traced graph cannot follow."""
+        return ("its mask pasting (detection/masks.py: paste_masks) plans the pasted windows on the host with numpy, "
+                "which a traced graph cannot follow")
+
 
 def as_mask_rcnn(model: FasterRCNN, mask_branch: MaskBranch) -> MaskRCNN:
     """A :class:`MaskRCNN` made of ``model``'s parts (shared, not copied) and ``mask_branch``."""
