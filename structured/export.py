@@ -12,6 +12,11 @@ TorchScript-based exporter; torchvision gives it symbolics for ``nms`` and ``roi
 through ``torch.jit.trace``. With ``dynamic`` the ONNX graph's input sizes (and the UNet's batch) are free;
 a traced TorchScript module follows the input's shape wherever the traced code computes with it.
 
+Families: UNet (ONNX and TorchScript, any batch and size), SSD and Faster R-CNN (ONNX and TorchScript, one
+image of any size); Mask R-CNN raises ``ExportError`` (its mask pasting plans on the host). Where the Python
+code reads sizes or data (the resize rule, padding, anchors, top-k counts, NMS dispatch), it checks
+``torch.jit.is_tracing()`` and computes from the traced shapes instead; eager inference is unchanged.
+
 ``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
 each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels, scores and
 probabilities within ``SCORE_TOLERANCE``, labels and class maps equal, masks equal at 0.5.

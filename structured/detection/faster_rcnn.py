@@ -174,13 +174,6 @@ class FasterRCNN(InferenceModel):
         """Predictions for ``images`` in their own pixel frames (no gradient)."""
         return self(images)
 
-    def export_unsupported(self, fmt: str) -> str | None:
-        """ONNX: the traced graph keeps the traced image's proposal counts (verified wrong on other sizes)."""
-        if fmt == "onnx":
-            return ("the TorchScript-based ONNX exporter keeps the region proposal network's counts of the traced "
-                    "image, so the graph gives wrong detections at other input sizes; export to torchscript instead")
-        return None
-
 
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:
     unknown = [name for name in names if name not in available]

@@ -81,7 +81,9 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     """
     if torch.jit.is_tracing():
         sides = torch.stack((torch.as_tensor(height), torch.as_tensor(width))).double()
-        scale = torch.minimum(min_size / sides.min(), max_size / sides.max())
+        # no 0-dim tensors: the ONNX exporter computes those in float32, which floors some sides one pixel lower
+        bounds = torch.tensor([min_size, max_size], dtype=torch.float64)
+        scale = (bounds / torch.stack((sides.min(), sides.max()))).min(dim=0, keepdim=True).values
         new_height, new_width = (sides * scale).floor().long().unbind()
         return new_height, new_width
     scale = min(min_size / min(height, width), max_size / max(height, width))
