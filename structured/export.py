@@ -5,17 +5,17 @@ The exported graph takes what the Python model takes, as a batch: float RGB in [
 inside: normalisation, resizing and padding, the network, and the post-processing (box decoding, score
 thresholds, NMS, rescaling to the input image; the UNet's activation and argmax). It returns the model's
 ``EXPORT_OUTPUTS`` by name: ``boxes [K, 4]`` xyxy in the input's pixels, ``scores [K]``, ``labels [K]``
-(Mask R-CNN: ``masks [K, H, W]`` probabilities), or the UNet's ``mask [B, H, W]`` class map and
+(Mask R-CNN also ``masks [K, H, W]`` probabilities), or the UNet's ``mask [B, H, W]`` class map and
 ``probabilities [B, C + 1, H, W]``. What the graph computes is each family's
 ``InferenceModel.export_outputs``, traced: ONNX through ``torch.onnx.export(..., dynamo=False)`` (the
 TorchScript-based exporter; torchvision gives it symbolics for ``nms`` and ``roi_align``), TorchScript
 through ``torch.jit.trace``. With ``dynamic`` the ONNX graph's input sizes (and the UNet's batch) are free;
 a traced TorchScript module follows the input's shape wherever the traced code computes with it.
 
-Families: UNet (ONNX and TorchScript, any batch and size), SSD and Faster R-CNN (ONNX and TorchScript, one
-image of any size); Mask R-CNN raises ``ExportError`` (its mask pasting plans on the host). Where the Python
-code reads sizes or data (the resize rule, padding, anchors, top-k counts, NMS dispatch), it checks
-``torch.jit.is_tracing()`` and computes from the traced shapes instead; eager inference is unchanged.
+Families: UNet (any batch and size), SSD, Faster R-CNN and Mask R-CNN (one image of any size), to ONNX and
+TorchScript. Where the Python code reads sizes or data (the resize rule, padding, anchors, top-n counts, NMS
+dispatch, mask pasting), it checks ``torch.jit.is_tracing()`` and computes from the traced shapes instead;
+eager inference is unchanged.
 
 ``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
 each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels, scores and
@@ -77,15 +77,12 @@ class ExportModule(nn.Module):
 
 
 def check_exportable(model: nn.Module, fmt: str) -> InferenceModel:
-    """``model`` when it can be exported to ``fmt``; else ``ExportError`` naming the model, the format and why."""
+    """``model`` when it can be exported to ``fmt``; else ``ExportError`` naming the model or the format."""
     if fmt not in FORMATS:
         raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not isinstance(model, InferenceModel):
-        raise ExportError(f"{type(model).__name__} is not one of the toolkit's models (an InferenceModel); "
-                          "only those can be exported")
-    reason = model.export_unsupported(fmt)
-    if reason is not None:
-        raise ExportError(f"{type(model).__name__} cannot be exported to {fmt}: {reason}")
+        raise ExportError(f"{type(model).__name__} is not one of the toolkit's models (an InferenceModel with "
+                          "export_outputs); only those can be exported")
     return model
 
 

@@ -124,7 +124,7 @@ class MaskBranch(nn.Module):
         boxes = [detection["boxes"] for detection in detections]
         labels = torch.cat([detection["labels"] for detection in detections])
         chosen = self.logits(features, boxes, labels).sigmoid()
-        return list(chosen.split([len(b) for b in boxes]))
+        return list(chosen.split([b.shape[0] for b in boxes]))  # shapes, not len(): traced graphs follow them
 
 
 def project_masks(masks: Tensor, boxes: Tensor, indices: Tensor, resolution: int) -> Tensor:
@@ -201,11 +201,6 @@ class MaskRCNN(FasterRCNN):
         return predictions
 
     EXPORT_OUTPUTS = ("boxes", "scores", "labels", "masks")
-
-    def export_unsupported(self, fmt: str) -> str | None:
-        """Either format: the mask pasting plans its work on the host, which a traced graph cannot follow."""
-        return ("its mask pasting (detection/masks.py: paste_masks) plans the pasted windows on the host with numpy, "
-                "which a traced graph cannot follow")
 
 
 def as_mask_rcnn(model: FasterRCNN, mask_branch: MaskBranch) -> MaskRCNN:

@@ -8,8 +8,8 @@ boxes, the input sizes, and the preparation for inference (batch norms folded, c
 convolution folded into it (``fold_frozen_batch_norms``), and optionally the channels-last memory layout.
 
 ``InferenceModel`` is the base of every model family: ``optimize_for_inference()`` and what
-``structured.export`` traces (``export_outputs``, ``EXPORT_OUTPUTS``, ``export_dynamic_axes``,
-``export_unsupported``), which a family overrides where its exported graph differs.
+``structured.export`` traces (``export_outputs``, ``EXPORT_OUTPUTS``, ``export_dynamic_axes``), which a family
+overrides where its exported graph differs.
 """
 
 from __future__ import annotations
@@ -130,7 +130,3 @@ class InferenceModel(nn.Module):
     def export_dynamic_axes(self) -> dict[str, dict[int, str]]:
         """The axes of the exported input (``image``) and outputs that vary from call to call, by name."""
         return {"image": {2: "height", 3: "width"}, **{name: {0: "detections"} for name in self.EXPORT_OUTPUTS}}
-
-    def export_unsupported(self, fmt: str) -> str | None:
-        """Why this model cannot be exported to format ``fmt`` (``onnx``, ``torchscript``), or ``None``."""
-        return None
