@@ -1,7 +1,8 @@
 """CPU latency of exported models: onnxruntime and TorchScript against PyTorch eager, same threads, same image.
 
 For each model (seeded weights, ``optimize_for_inference()`` as ``tools/export.py`` prepares it): export to
-ONNX and TorchScript with ``structured.export``, check each file against PyTorch (``verify_export``), then
+ONNX and TorchScript with ``structured.export``, check each file against PyTorch (``verify_export``; the
+table says whether it passed), then
 time PyTorch eager (``model.predict``), onnxruntime (``intra_op_num_threads`` = torch's threads) and the
 traced TorchScript module on the same 480x640 image (``bench_image``: a raccoon photo when ../shared/data is
 there), taking turns run by run (``time_runners``). Prints the best latency of each and the ratios to eager
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.detector_speed import bench_image, time_runners
 from bench.nms_cpu import render_table
-from structured.export import export_model, exported_runner, verification_images, verify_export
+from structured.export import ExportError, export_model, exported_runner, verification_images, verify_export
 from structured.registry import MODELS
 
 MODELS_TIMED = ("unet_nuclei", "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "faster_rcnn_mobilenet_v3_large_fpn",
@@ -48,15 +49,26 @@ def time_model(name: str, image: torch.Tensor, runs: int, folder: Path) -> list[
     """One table row: eager, onnxruntime and TorchScript latencies of recipe ``name`` and the ratios to eager."""
     torch.manual_seed(0)
     model = MODELS.build(name, num_classes=NUM_CLASSES.get(name, 90)).eval().optimize_for_inference()
-    paths = {}
+    paths, verified = {}, []
     for fmt in ("onnx", "torchscript"):
         paths[fmt] = export_model(model, folder / f"{name}.{fmt}", fmt)
-        verify_export(paths[fmt], model, verification_images(), fmt)
+        verified.append(verification(paths[fmt], model, fmt))
     runners = [eager_runner(model, image), *(file_runner(paths[fmt], fmt, image) for fmt in ("onnx", "torchscript"))]
     with torch.no_grad():
         times, _ = time_runners(runners, runs)
     eager, onnx, torchscript = (min(run_times) * 1e3 for run_times in times)
-    return [name, f"{eager:.1f}", f"{onnx:.1f}", f"{torchscript:.1f}", f"{onnx / eager:.2f}", f"{torchscript / eager:.2f}"]
+    return [name, f"{eager:.1f}", f"{onnx:.1f}", f"{torchscript:.1f}", f"{onnx / eager:.2f}", f"{torchscript / eager:.2f}",
+            *verified]
+
+
+def verification(path: Path, model: torch.nn.Module, fmt: str) -> str:
+    """``yes`` when the file gives PyTorch's outputs on three sizes, else the first difference (seeded SSDs score
+    many default boxes alike, and onnxruntime orders tied scores its own way)."""
+    try:
+        verify_export(path, model, verification_images(), fmt)
+    except ExportError as error:
+        return f"no: {str(error).split(': ', 1)[1].split(';')[0]}"
+    return "yes"
 
 
 def main() -> None:
@@ -71,8 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         rows = [time_model(name, image, args.runs, Path(folder)) for name in args.models]
     print(f"image {source} {tuple(image.shape[-2:])}, {args.threads} threads, best of {args.runs} runs")
-    print(render_table(["model", "eager ms", "onnxruntime ms", "torchscript ms", "onnx / eager", "ts / eager"], rows,
-                       markdown=True))
+    print(render_table(["model", "eager ms", "onnxruntime ms", "torchscript ms", "onnx / eager", "ts / eager",
+                        "onnx verified", "ts verified"], rows, markdown=True))
 
 
 if __name__ == "__main__":
