@@ -4,10 +4,10 @@
 
 The checkpoint's task picks the model (structured.load); the graph takes a float RGB image in [0, 1],
 ``image [1, 3, H, W]`` (the UNet: any batch of same-size images), runs the model's resizing, normalisation,
-network and post-processing inside, and returns the named outputs (boxes, scores, labels; the UNet's mask
-and probabilities). With --verify (the default) the exported file runs (onnxruntime for ONNX) on three
-images of different sizes and must give PyTorch's outputs; each check is printed. What cannot be exported
-(the format and the family named) is one error line.
+network and post-processing inside, and returns the named outputs (boxes, scores, labels, Mask R-CNN's masks;
+the UNet's mask and probabilities). With --verify (the default) the exported file runs (onnxruntime for ONNX) on three
+images of different sizes and must give PyTorch's outputs; each check is printed, and a file that fails
+is removed. An unknown format, an unusable checkpoint or output path, or a failed check is one error line.
 """
 
 from __future__ import annotations
