@@ -100,6 +100,13 @@ class AnchorGenerator(nn.Module):
         """``A`` for each level: number of sizes times number of aspect ratios."""
         return [len(s) * len(r) for s, r in zip(self.sizes, self.aspect_ratios, strict=True)]
 
+    def _anchors(self, feature_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], dtype: torch.dtype,
+                 device: torch.device | str) -> list[Tensor]:
+        return [
+            grid_anchors(cells.to(dtype=dtype, device=device), size, (image_size[0] // size[0], image_size[1] // size[1]))
+            for cells, size in zip(self.cells, feature_sizes, strict=True)
+        ]
+
     def forward(
         self,
         feature_sizes: Sequence[tuple[int, int]],
@@ -113,20 +120,15 @@ class AnchorGenerator(nn.Module):
                 f"got {len(feature_sizes)} feature maps but the anchor generator has {self.num_levels} levels "
                 f"(sizes {self.sizes})"
             )
+        if torch.jit.is_tracing():  # sizes are traced tensors: anchors computed in the graph (structured.export)
+            return self._anchors(feature_sizes, image_size, dtype, device)
         feature_sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
         image_size = (int(image_size[0]), int(image_size[1]))
         key = (feature_sizes, image_size, dtype, str(device))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        anchors = [
-            grid_anchors(
-                cells.to(dtype=dtype, device=device),
-                size,
-                (image_size[0] // size[0], image_size[1] // size[1]),
-            )
-            for cells, size in zip(self.cells, feature_sizes, strict=True)
-        ]
+        anchors = self._anchors(feature_sizes, image_size, dtype, device)
         self._cache[key] = anchors
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -91,7 +91,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """NMS applied independently within each category ``idxs [N]``; indices by decreasing score."""
+    """NMS applied independently within each category ``idxs [N]``; indices by decreasing score.
+
+    While tracing (``structured.export``) it is torchvision's ``batched_nms``, the same indices, which
+    exporters know (an ONNX ``NonMaxSuppression``); the checks and the kernel choice read the data, which a
+    traced graph cannot.
+    """
+    if torch.jit.is_tracing():
+        return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
     _check_nms_inputs(boxes, scores, iou_threshold)
     _check_idxs(idxs, boxes)
     if boxes.shape[0] == 0:

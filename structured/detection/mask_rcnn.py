@@ -124,7 +124,7 @@ class MaskBranch(nn.Module):
         boxes = [detection["boxes"] for detection in detections]
         labels = torch.cat([detection["labels"] for detection in detections])
         chosen = self.logits(features, boxes, labels).sigmoid()
-        return list(chosen.split([len(b) for b in boxes]))
+        return list(chosen.split([b.shape[0] for b in boxes]))  # shapes, not len(): traced graphs follow them
 
 
 def project_masks(masks: Tensor, boxes: Tensor, indices: Tensor, resolution: int) -> Tensor:
@@ -199,6 +199,8 @@ class MaskRCNN(FasterRCNN):
         for prediction, masks, size in zip(predictions, raw.masks, raw.original_sizes, strict=True):
             prediction["masks"] = paste_masks(masks, prediction["boxes"], size)
         return predictions
+
+    EXPORT_OUTPUTS = ("boxes", "scores", "labels", "masks")
 
 
 def as_mask_rcnn(model: FasterRCNN, mask_branch: MaskBranch) -> MaskRCNN:

@@ -64,6 +64,8 @@ class Chunk(NamedTuple):
 def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
                 memory_bound_bytes: int = DEFAULT_MEMORY_BOUND_BYTES) -> Tensor:
     """Paste each mask into its box of an ``image_size`` canvas: ``[K, H, W]`` probabilities (see the module)."""
+    if torch.jit.is_tracing():
+        return paste_masks_whole(masks, boxes, image_size)
     masks = _masks_as_3d(masks)
     height, width = _check_image_size(image_size)
     side = masks.shape[-1] + 2 * MASK_PADDING
@@ -84,6 +86,20 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
         windows = canvas.unfold(1, chunk.rows, 1).unfold(2, chunk.cols, 1)  # [K, H-rows+1, W-cols+1, rows, cols]
         windows[chunk.mask_index, chunk.top, chunk.left] = crops
     return canvas
+
+
+def paste_masks_whole(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``paste_masks`` as one chunk, every mask over the whole image, with no host planning: the path a traced
+    graph takes (``structured.export``), the same values; memory ``K * (M + 2 + H) * W`` elements."""
+    masks = masks[:, 0] if masks.ndim == 4 else masks
+    height, width = image_size
+    side = masks.shape[-1] + 2 * MASK_PADDING
+    integer_boxes = expanded_integer_boxes(boxes, masks.shape[-1])
+    row_taps = axis_taps(integer_boxes[:, 1], integer_boxes[:, 3], height, side, masks.dtype)
+    column_taps = axis_taps(integer_boxes[:, 0], integer_boxes[:, 2], width, side, masks.dtype)
+    everything = torch.arange(masks.shape[0], device=masks.device)
+    whole_image = Chunk(everything, torch.zeros_like(everything), torch.zeros_like(everything), height, width)
+    return interpolate_crops(F.pad(masks, (MASK_PADDING,) * 4), row_taps, column_taps, whole_image)
 
 
 def _masks_as_3d(masks: Tensor) -> Tensor:
@@ -236,7 +252,7 @@ def axis_taps(box_start: Tensor, box_end: Tensor, length: int, side: int, dtype:
 def interpolate_crops(bordered: Tensor, row_taps: AxisTaps, column_taps: AxisTaps, chunk: Chunk) -> Tensor:
     """The resized masks over each chunk window, zero outside their boxes: ``[n, rows, cols]``."""
     side = bordered.shape[-1]
-    n = len(chunk.mask_index)
+    n = chunk.mask_index.shape[0]  # not len(): a traced graph follows the shape
     mask_index = chunk.mask_index[:, None]
     columns = chunk.left[:, None] + torch.arange(chunk.cols, device=bordered.device)  # [n, cols]
     column_first = column_taps.first[mask_index, columns][:, None, :]  # [n, 1, cols]

@@ -6,12 +6,16 @@ boxes, the input sizes, and the preparation for inference (batch norms folded, c
 ``build_backbone_and_neck`` builds them. ``prepare_for_inference`` is what each detector's
 ``optimize_for_inference()`` does: eval mode, every frozen or eval-mode batch norm that follows a
 convolution folded into it (``fold_frozen_batch_norms``), and optionally the channels-last memory layout.
+
+``InferenceModel`` is the base of every model family: ``optimize_for_inference()`` and what
+``structured.export`` traces (``export_outputs``, ``EXPORT_OUTPUTS``, ``export_dynamic_axes``), which a family
+overrides where its exported graph differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -67,8 +71,8 @@ def select_features(features: Mapping[str, Tensor], names: list[str]) -> list[Te
 
 
 def original_sizes_of(images: list[Tensor]) -> list[tuple[int, int]]:
-    """``(height, width)`` of each input image."""
-    return [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    """``(height, width)`` of each input image (read from the shape, so a traced graph follows the input)."""
+    return [(image.shape[-2], image.shape[-1]) for image in images]
 
 
 def without_crowd(target: Target) -> Target:
@@ -118,3 +122,18 @@ class InferenceModel(nn.Module):
         (``c<k>``; it takes the model's padded input batch), then the neck when there is one (``p<k>``). Each
         has ``out_channels`` by map name; ``structured.explain`` hooks them."""
         return [module for module in (self.backbone, getattr(self, "neck", None)) if module is not None]
+
+    EXPORT_OUTPUTS: ClassVar[tuple[str, ...]] = ("boxes", "scores", "labels")
+    """The prediction keys an exported graph returns, in order (``export_outputs``)."""
+
+    def export_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """What an exported graph computes: the prediction of one image ``[1, 3, H, W]`` (float RGB in [0, 1]),
+        its ``EXPORT_OUTPUTS`` in order; the model's own inference, which is traced (``structured.export``)."""
+        if images.ndim != 4 or images.shape[0] != 1:
+            raise ValueError(f"an exported {type(self).__name__} takes one image [1, 3, H, W], got {list(images.shape)}")
+        prediction = self.postprocess(self.raw_outputs([images[0]]))[0]
+        return tuple(prediction[name] for name in self.EXPORT_OUTPUTS)
+
+    def export_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """The axes of the exported input (``image``) and outputs that vary from call to call, by name."""
+        return {"image": {2: "height", 3: "width"}, **{name: {0: "detections"} for name in self.EXPORT_OUTPUTS}}

@@ -177,7 +177,7 @@ class RegionProposalNetwork(nn.Module):
         """``[B, K]`` indices of the best ``pre_nms_top_n`` anchors of each level, level after level."""
         chosen, offset = [], 0
         for level_scores in objectness.split(anchors_per_level, dim=1):
-            count = min(self.settings.pre_nms_top_n, level_scores.shape[1])
+            count = top_n_of(level_scores.shape[1], self.settings.pre_nms_top_n)
             chosen.append(level_scores.topk(count, dim=1).indices + offset)
             offset += level_scores.shape[1]
         return torch.cat(chosen, dim=1)
@@ -187,10 +187,8 @@ class RegionProposalNetwork(nn.Module):
     ) -> list[Tensor]:
         """Decode the best anchors of each level and keep the NMS survivors, per image."""
         anchors_per_level = [level.shape[0] for level in anchors]
-        levels = torch.repeat_interleave(
-            torch.arange(len(anchors), device=objectness.device),
-            torch.tensor(anchors_per_level, device=objectness.device),
-        )
+        levels = torch.cat([torch.full_like(level_anchors[:, 0], level, dtype=torch.int64)
+                            for level, level_anchors in enumerate(anchors)])  # [T]: shapes follow a traced input
         top = self._top_anchor_indices(objectness, anchors_per_level)  # [B, K]
         scores = objectness.gather(1, top).sigmoid()
         top_deltas = deltas.gather(1, top[..., None].expand(-1, -1, 4))
@@ -239,6 +237,14 @@ class RegionProposalNetwork(nn.Module):
             torch.cat(sampled_logits), torch.cat(sampled_labels)
         )
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss / num_sampled}
+
+
+def top_n_of(available: int, top_n: int) -> int:
+    """``min(available, top_n)``; while tracing (``structured.export``) a tensor operation on the traced count, so
+    the graph takes the best ``top_n`` of however many anchors a level of the input has."""
+    if torch.jit.is_tracing():
+        return torch.clamp(torch.as_tensor(available), max=top_n)
+    return min(available, top_n)
 
 
 def build_rpn(settings: RPNSettings, in_channels: int) -> RegionProposalNetwork:

@@ -74,17 +74,33 @@ class ImageBatch(NamedTuple):
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Output ``(height, width)`` when the short side goes to ``min_size`` unless the long side exceeds ``max_size``."""
+    """Output ``(height, width)`` when the short side goes to ``min_size`` unless the long side exceeds ``max_size``.
+
+    While tracing (``structured.export``) the sides are traced tensors and the same float64 arithmetic runs as
+    tensor operations, so the exported graph computes the size of each input.
+    """
+    if torch.jit.is_tracing():
+        sides = torch.stack((torch.as_tensor(height), torch.as_tensor(width))).double()
+        # no 0-dim tensors: the ONNX exporter computes those in float32, which floors some sides one pixel lower
+        bounds = torch.tensor([min_size, max_size], dtype=torch.float64)
+        scale = (bounds / torch.stack((sides.min(), sides.max()))).min(dim=0, keepdim=True).values
+        new_height, new_width = (sides * scale).floor().long().unbind()
+        return new_height, new_width
     scale = min(min_size / min(height, width), max_size / max(height, width))
     return math.floor(height * scale), math.floor(width * scale)
 
 
 def scale_boxes(boxes: Tensor, old_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
     """``xyxy`` boxes ``[N, 4]`` of an image of ``old_size`` expressed in the same image at ``new_size``."""
-    new = torch.tensor(new_size, dtype=torch.float32, device=boxes.device)
-    old = torch.tensor(old_size, dtype=torch.float32, device=boxes.device)
+    new = _size_tensor(new_size, boxes.device)
+    old = _size_tensor(old_size, boxes.device)
     ratio_y, ratio_x = (new / old).unbind()
     return boxes * torch.stack((ratio_x, ratio_y, ratio_x, ratio_y))
+
+
+def _size_tensor(size: tuple[int, int], device: torch.device) -> Tensor:
+    """``(height, width)`` as float32 ``[2]``; sides that are traced tensors stay in the traced graph."""
+    return torch.stack([torch.as_tensor(side, device=device) for side in size]).to(torch.float32)
 
 
 def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -132,12 +148,19 @@ def _check_target(target: Target, index: int) -> None:
 def pad_batch(tensors: Sequence[Tensor], size_divisible: int, fill: float = 0) -> Tensor:
     """``[B, ..., H, W]``: each ``[..., h, w]`` tensor at the top left, padded with ``fill`` on the bottom and
     right to the largest height and width, rounded up to multiples of ``size_divisible``."""
-    height = math.ceil(max(tensor.shape[-2] for tensor in tensors) / size_divisible) * size_divisible
-    width = math.ceil(max(tensor.shape[-1] for tensor in tensors) / size_divisible) * size_divisible
+    height = padded_side(max(tensor.shape[-2] for tensor in tensors), size_divisible)
+    width = padded_side(max(tensor.shape[-1] for tensor in tensors), size_divisible)
+    if len(tensors) == 1:  # one pad, which a traced graph (structured.export) computes from the input's size
+        return F.pad(tensors[0], (0, width - tensors[0].shape[-1], 0, height - tensors[0].shape[-2]), value=fill)[None]
     batch = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], height, width), fill)
     for slot, tensor in zip(batch, tensors, strict=True):
         slot[..., : tensor.shape[-2], : tensor.shape[-1]].copy_(tensor)
     return batch
+
+
+def padded_side(side: int, size_divisible: int) -> int:
+    """``side`` rounded up to a multiple of ``size_divisible`` (integer arithmetic, so a traced side stays traced)."""
+    return (side + size_divisible - 1) // size_divisible * size_divisible
 
 
 class DetectionTransform(nn.Module):

@@ -51,7 +51,7 @@ from structured.backbones.base import level_name
 from structured.config import Recipe, settings_from
 from structured.detection.parts import BackboneSection, InferenceModel, original_sizes_of
 from structured.detection.roi_heads import HEAD_NORMS, conv_norm_relu
-from structured.detection.transform import IMAGENET_MEAN, IMAGENET_STD, check_image, pad_batch
+from structured.detection.transform import IMAGENET_MEAN, IMAGENET_STD, check_image, pad_batch, padded_side
 from structured.registry import BACKBONES, MODELS
 from structured.segmentation.losses import segmentation_losses
 from structured.types import IGNORE_INDEX, SemanticTarget
@@ -281,12 +281,17 @@ class UNet(InferenceModel):
         _check_images(images)
         batch = pad_batch([(image - self.mean.to(image)) / self.std.to(image) for image in images],
                           self.size_divisible)
+        return RawSegmentation(self.padded_logits(batch), original_sizes_of(images))
+
+    def padded_logits(self, batch: Tensor) -> Tensor:
+        """The network on a normalised batch ``[B, 3, H, W]`` whose sides are multiples of ``size_divisible``:
+        encoder, decoder, head; logits ``[B, K, H, W]``."""
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         logits = self.head(self.decoder(self.backbone(batch)))
         if logits.shape[-2:] != batch.shape[-2:]:
             logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
-        return RawSegmentation(logits, original_sizes_of(images))
+        return logits
 
     def postprocess(self, raw: RawSegmentation) -> list[dict[str, Tensor]]:
         """Per image: the logits cropped to its size, class probabilities ``[C + 1, H, W]`` and their argmax."""
@@ -298,11 +303,30 @@ class UNet(InferenceModel):
 
     @staticmethod
     def class_probabilities(logits: Tensor) -> Tensor:
-        """``[C + 1, H, W]`` probabilities of classes ``0..C`` from ``[K, H, W]`` logits (sigmoid when ``K == 1``)."""
-        if logits.shape[0] == 1:
+        """``[..., C + 1, H, W]`` probabilities of classes ``0..C`` from ``[..., K, H, W]`` logits (sigmoid when
+        ``K == 1``)."""
+        if logits.shape[-3] == 1:
             foreground = logits.sigmoid()
-            return torch.cat([1 - foreground, foreground])
-        return logits.softmax(dim=0)
+            return torch.cat([1 - foreground, foreground], dim=-3)
+        return logits.softmax(dim=-3)
+
+    EXPORT_OUTPUTS = ("mask", "probabilities")
+
+    def export_outputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """What an exported graph computes for a batch ``[B, 3, H, W]`` of same-size images: ``mask [B, H, W]``
+        and ``probabilities [B, C + 1, H, W]``, each image's prediction. The padding to ``size_divisible``
+        is computed from the input's shape, so the graph serves any batch and size."""
+        height, width = images.shape[-2], images.shape[-1]
+        normalised = (images - self.mean) / self.std
+        padded = F.pad(normalised, (0, padded_side(width, self.size_divisible) - width,
+                                    0, padded_side(height, self.size_divisible) - height))
+        probabilities = self.class_probabilities(self.padded_logits(padded)[..., :height, :width].float())
+        return probabilities.argmax(dim=-3), probabilities
+
+    def export_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Batch, height and width of the input and of both outputs vary."""
+        return {"image": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
+                "probabilities": {0: "batch", 2: "height", 3: "width"}}
 
     def loss(self, images: list[Tensor], targets: list[SemanticTarget]) -> dict[str, Tensor]:
         """Named scalar losses for ``images`` and their ``targets``."""

@@ -1,0 +1,252 @@
+"""Export a trained model to ONNX or TorchScript, and check the exported file against PyTorch.
+
+The exported graph takes what the Python model takes, as a batch: float RGB in [0, 1], ``image [B, 3, H, W]``
+(``B = 1`` for the detectors, any ``B`` of same-size images for the UNet), and runs the whole inference
+inside: normalisation, resizing and padding, the network, and the post-processing (box decoding, score
+thresholds, NMS, rescaling to the input image; the UNet's activation and argmax). It returns the model's
+``EXPORT_OUTPUTS`` by name: ``boxes [K, 4]`` xyxy in the input's pixels, ``scores [K]``, ``labels [K]``
+(Mask R-CNN also ``masks [K, H, W]`` probabilities), or the UNet's ``mask [B, H, W]`` class map and
+``probabilities [B, C + 1, H, W]``. What the graph computes is each family's
+``InferenceModel.export_outputs``, traced: ONNX through ``torch.onnx.export(..., dynamo=False)`` (the
+TorchScript-based exporter; torchvision gives it symbolics for ``nms`` and ``roi_align``), TorchScript
+through ``torch.jit.trace``. With ``dynamic`` the ONNX graph's input sizes (and the UNet's batch) are free;
+a traced TorchScript module follows the input's shape wherever the traced code computes with it.
+
+Families: UNet (any batch and size), SSD, Faster R-CNN and Mask R-CNN (one image of any size), to ONNX and
+TorchScript. Where the Python code reads sizes or data (the resize rule, padding, anchors, top-n counts, NMS
+dispatch, mask pasting), it checks ``torch.jit.is_tracing()`` and computes from the traced shapes instead;
+eager inference is unchanged.
+
+``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
+each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels, scores and
+probabilities within ``SCORE_TOLERANCE``, labels and class maps equal, masks equal at 0.5.
+
+onnx and onnxruntime are the ``export`` extra (``pip install 'structured[export]'``), imported only here
+and only when ONNX is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor, nn
+
+from structured.api import Predictor, load
+from structured.detection.parts import InferenceModel
+from structured.io import atomic_output
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+BOX_TOLERANCE = 1e-3
+SCORE_TOLERANCE = 1e-4
+MASK_THRESHOLD = 0.5
+EXAMPLE_SIZE = (240, 320)
+"""``(height, width)`` of the image the graph is traced with."""
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported as asked, or an exported file that does not give PyTorch's outputs."""
+
+
+def require_module(name: str) -> ModuleType:
+    """Import an optional dependency of the export, or raise one sentence naming the extra that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ExportError(f"exporting to ONNX needs {name}, which is not installed: pip install "
+                          "'structured[export]'") from error
+
+
+class ExportModule(nn.Module):
+    """The traced module: ``image [B, 3, H, W]`` -> the model's ``EXPORT_OUTPUTS`` (see the module docstring)."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        """The model's ``export_outputs`` of ``image``."""
+        return self.model.export_outputs(image)
+
+
+def check_exportable(model: nn.Module, fmt: str) -> InferenceModel:
+    """``model`` when it can be exported to ``fmt``; else ``ExportError`` naming the model or the format."""
+    if fmt not in FORMATS:
+        raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not isinstance(model, InferenceModel):
+        raise ExportError(f"{type(model).__name__} is not one of the toolkit's models (an InferenceModel with "
+                          "export_outputs); only those can be exported")
+    return model
+
+
+def example_image(size: tuple[int, int] = EXAMPLE_SIZE) -> Tensor:
+    """The seeded random ``[1, 3, H, W]`` image the graph is traced with."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand((1, 3, *size), generator=generator)
+
+
+def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, dynamic: bool = True,
+                 class_names: Sequence[str] | None = None, example_size: tuple[int, int] = EXAMPLE_SIZE) -> Path:
+    """Write ``model``'s inference as an ONNX or TorchScript file at ``path`` (atomically); returns the path.
+
+    ``dynamic``: the ONNX input's height and width (and the UNet's batch) are left free (TorchScript: see the
+    module docstring). ``class_names`` go into the file's metadata (ONNX ``metadata_props`` /
+    TorchScript ``extra_files``) as ``class_names``, a JSON list.
+    """
+    exportable = check_exportable(model, fmt)
+    exportable.eval()
+    module = ExportModule(exportable).eval()
+    example = example_image(example_size)
+    metadata = {"class_names": json.dumps(list(class_names or [])), "outputs": json.dumps(exportable.EXPORT_OUTPUTS)}
+    with atomic_output(path) as temporary, torch.no_grad():
+        if fmt == "onnx":
+            _export_onnx(module, example, temporary, dynamic, metadata)
+        else:
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(temporary), _extra_files=metadata)
+    return Path(path)
+
+
+def _export_onnx(module: ExportModule, example: Tensor, path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
+    onnx = require_module("onnx")
+    names = list(module.model.EXPORT_OUTPUTS)
+    axes = module.model.export_dynamic_axes() if dynamic else None
+    torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
+                      output_names=names, dynamic_axes=axes)
+    graph = onnx.load(str(path))
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def exported_runner(path: str | os.PathLike[str], fmt: str, threads: int | None = None
+                    ) -> Callable[[Tensor], dict[str, Tensor]]:
+    """A function running the exported file on ``image [B, 3, H, W]``: its outputs by name, as tensors.
+
+    ONNX runs in onnxruntime on the CPU with ``threads`` intra-op threads (torch's count by default).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"exported model {path} does not exist")
+    if fmt == "torchscript":
+        return _torchscript_runner(path)
+    onnxruntime = require_module("onnxruntime")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+
+    def run(image: Tensor) -> dict[str, Tensor]:
+        outputs = session.run(names, {"image": image.detach().cpu().numpy()})
+        return {name: torch.from_numpy(output) for name, output in zip(names, outputs, strict=True)}
+
+    return run
+
+
+def _torchscript_runner(path: str | os.PathLike[str]) -> Callable[[Tensor], dict[str, Tensor]]:
+    extra = {"outputs": ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    names = json.loads(extra["outputs"])
+
+    def run(image: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return dict(zip(names, module(image), strict=True))
+
+    return run
+
+
+@dataclass
+class OutputCheck:
+    """One output of one image: its exported shape and the largest difference to PyTorch's (or pixels that
+    differ, for class maps and thresholded masks)."""
+
+    image: int
+    name: str
+    shape: tuple[int, ...]
+    difference: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the difference is within the tolerance."""
+        return self.difference <= self.tolerance
+
+
+def compare_output(name: str, exported: Tensor, expected: Tensor) -> float:
+    """The difference of one exported output to PyTorch's: the largest absolute difference for boxes, scores
+    and probabilities, the number of differing entries for labels and class maps, of differing pixels at
+    ``MASK_THRESHOLD`` for masks; ``inf`` when the shapes differ."""
+    if tuple(exported.shape) != tuple(expected.shape):
+        return float("inf")
+    if exported.numel() == 0:
+        return 0.0
+    if name == "masks":
+        return float(((exported > MASK_THRESHOLD) != (expected > MASK_THRESHOLD)).sum())
+    if not expected.is_floating_point():
+        return float((exported.to(expected.dtype) != expected).sum())
+    return float((exported.float() - expected.float()).abs().max())
+
+
+def tolerance_of(name: str) -> float:
+    """The allowed difference of an output (see ``compare_output``)."""
+    if name == "boxes":
+        return BOX_TOLERANCE
+    if name in ("scores", "probabilities"):
+        return SCORE_TOLERANCE
+    return 0.0
+
+
+def check_outputs(model: InferenceModel, run: Callable[[Tensor], dict[str, Tensor]], images: Sequence[Tensor]
+                  ) -> list[OutputCheck]:
+    """Each output of the exported ``run`` on each ``[3, H, W]`` image against ``model.predict`` on it."""
+    checks = []
+    for index, image in enumerate(images):
+        expected = model.predict([image])[0]
+        exported = run(image[None])
+        for name in model.EXPORT_OUTPUTS:
+            output = exported[name]
+            if output.ndim == expected[name].ndim + 1:  # a batched graph (the UNet's): its one image
+                output = output[0]
+            checks.append(OutputCheck(index, name, tuple(output.shape), compare_output(name, output, expected[name]),
+                                      tolerance_of(name)))
+    return checks
+
+
+def verify_export(path: str | os.PathLike[str], model: InferenceModel, images: Sequence[Tensor], fmt: str
+                  ) -> list[OutputCheck]:
+    """Run the exported file on ``images`` and compare with ``model``; ``ExportError`` naming the first image
+    and output outside its tolerance, else every check."""
+    model.eval()
+    checks = check_outputs(model, exported_runner(path, fmt), images)
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        first = failed[0]
+        size = tuple(images[first.image].shape[-2:])
+        raise ExportError(f"{path}: output {first.name!r} of image {first.image} ({size[0]}x{size[1]}) differs from "
+                          f"PyTorch's by {first.difference:g} (tolerance {first.tolerance:g}, exported shape "
+                          f"{list(first.shape)}); {len(failed)} of {len(checks)} checks failed")
+    return checks
+
+
+VERIFY_SIZES = ((240, 320), (301, 207), (150, 433))
+"""``(height, width)`` of the images ``verify_export`` uses by default: other sizes than the traced one."""
+
+
+def verification_images(sizes: Sequence[tuple[int, int]] = VERIFY_SIZES) -> list[Tensor]:
+    """Seeded random ``[3, H, W]`` images of ``sizes`` (a real image does as well; these need no files)."""
+    generator = torch.Generator().manual_seed(1)
+    return [torch.rand((3, *size), generator=generator) for size in sizes]
+
+
+def load_predictor(checkpoint: str | os.PathLike[str]) -> Predictor:
+    """The checkpoint's predictor on the CPU, its model prepared for inference (``structured.load``)."""
+    return load(checkpoint, device="cpu", optimize=True)

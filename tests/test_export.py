@@ -1,0 +1,127 @@
+"""ONNX and TorchScript export (structured/export.py, tools/export.py): the exported file gives PyTorch's outputs
+on images of other sizes than the traced one, and what cannot be exported is one clear error."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from structured.engine.checkpoint import save_checkpoint
+from structured.export import ExportError, export_model, verification_images, verify_export
+from structured.registry import MODELS
+from tools import export as export_tool
+
+UNET = {"name": "unet_nuclei", "num_classes": 2, "encoder": {"width": 4, "depth": 3},
+        "decoder": {"channels": [16, 8, 4]}}
+SSD = {"name": "ssdlite320_mobilenet_v3_large", "num_classes": 3, "transform": {"size": 64},
+       "head": {"extras": [[32, 64, 3, 2, 1], [32, 64, 3, 2, 1]]},
+       "default_boxes": {"aspect_ratios": [[2]] * 4, "scales": [], "steps": []},
+       "postprocess": {"detections_per_img": 50}}
+MASK_RCNN = {"name": "mask_rcnn_r18_fpn", "num_classes": 3, "transform": {"min_size": 128, "max_size": 160},
+               "rpn": {"pre_nms_top_n_test": 100, "post_nms_top_n_test": 32}}
+SIZES = [(61, 47), (96, 200), (130, 41)]
+needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                                       reason="needs the export extra (onnxruntime)")
+
+
+def build(recipe: dict, spread: bool = False) -> torch.nn.Module:
+    """The recipe's model, seeded, prepared for inference as the export tool prepares it. ``spread`` adds noise
+    to its parameters: a fresh SSD scores many default boxes exactly alike, and the order of tied scores is
+    the runtime's choice (onnxruntime's top-k breaks ties by index, torch's not), which trained weights avoid."""
+    torch.manual_seed(0)
+    options = dict(recipe)
+    model = MODELS.build(options.pop("name"), **options)
+    if spread:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model.eval().optimize_for_inference()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    return {"unet": build(UNET), "ssd": build(SSD, spread=True), "mask_rcnn": build(MASK_RCNN)}
+
+
+CASES = [("unet", "onnx"), ("unet", "torchscript"), ("ssd", "onnx"), ("ssd", "torchscript"),
+         ("mask_rcnn", "onnx"), ("mask_rcnn", "torchscript")]
+"""Mask R-CNN runs Faster R-CNN's whole box path (the resize rule, anchors, proposals, NMS) and its masks."""
+
+
+@pytest.mark.parametrize(("family", "fmt"), CASES)
+def test_the_exported_file_gives_pytorchs_outputs_on_three_sizes(models, family, fmt, tmp_path):
+    if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs the export extra (onnxruntime)")
+    model = models[family]
+    path = export_model(model, tmp_path / f"{family}.{fmt}", fmt)
+    checks = verify_export(path, model, verification_images(SIZES), fmt)
+    assert {check.image for check in checks} == {0, 1, 2} and all(check.passed for check in checks)
+    names = [check.name for check in checks if check.image == 0]
+    assert tuple(names) == model.EXPORT_OUTPUTS
+    if family != "unet":  # the detections are not empty: the comparison compares something
+        assert all(check.shape[0] > 0 for check in checks)
+
+
+@needs_onnxruntime
+def test_the_onnx_unet_takes_a_batch_of_any_size(models, tmp_path):
+    from structured.export import exported_runner
+
+    model = models["unet"]
+    run = exported_runner(export_model(model, tmp_path / "unet.onnx", "onnx"), "onnx")
+    images = torch.rand(3, 3, 50, 70, generator=torch.Generator().manual_seed(2))
+    outputs = run(images)
+    expected = model.predict(list(images))
+    assert torch.equal(outputs["mask"], torch.stack([prediction["mask"] for prediction in expected]))
+
+
+@needs_onnxruntime
+def test_a_mismatch_names_the_image_and_the_output(models, tmp_path):
+    path = export_model(models["unet"], tmp_path / "unet.onnx", "onnx")
+    other = build({**UNET, "num_classes": 3})
+    with pytest.raises(ExportError, match=r"output 'mask' of image 0 \(61x47\) differs"):
+        verify_export(path, other, verification_images(SIZES), "onnx")
+
+
+@pytest.mark.parametrize(("model", "fmt", "message"), [
+    (torch.nn.Linear(2, 2), "onnx", "Linear is not one of the toolkit's models"),
+    (None, "tflite", "export format must be one of onnx, torchscript, got 'tflite'"),
+])
+def test_what_cannot_be_exported_is_a_clear_error_and_no_file(models, model, fmt, message, tmp_path):
+    with pytest.raises(ExportError, match=message):
+        export_model(model or models["unet"], tmp_path / "model.out", fmt)
+    assert not (tmp_path / "model.out").exists()
+
+
+def _checkpoint(tmp_path: Path, recipe: dict) -> Path:
+    model = MODELS.build(recipe["name"], **{key: value for key, value in recipe.items() if key != "name"})
+    names = ["__background__", *[f"class{index}" for index in range(1, recipe["num_classes"] + 1)]]
+    return save_checkpoint({"model": model.state_dict(), "config": {"model": recipe}, "class_names": names},
+                           tmp_path / "best.pt")
+
+
+def test_the_tool_exports_and_verifies_a_checkpoint(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, UNET)
+    out = tmp_path / "exported" / "unet.pt"
+    assert export_tool.main([str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "verified: 6 checks within tolerance" in printed
+    extra = {"class_names": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["class_names"]) == ["__background__", "class1", "class2"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--format", "tflite"], "error: export format must be one of onnx, torchscript, got 'tflite'"),
+    (["--format", "torchscript", "--out", "/proc/exported.pt"], "error: "),
+])
+def test_the_tool_reports_unusable_input_in_one_line(tmp_path, capsys, arguments, message):
+    checkpoint = _checkpoint(tmp_path, UNET)
+    if "--out" not in arguments:
+        arguments = [*arguments, "--out", str(tmp_path / "model.onnx")]
+    assert export_tool.main([str(checkpoint), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(message) and error.count("\n") == 1

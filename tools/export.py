@@ -1,0 +1,67 @@
+"""Export a trained model to ONNX or TorchScript and check the file against PyTorch.
+
+    python tools/export.py CHECKPOINT --format onnx|torchscript --out PATH [--no-dynamic] [--no-verify]
+
+The checkpoint's task picks the model (structured.load); the graph takes a float RGB image in [0, 1],
+``image [1, 3, H, W]`` (the UNet: any batch of same-size images), runs the model's resizing, normalisation,
+network and post-processing inside, and returns the named outputs (boxes, scores, labels, Mask R-CNN's masks;
+the UNet's mask and probabilities). With --verify (the default) the exported file runs (onnxruntime for ONNX) on three
+images of different sizes and must give PyTorch's outputs; each check is printed, and a file that fails
+is removed. An unknown format, an unusable checkpoint or output path, or a failed check is one error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from structured.cli import reports_usage_errors
+from structured.export import (
+    FORMATS,
+    ExportError,
+    export_model,
+    load_predictor,
+    verification_images,
+    verify_export,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="training checkpoint (best.pt / last.pt)")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--out", type=Path, required=True, help="the exported file to write")
+    parser.add_argument("--no-dynamic", dest="dynamic", action="store_false",
+                        help="ONNX: fix the input's size to the traced one (dynamic height and width by default)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip running the exported file against PyTorch")
+    return parser.parse_args(argv)
+
+
+@reports_usage_errors
+def main(argv: list[str] | None = None) -> int:
+    """Export, then verify unless told not to; exit status 2 for unusable input or a failed verification."""
+    args = parse_args(argv)
+    predictor = load_predictor(args.checkpoint)
+    path = export_model(predictor.model, args.out, args.format, args.dynamic, predictor.class_names)
+    print(f"wrote {path} ({args.format}, {type(predictor.model).__name__}, outputs "
+          f"{', '.join(predictor.model.EXPORT_OUTPUTS)})")
+    if args.verify:
+        images = verification_images()
+        try:
+            checks = verify_export(path, predictor.model, images, args.format)
+        except ExportError:
+            path.unlink()  # no file that gives other outputs than the model
+            raise
+        for check in checks:
+            height, width = images[check.image].shape[-2:]
+            print(f"image {check.image} ({height}x{width}) {check.name} {list(check.shape)}: difference "
+                  f"{check.difference:g} (tolerance {check.tolerance:g})")
+        print(f"verified: {len(checks)} checks within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
