@@ -315,7 +315,7 @@ class RoIHeads(nn.Module):
         logits, deltas = self.box_outputs(features, sample.proposals)
         labels = sample.labels
         positive = torch.where(labels > 0)[0]
-        deltas = deltas.view(deltas.shape[0], -1, 4)[positive, labels[positive]]  # [K, C+1, 4] -> [P, 4]
+        deltas = deltas.unflatten(1, (-1, 4))[positive, labels[positive]]  # [K, C+1, 4] -> [P, 4]
         box_targets = self.box_coder.encode(sample.matched_boxes[positive], torch.cat(sample.proposals)[positive])
         box_loss = F.smooth_l1_loss(deltas, box_targets, beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
         return {"loss_classifier": F.cross_entropy(logits, labels), "loss_box_reg": box_loss}
@@ -331,7 +331,7 @@ class RoIHeads(nn.Module):
         self, logits: Tensor, deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> list[Prediction]:
         """Detections per image from the head's outputs: decode, softmax, score threshold, per-class NMS."""
-        boxes = self.box_coder.decode(deltas.view(deltas.shape[0], -1, 4), torch.cat(proposals)[:, None])
+        boxes = self.box_coder.decode(deltas.unflatten(1, (-1, 4)), torch.cat(proposals)[:, None])
         scores = F.softmax(logits, dim=-1)
         counts = [p.shape[0] for p in proposals]
         return [

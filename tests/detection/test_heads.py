@@ -158,6 +158,19 @@ def test_roi_heads_detections_equal_torchvision(seed, score_thresh):
             assert torch.equal(mine[key], theirs[key]), key
 
 
+def test_roi_heads_predict_images_without_proposals():
+    _, ours = roi_pair(0, 0.0)
+    features = make_features(0)[:4]
+    proposals = make_proposals(0)
+    no_proposals = torch.zeros(0, 4)
+    alone = ours.predict(features, [proposals[0], no_proposals], IMAGE_SIZES)
+    both_empty = ours.predict(features, [no_proposals, no_proposals], IMAGE_SIZES)
+    assert len(alone[0]["boxes"]) > 0
+    for detections in (alone[1], *both_empty):
+        assert detections["boxes"].shape == (0, 4) and detections["scores"].shape == (0,)
+        assert detections["labels"].shape == (0,)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_roi_heads_losses_equal_torchvision(seed):
     reference, ours = roi_pair(seed, 0.05)
