@@ -19,7 +19,8 @@ eager inference is unchanged.
 
 ``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
 each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels, scores and
-probabilities within ``SCORE_TOLERANCE``, labels and class maps equal, masks equal at 0.5.
+probabilities within ``SCORE_TOLERANCE``, labels and class maps equal, masks equal at 0.5; detections whose
+scores tie may come in either order (``tie_order``).
 
 onnx and onnxruntime are the ``export`` extra (``pip install 'structured[export]'``), imported only here
 and only when ONNX is asked for.
@@ -205,17 +206,45 @@ def tolerance_of(name: str) -> float:
     return 0.0
 
 
+def tie_order(exported: dict[str, Tensor], expected: dict[str, Tensor]) -> Tensor:
+    """The order of the exported detections that puts each where PyTorch has it, moving a detection only among
+    the exported positions whose scores tie with its own (within ``SCORE_TOLERANCE``), to a position where
+    PyTorch has the same label and a tied score: the order of tied detections is arbitrary (top-k and sorting
+    break exact ties differently). Each position takes the nearest box of the candidates not taken yet;
+    ``arange`` (no reordering) when the counts differ or a position has no candidate."""
+    count = len(exported["scores"])
+    order = torch.arange(count)
+    if count != len(expected["scores"]):
+        return order
+    scores, labels = exported["scores"].float(), exported["labels"].to(expected["labels"].dtype)
+    box_distance = torch.cdist(expected["boxes"].float(), exported["boxes"].float(), p=float("inf"))
+    tied = ((expected["scores"].float()[:, None] - scores[None]).abs() <= SCORE_TOLERANCE) & \
+        ((scores[:, None] - scores[None]).abs() <= SCORE_TOLERANCE) & (expected["labels"][:, None] == labels[None])
+    taken = torch.zeros(count, dtype=torch.bool)
+    for position in range(count):
+        candidates = torch.where(tied[position] & ~taken)[0]
+        if len(candidates) == 0:
+            return torch.arange(count)
+        chosen = candidates[box_distance[position, candidates].argmin()]
+        order[position], taken[chosen] = chosen, True
+    return order
+
+
 def check_outputs(model: InferenceModel, run: Callable[[Tensor], dict[str, Tensor]], images: Sequence[Tensor]
                   ) -> list[OutputCheck]:
-    """Each output of the exported ``run`` on each ``[3, H, W]`` image against ``model.predict`` on it."""
+    """Each output of the exported ``run`` on each ``[3, H, W]`` image against ``model.predict`` on it
+    (detections with tied scores in PyTorch's order first, ``tie_order``)."""
     checks = []
     for index, image in enumerate(images):
         expected = model.predict([image])[0]
         exported = run(image[None])
+        order = tie_order(exported, expected) if "scores" in model.EXPORT_OUTPUTS else None
         for name in model.EXPORT_OUTPUTS:
             output = exported[name]
             if output.ndim == expected[name].ndim + 1:  # a batched graph (the UNet's): its one image
                 output = output[0]
+            if order is not None:
+                output = output[order]
             checks.append(OutputCheck(index, name, tuple(output.shape), compare_output(name, output, expected[name]),
                                       tolerance_of(name)))
     return checks
@@ -233,8 +262,21 @@ def verify_export(path: str | os.PathLike[str], model: InferenceModel, images: S
         size = tuple(images[first.image].shape[-2:])
         raise ExportError(f"{path}: output {first.name!r} of image {first.image} ({size[0]}x{size[1]}) differs from "
                           f"PyTorch's by {first.difference:g} (tolerance {first.tolerance:g}, exported shape "
-                          f"{list(first.shape)}); {len(failed)} of {len(checks)} checks failed")
+                          f"{list(first.shape)}); {len(failed)} of {len(checks)} checks failed"
+                          f"{tie_hint(model.predict([images[first.image]])[0])}")
     return checks
+
+
+def tie_hint(prediction: dict[str, Tensor]) -> str:
+    """A note for a failed check when PyTorch's detections tie exactly (a seeded model's do): which of the tied
+    candidates top-k keeps is arbitrary, so their boxes may differ from any exported file's."""
+    if "scores" not in prediction:
+        return ""
+    count, distinct = len(prediction["scores"]), len(prediction["scores"].unique())
+    if distinct == count:
+        return ""
+    return (f" (PyTorch's {count} detections have only {distinct} distinct scores: with tied scores which boxes "
+            "are kept is arbitrary; verify trained weights)")
 
 
 VERIFY_SIZES = ((240, 320), (301, 207), (150, 433))

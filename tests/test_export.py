@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from structured.engine.checkpoint import save_checkpoint
-from structured.export import ExportError, export_model, verification_images, verify_export
+from structured.export import ExportError, export_model, tie_order, verification_images, verify_export
 from structured.registry import MODELS
 from tools import export as export_tool
 
@@ -125,3 +125,16 @@ def test_the_tool_reports_unusable_input_in_one_line(tmp_path, capsys, arguments
     assert export_tool.main([str(checkpoint), *arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith(message) and error.count("\n") == 1
+
+
+def test_detections_with_tied_scores_may_come_in_either_order():
+    expected = {"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4], [2, 2, 9, 9]]),
+                "scores": torch.tensor([0.9, 0.5, 0.5, 0.2]), "labels": torch.tensor([1, 2, 2, 2])}
+    tied_swapped = {key: value[[0, 2, 1, 3]] for key, value in expected.items()}
+    order = tie_order(tied_swapped, expected)
+    for key, value in expected.items():
+        assert torch.equal(tied_swapped[key][order], value)
+    untied_swapped = {key: value[[1, 0, 2, 3]] for key, value in expected.items()}
+    assert torch.equal(tie_order(untied_swapped, expected), torch.arange(4))
+    other_label = {**tied_swapped, "labels": torch.tensor([1, 2, 3, 2])}
+    assert torch.equal(tie_order(other_label, expected), torch.arange(4))
