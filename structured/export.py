@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,10 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, dynam
     module = ExportModule(exportable).eval()
     example = example_image(example_size)
     metadata = {"class_names": json.dumps(list(class_names or [])), "outputs": json.dumps(exportable.EXPORT_OUTPUTS)}
-    with atomic_output(path) as temporary, torch.no_grad():
+    with atomic_output(path) as temporary, torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns at every Python value it records; the code reads sizes from traced shapes where
+        # they vary (module docstring), and verify_export checks other sizes than the traced one
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         if fmt == "onnx":
             _export_onnx(module, example, temporary, dynamic, metadata)
         else:

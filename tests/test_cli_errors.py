@@ -1,8 +1,10 @@
-"""Every tool, run as a subprocess on unusable input, ends with one ``error:`` line naming the culprit and
-exit status 2, never a traceback (``structured.cli``)."""
+"""Every tool on unusable input ends with one ``error:`` line naming the culprit and exit status 2, never a
+traceback (``structured.cli``). The cases call each tool's ``main`` in this process (an interpreter start
+and the torch import per case cost more than the cases); one case runs the tool as a subprocess, end to end."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -85,19 +87,42 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_tool_reports_unusable_input_in_one_line_with_status_2(inputs: Path, case: str) -> None:
+def expected_line(case: str, inputs: Path) -> tuple[list[str], str]:
+    """The tool's arguments of ``case`` and the text its error line must hold, with the paths filled in."""
     arguments, culprit = CASES[case]
     fields = {"root": inputs, "shapes": inputs / "shapes"}
-    command = [sys.executable, str(REPO_ROOT / "tools" / arguments[0]), *(a.format(**fields) for a in arguments[1:])]
+    return [arguments[0], *(a.format(**fields) for a in arguments[1:])], culprit.format(**fields)
+
+
+def check_one_error_line(status: int | None, stdout: str, stderr: str, culprit: str) -> None:
+    """Status 2, no traceback, and exactly one ``error:`` line, naming ``culprit``."""
+    output = stdout + stderr
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert status == 2, output
+    assert "Traceback" not in output
+    assert len(error_lines) == 1 and culprit in error_lines[0], output
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tool_reports_unusable_input_in_one_line_with_status_2(inputs: Path, case: str, monkeypatch, capsys) -> None:
+    arguments, culprit = expected_line(case, inputs)
+    tool = importlib.import_module(f"tools.{Path(arguments[0]).stem}")
+    monkeypatch.chdir(inputs)
+    try:
+        status = tool.main(arguments[1:])
+    except SystemExit as exit_request:
+        status = exit_request.code
+    captured = capsys.readouterr()
+    check_one_error_line(status, captured.out, captured.err, culprit)
+
+
+def test_a_tool_run_as_a_process_reports_unusable_input_the_same_way(inputs: Path) -> None:
+    arguments, culprit = expected_line("truncated checkpoint", inputs)
+    command = [sys.executable, str(REPO_ROOT / "tools" / arguments[0]), *arguments[1:]]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, cwd=inputs, capture_output=True, text=True, env=environment, timeout=300,
                                check=False)
-    output = completed.stdout + completed.stderr
-    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
-    assert completed.returncode == 2, output
-    assert "Traceback" not in output
-    assert len(error_lines) == 1 and culprit.format(**fields) in error_lines[0], output
+    check_one_error_line(completed.returncode, completed.stdout, completed.stderr, culprit)
 
 
 def test_a_bug_keeps_its_traceback() -> None:
