@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from structured.config import build_model, load_config
 from structured.evaluation.metrics_file import EvaluatedModel, read_accuracy, recipe_label, save_metrics
-from structured.evaluation.profiling import ProfileSettings, model_spec, profile_model
+from structured.evaluation.profiling import ProfileSettings, format_models, model_spec, profile_model
 from structured.measures import count_flops, count_parameters, fp32_mib
 from tests.conftest import REPO_ROOT
 from tools import benchmark
@@ -106,3 +106,14 @@ def test_a_plot_needs_a_row_with_an_accuracy(tmp_path, capsys) -> None:
                  "--device", "cpu", "--plot", str(tmp_path / "t.png")]
     assert benchmark.main(arguments) == 0
     assert "no timed row has an accuracy" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_gpu_row_has_the_gpu_latency_and_the_table_its_columns() -> None:
+    settings = ProfileSettings((64, 96), repeats=2, gpu=torch.device("cuda"))
+    row = profile_model(model_spec(str(SHAPES_UNET), data_classes=5), settings)
+    assert row.gpu_ms is not None and row.gpu_ms > 0 and row.gpu_fps == pytest.approx(1000.0 / row.gpu_ms)
+    assert row.cpu_ms is not None
+    table = format_models([row])
+    assert "GPU ms" in table and "GPU FPS" in table
