@@ -5,10 +5,6 @@ image), the contenders taking turns in rotating order; median milliseconds of th
 ratio structured / torchvision (below 1 = faster). Also timed:
 
 - ``+ threshold``: the paste followed by ``masks > 0.5`` over the whole output, what a consumer does.
-  On the CPU structured's canvas comes from calloc and pages no box reaches are only faulted in when
-  first read; this column charges that deferred cost to the paste.
-- ``eager zeros``: structured with the canvas from ``torch.zeros`` (every page written up front), to show
-  what filling and faulting in the K x H x W output costs (alone and with the threshold).
 
 Each structured result is checked against torchvision's (max |difference| per pixel).
 
@@ -21,7 +17,6 @@ import argparse
 import os
 import subprocess
 from collections.abc import Callable
-from unittest import mock
 
 import torch
 import torchvision
@@ -29,7 +24,6 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from bench.coco_eval import thread_report
 from bench.nms_cpu import render_table, time_round_robin
-from structured.detection import masks as masks_module
 from structured.detection.masks import paste_masks
 
 IMAGE_SIZE = (800, 1066)
@@ -47,15 +41,6 @@ def make_detections(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(count, MASK_SIDE, MASK_SIDE, generator=generator), torch.cat([corner, corner + size], dim=1)
 
 
-def eagerly_zeroed_paste(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """structured's paste with its canvas from ``torch.zeros`` instead of calloc."""
-    def eager_canvas(count: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.zeros((count, height, width), dtype=dtype, device=device)
-
-    with mock.patch.object(masks_module, "zero_canvas", eager_canvas):
-        return paste_masks(masks, boxes, IMAGE_SIZE)
-
-
 def contenders_for(masks: torch.Tensor, boxes: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The timed closures, all on the same detections."""
     return {
@@ -63,8 +48,6 @@ def contenders_for(masks: torch.Tensor, boxes: torch.Tensor) -> dict[str, Callab
         "torchvision": lambda: paste_masks_in_image(masks[:, None], boxes, IMAGE_SIZE),
         "structured + threshold": lambda: paste_masks(masks, boxes, IMAGE_SIZE) > 0.5,
         "torchvision + threshold": lambda: paste_masks_in_image(masks[:, None], boxes, IMAGE_SIZE) > 0.5,
-        "structured, eager zeros": lambda: eagerly_zeroed_paste(masks, boxes),
-        "structured, eager zeros + threshold": lambda: eagerly_zeroed_paste(masks, boxes) > 0.5,
     }
 
 
@@ -89,12 +72,11 @@ def cpu_model_name() -> str:
 def format_table(rows: list[dict[str, float]], markdown: bool) -> str:
     """The results as a plain or markdown table."""
     header = ["K", "torchvision ms", "structured ms", "structured/tv", "tv + thr ms", "structured + thr ms",
-              "ratio + thr", "eager zeros ms", "eager zeros + thr ms", "max |diff|"]
+              "ratio + thr", "max |diff|"]
     lines = [[str(row["K"]), f"{row['torchvision']:.1f}", f"{row['structured']:.1f}",
               f"{row['structured'] / row['torchvision']:.3f}", f"{row['torchvision + threshold']:.1f}",
               f"{row['structured + threshold']:.1f}",
               f"{row['structured + threshold'] / row['torchvision + threshold']:.3f}",
-              f"{row['structured, eager zeros']:.1f}", f"{row['structured, eager zeros + threshold']:.1f}",
               f"{row['max_diff']:.1e}"] for row in rows]
     return render_table(header, lines, markdown)
 
