@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torchvision
 
+from structured import measures
 from structured.boxes import batched_nms, box_convert, nms
 
 IOU_THRESHOLD = 0.5
@@ -94,13 +95,9 @@ def benchmark_case(count: int, clustered: bool, batched: bool, repeats: int) -> 
 
 
 def render_table(header: list[str], lines: list[list[str]], markdown: bool) -> str:
-    """``header`` and ``lines`` of cells as a markdown table or as right-aligned plain columns."""
-    if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(item) for item in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join("  ".join(item.rjust(width) for item, width in zip(line, widths, strict=True))
-                     for line in [header, *lines])
+    """``header`` and ``lines`` of cells as a markdown table or as right-aligned plain columns
+    (``structured.measures.render_table``, the package's one table writer)."""
+    return measures.render_table(header, lines, [], "md" if markdown else "text").rstrip("\n")
 
 
 def format_table(rows: list[dict[str, object]], markdown: bool) -> str:

@@ -72,7 +72,7 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
     side = masks.shape[-1] + 2 * MASK_PADDING
     _check_memory_bound(memory_bound_bytes, side, width, masks.element_size())
     boxes_on_host = _boxes_on_host(boxes, len(masks))
-    canvas = zero_canvas(len(masks), height, width, masks.dtype, masks.device)
+    canvas = torch.zeros((len(masks), height, width), dtype=masks.dtype, device=masks.device)
     if len(masks) == 0:
         return canvas
     integer_boxes = expanded_integer_boxes(boxes_on_host, masks.shape[-1])
@@ -136,11 +136,6 @@ def _boxes_on_host(boxes: Tensor, count: int) -> Tensor:
     if not bool(torch.isfinite(boxes).all()):
         raise ValueError("boxes contain infinite coordinates; expected finite numbers")
     return boxes
-
-
-def zero_canvas(count: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A zero ``[count, height, width]`` tensor (``torch.zeros``: every page written up front, see the module)."""
-    return torch.zeros((count, height, width), dtype=dtype, device=device)
 
 
 def expanded_integer_boxes(boxes: Tensor, mask_side: int) -> Tensor:
