@@ -101,6 +101,8 @@ from structured.evaluation.tasks import EvaluationTask, evaluation_task
 from structured.io import atomic_output
 
 OPTIMIZERS = ("sgd", "adamw")
+FUSED_OPTIMIZER_DEVICES = {"cpu", "cuda"}
+"""Device types whose parameters get torch's fused optimizer kernels."""
 AnyDataset = DetectionDataset | SemanticDataset
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -216,14 +218,18 @@ def build_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Opti
 
     Every parameter group carries ``lr_factor``, its learning rate over the schedule's: one group (factor 1)
     unless ``backbone_lr_factor`` differs from 1, then a ``backbone`` group at that factor and a ``heads`` group.
-    Both use the multi-tensor (``foreach``) update on every device: torch picks it by itself only on GPUs,
-    and on the CPU it makes an AdamW step of a 12M-parameter detector about 1.5x faster.
+    Both use torch's fused update (one kernel over all parameters) on CPU and CUDA parameters and the
+    multi-tensor (``foreach``) one elsewhere; torch picks neither by itself. On the CPU a fused AdamW step of
+    ResNet-18's 11.7M parameters takes 6-7 ms against 22-85 ms for ``foreach`` and 22-32 ms for the per-tensor
+    loop, the same values to float rounding.
     """
     groups = _parameter_groups(model, settings)
+    kernel = ({"fused": True} if {parameter.device.type for group in groups for parameter in group["params"]}
+              <= FUSED_OPTIMIZER_DEVICES else {"foreach": True})
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay, foreach=True)
-    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True)
+                               weight_decay=settings.weight_decay, **kernel)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, **kernel)
 
 
 def _parameter_groups(model: nn.Module, settings: TrainConfig) -> list[dict[str, Any]]:
