@@ -13,12 +13,18 @@ Semantic datasets (``SemanticDataset``: class-index PNG pairs, or instance datas
 maps) return ``(Tensor[3, H, W], SemanticTarget)`` the same way. Both kinds share what the training and
 evaluation code needs of any dataset: ``class_names``, ``category_ids``, ``sample_ids``, ``image_path(i)``,
 ``select(indices)`` (keep a subset, in that order) and ``collate`` (the batching function of the kind).
+
+Both can keep their decoded samples in memory (``cache_samples()``, the recipe's ``data.cache``, like
+ultralytics' ``cache=ram``): each image and its target are read once, and every later pass augments a copy.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,9 @@ from structured.data.validate import ValidationReport, check_images
 from structured.types import PER_INSTANCE_DTYPES, select_instances
 
 BACKGROUND = "__background__"
+
+CACHE_MEMORY_FRACTION = 0.5
+"""``cache_samples`` refuses a cache estimated above this fraction of the memory available."""
 
 
 def coco_image_id(record_id: int | str, index: int) -> int:
@@ -95,7 +104,64 @@ def target_to_tensors(target: dict) -> dict:
     return converted
 
 
-class DetectionDataset(Dataset):
+class SampleCache:
+    """Decoded samples kept in memory: ``cache_samples()`` reads each once, ``raw_sample(i)`` returns a copy.
+
+    A base of the dataset classes, which provide ``load_sample(i)``, ``image_path(i)`` and ``len()``.
+
+    The cache is keyed by image file, so ``select`` (a subset, another order) keeps it valid. Loader
+    workers started after the cache is filled share it (forked copy-on-write memory); the augmentation
+    works on a copy, never on the cached arrays.
+    """
+
+    sample_cache: dict[Path, tuple[np.ndarray, dict]] | None = None
+
+    def raw_sample(self, index: int) -> tuple[np.ndarray, dict]:
+        """``load_sample(index)``, from the cache when it holds the sample (a copy the caller may change)."""
+        cached = None if self.sample_cache is None else self.sample_cache.get(self.image_path(index))
+        if cached is None:
+            return self.load_sample(index)
+        image, target = cached
+        return image.copy(), copy.deepcopy(target)
+
+    def cache_samples(self, threads: int = 2) -> int:
+        """Read every sample into memory (``threads`` at a time); return the bytes held.
+
+        ``ValueError`` naming the dataset's first image when the cache, estimated from the first sample,
+        would take more than ``CACHE_MEMORY_FRACTION`` of the memory available (where the system reports it).
+        """
+        count = len(self)
+        if count == 0:
+            self.sample_cache = {}
+            return 0
+        first = self.load_sample(0)
+        estimate = _sample_bytes(first) * count
+        available = _available_memory()
+        if available is not None and estimate > CACHE_MEMORY_FRACTION * available:
+            raise ValueError(f"data.cache: the {count} decoded samples of the dataset of {self.image_path(0)} "
+                              f"would take about {estimate / 2**20:.1f} MiB of the {available / 2**20:.1f} MiB of memory "
+                              "free; expected at most half (set data.cache: false)")
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            rest = list(pool.map(self.load_sample, range(1, count)))
+        samples = [first, *rest]
+        self.sample_cache = {self.image_path(index): sample for index, sample in enumerate(samples)}
+        return sum(_sample_bytes(sample) for sample in samples)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory free now (None where ``os.sysconf`` cannot tell)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _sample_bytes(sample: tuple[np.ndarray, dict]) -> int:
+    image, target = sample
+    return image.nbytes + sum(value.nbytes for value in target.values() if isinstance(value, np.ndarray))
+
+
+class DetectionDataset(SampleCache, Dataset):
     """Images with boxes (and optionally instance masks); subclasses provide records and masks.
 
     Attributes: ``class_names`` (``class_names[0] == "__background__"``, labels index the rest),
@@ -189,14 +255,14 @@ class DetectionDataset(Dataset):
         return image, select_instances(target, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        image, target = self.load_sample(index)
+        image, target = self.raw_sample(index)
         if self.transforms is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, target = self.transforms(image, target, rng)
         return image_to_tensor(image), target_to_tensors(target)
 
 
-class SemanticDataset(Dataset, ABC):
+class SemanticDataset(SampleCache, Dataset, ABC):
     """Images with a class per pixel, as ``(Tensor[3, H, W], SemanticTarget)``; subclasses load the samples
     (the four abstract methods).
 
@@ -254,7 +320,7 @@ class SemanticDataset(Dataset, ABC):
                              f"0..{len(self.class_names) - 1} ({', '.join(self.class_names)}) and not 255 = ignore")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        image, target = self.load_sample(index)
+        image, target = self.raw_sample(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target, np.random.default_rng((self.seed, self.epoch, index)))
         return image_to_tensor(image), target_to_tensors(target)

@@ -20,11 +20,15 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
                               # SSD models resize to their fixed size themselves)
       image_size: 512         # training resize: shorter side (null: keep); validation images keep their size
       max_size: 853           # longer side cap of the training resize
+      crop_size: null         # a random square crop of this side after the augmentation (null: none); with
+                              # image_size null it trains at the images' own scale (smaller sides kept whole)
       batch_size: 2           # images per process per step
       workers: 0              # DataLoader worker processes
       with_masks: null        # load instance masks (COCO, mask folders); null: when the model is an
                               # instance model (its recipe's task, e.g. Mask R-CNN)
       skip_bad: false         # decode every image once and leave out unreadable ones
+      cache: false            # keep the decoded training and validation samples in memory (read once,
+                              # 2 threads; refused above half the free memory), like ultralytics' cache=ram
 
 The kind of dataset follows the task of the recipe's model (``config.model_task``): a semantic model
 (UNet) reads class maps (``structured.data.semantic``: VOC ``SegmentationClass``, ``images/`` + ``masks/``,
@@ -56,6 +60,7 @@ from structured.data.semantic import detect_semantic_format, open_semantic_datas
 from structured.data.summary import detect_format, open_dataset
 from structured.data.transforms import (
     Compose,
+    RandomCrop,
     RandomHorizontalFlip,
     Resize,
     semantic_training_transforms,
@@ -84,10 +89,12 @@ class DataConfig:
     augment: str = "standard"
     image_size: int | None = 512
     max_size: int | None = 853
+    crop_size: int | None = None
     batch_size: int = 2
     workers: int = 0
     with_masks: bool | None = None
     skip_bad: bool = False
+    cache: bool = False
 
 
 def data_config(config: Config, require_train: bool = True) -> DataConfig:
@@ -107,6 +114,8 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
         raise ConfigError(f"{config.source}: data.hold_out must be one of {HOLD_OUT_RULES}, got {settings.hold_out!r}")
     if not 0.0 <= settings.val_fraction < 1.0:
         raise ConfigError(f"{config.source}: data.val_fraction must be in [0, 1), got {settings.val_fraction}")
+    if settings.crop_size is not None and settings.crop_size < 1:
+        raise ConfigError(f"{config.source}: data.crop_size must be null or >= 1 pixels, got {settings.crop_size}")
     if settings.batch_size < 1 or settings.workers < 0:
         raise ConfigError(f"{config.source}: data.batch_size must be >= 1 and data.workers >= 0")
     return settings
@@ -169,15 +178,23 @@ def _default_splits(path: Path, fmt: str, settings: DataConfig, task: str) -> tu
 
 
 def _train_transforms(settings: DataConfig, task: str) -> Compose | None:
+    steps = _augmentation_steps(settings, task)
+    if settings.crop_size is not None:
+        steps.append(RandomCrop((settings.crop_size, settings.crop_size)))
+    return Compose(steps) if steps else None
+
+
+def _augmentation_steps(settings: DataConfig, task: str) -> list:
+    """The steps of the ``augment`` preset, its resize included."""
     if settings.augment == "standard":
         if settings.image_size is None:
             raise ConfigError("data.augment=standard needs data.image_size (the training resize)")
         pipeline = semantic_training_transforms if task == "semantic" else training_transforms
-        return pipeline(settings.image_size, settings.max_size)
+        return list(pipeline(settings.image_size, settings.max_size).transforms)
     steps: list = {"flip": [RandomHorizontalFlip()], "ssd": list(ssd_transforms().transforms)}.get(settings.augment, [])
     if settings.image_size is not None:
         steps.append(Resize(settings.image_size, settings.max_size))
-    return Compose(steps) if steps else None
+    return steps
 
 
 def _open(path: Path, fmt: str, settings: DataConfig, split: str | None, task: str) -> AnyDataset:
@@ -242,6 +259,10 @@ def build_datasets(settings: DataConfig, seed: int = 0,
         raise ValueError(f"validation classes {val.class_names[1:]} differ from training classes {train.class_names[1:]}")
     train.transforms = _train_transforms(settings, task)
     train.seed = seed
+    if settings.cache:
+        for dataset in (train, val):
+            if dataset is not None:
+                dataset.cache_samples()
     return train, val
 
 
