@@ -58,18 +58,25 @@ def opencv_batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch
     return lambda: cv2.dnn.NMSBoxesBatched(xywh, scores_np, classes_np, 0.0, IOU_THRESHOLD)
 
 
-def time_round_robin(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each contender, run in turns (the order rotating) so that noise hits all alike."""
-    for run in contenders.values():
+def time_round_robin(contenders: dict[str, Callable[[], object]], repeats: int,
+                     sample_seconds: float = 2e-3) -> dict[str, float]:
+    """Median milliseconds per call of each contender, run in turns (the order rotating) so that noise hits
+    all alike. A sample times as many back-to-back calls as fill ``sample_seconds`` (microsecond calls on
+    small sets cannot be timed one by one)."""
+    calls = {}
+    for name, run in contenders.items():
+        start = time.perf_counter()
         run()
+        calls[name] = max(1, int(sample_seconds / max(time.perf_counter() - start, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            run = contenders[name]
+            run, count = contenders[name], calls[name]
             start = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            for _ in range(count):
+                run()
+            samples[name].append((time.perf_counter() - start) * 1e3 / count)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -107,8 +114,8 @@ def format_table(rows: list[dict[str, object]], markdown: bool) -> str:
     lines = []
     for row in rows:
         case = f"{'batched ' + str(NUM_CLASSES) + ' cls' if row['batched'] else 'nms'}, {row['boxes']}"
-        lines.append([case, str(row["N"]), str(row["kept"]), f"{row['torchvision']:.2f}",
-                      f"{row['structured']:.2f}", f"{row['opencv']:.2f}",
+        lines.append([case, str(row["N"]), str(row["kept"]), f"{row['torchvision']:.4g}",
+                      f"{row['structured']:.4g}", f"{row['opencv']:.4g}",
                       f"{row['torchvision'] / row['structured']:.2f}x", f"{row['torchvision'] / row['opencv']:.2f}x",
                       "yes" if row["identical"] else "NO"])
     return render_table(header, lines, markdown)
@@ -119,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1000, 5000, 20000])
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -153,11 +153,49 @@ def test_bad_input_is_a_value_error(boxes, scores, threshold, message):
         nms(boxes, scores, threshold)
 
 
+NAN_CHECK_SIZES = [1, 2, nms_module.PYTHON_NAN_CHECK_MAX_BOXES, nms_module.PYTHON_NAN_CHECK_MAX_BOXES + 1, 300]
+"""Both NaN checks: Python floats up to PYTHON_NAN_CHECK_MAX_BOXES boxes, tensor reductions above."""
+
+
+@pytest.mark.parametrize("count", NAN_CHECK_SIZES)
+@pytest.mark.parametrize("where", ["boxes", "scores"])
+def test_a_nan_anywhere_is_found_at_every_size(count: int, where: str) -> None:
+    generator = torch.Generator().manual_seed(count)
+    boxes = torch.rand(count, 4, generator=generator).cumsum(1)
+    scores = torch.rand(count, generator=generator)
+    position = int(torch.randint(count, (1,), generator=generator))
+    if where == "boxes":
+        boxes[position, position % 4] = float("nan")
+    else:
+        scores[position] = float("nan")
+    for call in (lambda: nms(boxes, scores, 0.5), lambda: batched_nms(boxes, scores, torch.arange(count) % 3, 0.5)):
+        with pytest.raises(ValueError, match="NaN coordinates" if where == "boxes" else "scores contain NaN"):
+            call()
+
+
+@pytest.mark.parametrize("count", NAN_CHECK_SIZES)
+def test_infinities_of_both_signs_are_not_taken_for_nan(count: int) -> None:
+    generator = torch.Generator().manual_seed(count)
+    boxes = torch.rand(count, 4, generator=generator).cumsum(1) * 10
+    scores = torch.rand(count, generator=generator)
+    boxes[0, 2:] = float("inf")  # the Python sum of inf and -inf is NaN: the check must not stop there
+    scores[-1] = float("-inf")
+    assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+
+
 def test_bad_category_indices_are_a_value_error():
     with pytest.raises(ValueError, match="integer tensor"):
         batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match=r"idxs must be a tensor of shape \[2\]"):
         batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(3, dtype=torch.int64), 0.5)
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_fewer_than_two_boxes_are_all_kept_without_a_kernel_call(count: int) -> None:
+    boxes, scores = torch.tensor([[3.0, 3.0, 3.0, 9.0]])[:count], torch.tensor([0.2])[:count]  # degenerate too
+    expected = torchvision.ops.nms(boxes, scores, 0.5)
+    for keep in (nms(boxes, scores, 0.5), batched_nms(boxes, scores, torch.zeros(count, dtype=torch.int64), 0.5)):
+        assert keep.dtype == torch.int64 and torch.equal(keep, expected)
 
 
 def test_registered_device_kernel_is_used():
@@ -170,7 +208,7 @@ def test_registered_device_kernel_is_used():
     previous = nms_module._DEVICE_KERNELS.get("cpu")
     register_nms_kernel("cpu", recording_kernel)
     try:
-        nms(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([1.0]), 0.25)
+        nms(torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.0, 1.5, 1.0]]), torch.tensor([1.0, 0.5]), 0.25)
     finally:
         if previous is None:
             nms_module._DEVICE_KERNELS.pop("cpu")
