@@ -77,8 +77,9 @@ def run_step(title: str, tool: str, arguments: list[str]) -> None:
 def write_fresh_images(folder: Path, count: int) -> Path:
     """``count`` new pictures (a seed the dataset never used) as JPEG files in ``folder``.
 
-    They show the demo's scenes at twice the size (320 px): the detector resizes its input to 160 px, so
-    it sees what it was trained on, and the annotated pictures are large enough to read.
+    They show the demo's scenes at twice the size (320 px): the detector resizes its input to 128 px, as it
+    did the 160 px training pictures, so it sees what it was trained on, and the annotated pictures are
+    large enough to read.
     """
     folder.mkdir(parents=True, exist_ok=True)
     scenes = {**SCENES, "image_size": 2 * SCENES["image_size"], "min_object_size": 2 * SCENES["min_object_size"]}

@@ -37,7 +37,7 @@ def test_demo_recipe_builds_the_small_detector_it_describes():
 def test_demo_generates_trains_evaluates_and_infers(tmp_path: Path):
     out = tmp_path / "demo"
     command = [sys.executable, str(DEMO), "--out", str(out), "--train-images", "8", "--val-images", "4",
-               "--fresh-images", "3", "--set", "train.epochs=1", "train.log_every=1"]
+               "--fresh-images", "3", "--set", "train.epochs=4", "train.log_every=1"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
     printed = completed.stdout + completed.stderr
     assert completed.returncode == 0, printed
@@ -46,9 +46,10 @@ def test_demo_generates_trains_evaluates_and_infers(tmp_path: Path):
     assert "Average Precision  (AP) @[ IoU=0.50 " in printed and "FPS" in printed
     assert (out / "run" / "best.pt").is_file() and (out / "run" / "last.pt").is_file()
     steps = [entry for entry in read_log(out / "run" / "log.jsonl") if entry["kind"] == "train"]
-    # Too short a run for a useful AP (measured AP50 0.005), long enough for the heads to start learning.
-    assert steps[-1]["loss_classifier"] < 0.9 * steps[0]["loss_classifier"], steps  # measured 0.81
-    assert steps[-1]["loss"] < 0.95 * steps[0]["loss"], steps  # measured 0.85
+    # Too short a run (8 steps) for a useful AP, long enough for the heads to start learning.
+    assert len(steps) == 8
+    assert steps[-1]["loss_classifier"] < 0.85 * steps[0]["loss_classifier"], steps  # measured 0.73
+    assert (steps[-1]["loss"] + steps[-2]["loss"]) / 2 < 0.97 * steps[0]["loss"], steps  # measured 0.92
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["metrics"]["bbox"]["stats"]["AP50"] <= 1.0 and metrics["speed"] is not None
     pictures = sorted(path.name for path in (out / "predictions").glob("*.jpg"))
