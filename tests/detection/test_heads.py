@@ -22,7 +22,13 @@ from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from structured.boxes.anchors import AnchorGenerator
-from structured.detection.roi_heads import BoxPredictor, MultiLevelRoIAlign, RoIHeads, TwoMLPHead
+from structured.detection.roi_heads import (
+    BoxPredictor,
+    MultiLevelRoIAlign,
+    RoIHeads,
+    TwoMLPHead,
+    threaded_roi_align,
+)
 from structured.detection.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
 from structured.detection.transform import ImageBatch
 
@@ -196,6 +202,36 @@ def test_level_assignment_equals_torchvision_level_mapper():
     boxes = torch.cat((corners, corners + torch.rand(500, 2, generator=generator) * 700 + 0.5), 1)
     expected = LevelMapper(2, 5)([boxes])
     assert torch.equal(MultiLevelRoIAlign((4, 8, 16, 32)).assign_levels(boxes), expected)
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 1001])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_roi_align_equals_one_torchvision_call(count: int, threads: int) -> None:
+    from torchvision.ops import roi_align
+
+    generator = torch.Generator().manual_seed(count)
+    feature = torch.randn(2, 8, 40, 56, generator=generator)
+    corners = torch.rand(count, 2, generator=generator) * 200 - 20  # some boxes outside the map
+    rois = torch.cat((torch.randint(2, (count, 1), generator=generator).float(), corners,
+                      corners + torch.rand(count, 2, generator=generator) * 120), 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            found = threaded_roi_align(feature, rois, (7, 7), 0.25, 2)
+        expected = roi_align(feature, rois, (7, 7), 0.25, 2)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(found, expected)
+
+
+def test_threaded_roi_align_keeps_the_gradient_path() -> None:
+    generator = torch.Generator().manual_seed(0)
+    feature = torch.randn(1, 4, 30, 30, generator=generator, requires_grad=True)
+    corners = torch.rand(200, 2, generator=generator) * 80
+    rois = torch.cat((torch.zeros(200, 1), corners, corners + 20), 1)
+    threaded_roi_align(feature, rois, (7, 7), 0.25, 2).sum().backward()
+    assert feature.grad is not None and float(feature.grad.abs().sum()) > 0
 
 
 def test_pooler_rejects_strides_that_are_not_powers_of_two():
