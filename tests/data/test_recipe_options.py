@@ -13,14 +13,14 @@ from structured.data import base
 from structured.data.recipes import build_datasets, data_config
 
 
-def _datasets(root: Path, task: str, cache: bool):
+def _datasets(root: Path, task: str, **options):
+    """The synthetic set's train and val datasets of ``task``, flips only, images at their own size."""
     model = "unet_original" if task == "semantic" else "faster_rcnn_r18_fpn"
     section = {"train": str(root / "annotations/instances_train.json"), "format": "coco",
-               "val": str(root / "annotations/instances_val.json"), "augment": "flip", "image_size": None,
-               "cache": cache, "with_masks": task == "detection"}
+               "val": str(root / "annotations/instances_val.json"), "with_masks": True}
     if task == "semantic":
-        section = {"train": str(root), "train_split": "train", "val_split": "val", "augment": "flip",
-                   "image_size": None, "cache": cache}
+        section = {"train": str(root), "train_split": "train", "val_split": "val"}
+    section = {**section, "augment": "flip", "image_size": None, **options}
     return build_datasets(data_config(Config({"model": {"name": model}, "data": section})), seed=3, task=task)
 
 
@@ -73,14 +73,7 @@ def test_a_cache_too_large_for_the_free_memory_is_refused_naming_the_dataset(
 
 @pytest.mark.parametrize("task", ["detection", "semantic"])
 def test_crop_size_crops_training_samples_at_their_own_scale(synthetic_root: Path, task: str) -> None:
-    model = "unet_original" if task == "semantic" else "faster_rcnn_r18_fpn"
-    section = {"train": str(synthetic_root), "train_split": "train", "val_split": "val", "augment": "flip",
-               "image_size": None, "crop_size": 48}
-    if task == "detection":
-        section = {**section, "train": str(synthetic_root / "annotations/instances_train.json"), "format": "coco",
-                   "val": str(synthetic_root / "annotations/instances_val.json")}
-        del section["train_split"], section["val_split"]
-    train, val = build_datasets(data_config(Config({"model": {"name": model}, "data": section})), seed=0, task=task)
+    train, val = _datasets(synthetic_root, task, crop_size=48)
     uncropped = train.load_sample(0)[0]
     for index in range(len(train)):
         image, target = train[index]
