@@ -35,6 +35,7 @@ def kernel_mode(mode: str):
         SPARSE_MIN_BOXES=0,
         SPARSE_MIN_CLASS_SIZE=0,
         WORK_BUDGET_PER_BOX=10**9,
+        WORK_BUDGET_PAIR_FRACTION=10**9,
         COORDINATE_TRICK_MAX_ELEMENTS=0,
         PARALLEL_ROUNDS=rounds,
     ):
@@ -85,6 +86,24 @@ def test_large_sets_with_tied_scores_and_duplicates_match_torchvision():
     boxes[::7] = boxes[1::7][: len(boxes[::7])]
     scores = torch.randint(0, 3, (4000,), generator=torch.Generator().manual_seed(4)).float()
     assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+
+
+def test_classes_sharing_large_boxes_go_to_per_class_calls():
+    # SSD's candidates: every class ranks the same large decoded boxes, so the grid cannot separate them
+    # and the sparse kernel would evaluate nearly every same-class pair; it gives way to per-class calls.
+    generator = torch.Generator().manual_seed(5)
+    centres = torch.rand(500, 2, generator=generator) * 300
+    sizes = 60 + torch.rand(500, 2, generator=generator) * 200
+    shared = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+    boxes, classes = shared.repeat(8, 1), torch.arange(8).repeat_interleave(500)
+    scores = torch.rand(len(boxes), generator=generator)
+    sizes_squared = float(8 * 500**2)
+    assert nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=sizes_squared) is None
+    with mock.patch.object(nms_module, "WORK_BUDGET_PAIR_FRACTION", 10**9):
+        forced = nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=sizes_squared)
+    reference = torchvision.ops.batched_nms(boxes, scores, classes, 0.45)
+    assert torch.equal(batched_nms(boxes, scores, classes, 0.45), reference)
+    assert torch.equal(forced.sort().values, reference.sort().values)
 
 
 def test_long_suppression_chain_takes_the_sequential_finish():
