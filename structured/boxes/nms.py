@@ -21,8 +21,9 @@ sets (and large classes in ``batched_nms``) the sparse kernel here
    threshold comparison, so every suppression decision comes out the same;
 3. resolves the greedy order over the sparse "suppresses" graph in a few vectorised rounds.
 
-Sets too dense for that (a grid cell holding most boxes) go to torchvision's kernel, which is fast
-exactly there because the first kept boxes suppress nearly everything.
+Sets too dense for that (the cells' IoU matrices would hold more than a fraction of the same-class pairs)
+go to torchvision's kernel, one call per class, which is fast exactly there because the first kept boxes
+suppress nearly everything.
 """
 
 from __future__ import annotations
