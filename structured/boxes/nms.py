@@ -246,7 +246,8 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
     ranked_boxes = boxes[order].contiguous()
     ranked_groups = None if groups is None else groups[order].to(torch.int64)
     cells = _grid_cells(ranked_boxes, ranked_groups, iou_threshold)
-    if cells is None or _dense_work(cells[1]) > _work_budget(num_boxes, squared_sizes or num_boxes**2):
+    squared_sizes = float(num_boxes**2) if squared_sizes is None else squared_sizes
+    if cells is None or _dense_work(cells[1]) > _work_budget(num_boxes, squared_sizes):
         return None
     higher, lower = _suppressing_pairs(ranked_boxes, *cells, iou_threshold)
     kept_ranks = _resolve_greedy(num_boxes, higher, lower)

@@ -97,10 +97,10 @@ def test_classes_sharing_large_boxes_go_to_per_class_calls():
     shared = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
     boxes, classes = shared.repeat(8, 1), torch.arange(8).repeat_interleave(500)
     scores = torch.rand(len(boxes), generator=generator)
-    sizes_squared = float(8 * 500**2)
-    assert nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=sizes_squared) is None
+    squared_sizes = float(8 * 500**2)
+    assert nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=squared_sizes) is None
     with mock.patch.object(nms_module, "WORK_BUDGET_PAIR_FRACTION", 10**9):
-        forced = nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=sizes_squared)
+        forced = nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, squared_sizes=squared_sizes)
     reference = torchvision.ops.batched_nms(boxes, scores, classes, 0.45)
     assert torch.equal(batched_nms(boxes, scores, classes, 0.45), reference)
     assert torch.equal(forced.sort().values, reference.sort().values)
