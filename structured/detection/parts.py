@@ -82,26 +82,22 @@ def without_crowd(target: Target) -> Target:
     return select_instances(target, target["iscrowd"] == 0)
 
 
-def prepare_for_inference(model: nn.Module, channels_last: bool) -> bool:
-    """Put ``model`` in eval mode, fold its batch norms, and move it to channels-last when asked.
+def prepare_for_inference(model: nn.Module) -> None:
+    """Put ``model`` in eval mode and fold its batch norms.
 
     Outputs equal the unprepared model's up to float rounding (see ``fold_frozen_batch_norms``); the state
     dict changes and trainable batch norms are gone, so prepare after loading weights, for inference only.
-    Returns ``channels_last``, which the detector keeps to lay out its input batch the same way.
     """
     model.eval()
     fold_frozen_batch_norms(model)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return channels_last
 
 
 class InferenceModel(nn.Module):
     """A model's ``optimize_for_inference()`` and ``feature_modules()``, shared by every family (the detectors
     and the UNet, each with a ``backbone`` and, the detectors, a ``neck``).
 
-    ``channels_last`` says whether the model was prepared in that layout, so it can lay out its input batch
-    the same way.
+    ``channels_last`` says whether the model's weights are in that layout (``use_channels_last``), so it lays out
+    its input batch the same way.
     """
 
     def __init__(self) -> None:
@@ -114,7 +110,18 @@ class InferenceModel(nn.Module):
         See ``prepare_for_inference``: outputs equal the unprepared model's up to float rounding; call this after
         loading weights, for inference only, and do not save the result as a checkpoint.
         """
-        self.channels_last = prepare_for_inference(self, channels_last)
+        prepare_for_inference(self)
+        return self.use_channels_last() if channels_last else self
+
+    def use_channels_last(self) -> InferenceModel:
+        """Lay out the weights, and from now on every input batch, channels-last (NHWC); returns ``self``.
+
+        For training as well as inference (the recipe's ``train.channels_last``): outputs and gradients equal
+        the default layout's up to float rounding, the state dict holds the same values, and oneDNN's
+        convolutions are faster in this layout on some CPUs (docs/benchmarks.md, "The demo").
+        """
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
         return self
 
     def feature_modules(self) -> list[nn.Module]:

