@@ -130,7 +130,7 @@ class TrainConfig:
     (None: all epochs); ``time_limit`` wall-clock minutes of training (None: off; see the module docstring);
     ``find_unused_parameters`` for DistributedDataParallel; ``channels_last`` lays out the model and its
     input batches channels-last (NHWC; the model's ``use_channels_last()``), which is faster on some CPUs and
-    GPUs and changes results only by float rounding (the demo trains 1.4x as many steps so on an AMD EPYC).
+    GPUs and changes results only by float rounding (1.05-1.09x the steps in the demo's runs on an AMD EPYC).
 
     Fine-tuning: ``init_from`` a checkpoint whose weights start the run (``--weights``; another class list is
     fine, see ``structured.engine.transfer``); ``freeze`` names parts of the model (its top-level modules:
