@@ -29,7 +29,7 @@ def test_demo_recipe_builds_the_small_detector_it_describes():
     model = build_model(config)
     heads = {type(module).__name__ for module in model.modules()}
     assert {"ConvFCHead", "GroupNorm", "FPN"} <= heads
-    assert sum(p.numel() for p in model.parameters()) < 15e6
+    assert sum(p.numel() for p in model.parameters()) < 2e6  # ResNet-18 up to c3: layer3 and layer4 dropped
     assert yaml.safe_load(RECIPE.read_text())["train"]["optimizer"] == "adamw"
 
 
@@ -48,8 +48,8 @@ def test_demo_generates_trains_evaluates_and_infers(tmp_path: Path):
     steps = [entry for entry in read_log(out / "run" / "log.jsonl") if entry["kind"] == "train"]
     # Too short a run (8 steps) for a useful AP, long enough for the heads to start learning.
     assert len(steps) == 8
-    assert steps[-1]["loss_classifier"] < 0.7 * steps[0]["loss_classifier"], steps  # measured 0.52
-    assert (steps[-1]["loss"] + steps[-2]["loss"]) / 2 < 0.9 * steps[0]["loss"], steps  # measured 0.78
+    assert steps[-1]["loss_classifier"] < 0.8 * steps[0]["loss_classifier"], steps  # measured 0.66
+    assert (steps[-1]["loss"] + steps[-2]["loss"]) / 2 < steps[0]["loss"], steps  # measured 0.96 (in warm-up)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["metrics"]["bbox"]["stats"]["AP50"] <= 1.0 and metrics["speed"] is not None
     pictures = sorted(path.name for path in (out / "predictions").glob("*.jpg"))
