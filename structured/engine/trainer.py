@@ -28,7 +28,7 @@ Wall-clock budget (``time_limit``, minutes; None: off), like ultralytics' ``time
   ``milestone / epochs`` of the budget; warm-up still counts steps;
 - once the budget is spent, training ends at that step: a final validation (so ``best.pt`` reflects the
   end of training), ``last.pt`` (and ``best.pt`` when it improved) saved and an ``event`` log line saying
-  the time limit ended it. ``epochs`` still caps the run, whichever comes first. A mid-run validation that
+  the time limit ended it (with the training minutes, and the total with that validation). ``epochs`` still caps the run, whichever comes first. A mid-run validation that
   would not finish inside the budget (judged by the previous one's duration) is skipped; the final one
   always runs (when validation is on);
 - with several processes every rank uses rank 0's clock (broadcast after each step), so all ranks use the
@@ -488,6 +488,7 @@ class Trainer:
         if self.clock_start is None:
             self._echo(f"nothing to train: the time limit ({self.settings.time_limit} min) was already spent")
             return
+        training_minutes = self.elapsed / 60
         unsaved = self.position.batch_in_epoch > 0
         unvalidated = self._validation_enabled() and self.validated_iteration != self.position.iteration
         if unsaved or unvalidated:
@@ -495,7 +496,9 @@ class Trainer:
             epoch = round(self.position.epoch + self.position.batch_in_epoch / self.batches_per_epoch, 3)
             self._save_and_record(epoch, stats)
         message = (f"time limit reached: train.time_limit={self.settings.time_limit} min ended training at "
-                   f"iteration {self.position.iteration} after {self.elapsed / 60:.2f} min")
+                   f"iteration {self.position.iteration} after {training_minutes:.2f} min")
+        if self.elapsed / 60 - training_minutes >= 0.005:
+            message += f" ({self.elapsed / 60:.2f} min with the final validation and checkpoint)"
         if self.records is not None:
             self.records.log({"kind": "event", "message": message, "iteration": self.position.iteration,
                               "epoch": self.position.epoch, "elapsed_seconds": round(self.elapsed, 3)})

@@ -74,7 +74,10 @@ def test_training_stops_at_the_step_that_spends_the_budget_validates_there_and_a
     assert last["iteration"] == 7 and last["elapsed_seconds"] == 135.0
     assert (tmp_path / "best.pt").is_file() and best["epoch"] in (1, 1.75)
     log = read_log(tmp_path / "log.jsonl")
-    assert any("time limit reached" in entry.get("message", "") and entry["iteration"] == 7 for entry in log)
+    [event] = [entry for entry in log if "time limit reached" in entry.get("message", "")]
+    assert event["iteration"] == 7
+    assert event["message"].endswith("ended training at iteration 7 after 2.00 min "
+                                     "(2.25 min with the final validation and checkpoint)")
     assert [entry["epoch"] for entry in log if entry["kind"] == "epoch"] == [1, 1.75]
     # the lr of each step follows the cosine at (training seconds before the step) / budget
     seconds_before_each_step = [0, 15, 30, 45, 75, 90, 105]  # the validation's 15 s come before step 5
