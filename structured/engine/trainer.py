@@ -28,9 +28,9 @@ Wall-clock budget (``time_limit``, minutes; None: off), like ultralytics' ``time
   ``milestone / epochs`` of the budget; warm-up still counts steps;
 - once the budget is spent, training ends at that step: a final validation (so ``best.pt`` reflects the
   end of training), ``last.pt`` (and ``best.pt`` when it improved) saved and an ``event`` log line saying
-  the time limit ended it (with the training minutes, and the total with that validation). ``epochs`` still caps the run, whichever comes first. A mid-run validation that
-  would not finish inside the budget (judged by the previous one's duration) is skipped; the final one
-  always runs (when validation is on);
+  the time limit ended it (the training minutes, and apart the total with that validation). ``epochs``
+  still caps the run, whichever comes first. A mid-run validation that would not finish inside the budget
+  (judged by the previous one's duration) is skipped; the final one always runs (when validation is on);
 - with several processes every rank uses rank 0's clock (broadcast after each step), so all ranks use the
   same learning rate and stop at the same step.
 
