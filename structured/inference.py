@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from structured.io import save_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+
+Source = str | os.PathLike[str]
 
 
 @dataclass
@@ -48,20 +52,52 @@ class InferenceSummary:
     seconds: list[float] = field(default_factory=list)
 
 
-def list_sources(source: str | os.PathLike[str]) -> list[Path]:
-    """The files a source names: one file, the images and videos of a folder, or a glob pattern's matches."""
-    text = str(source)
+def list_sources(sources: Source | Sequence[Source]) -> list[Path]:
+    """The files the sources name, each once, in the order given: a file, the images and videos of a folder
+    (its top level), or a glob pattern's matching files. A folder or pattern with none is an error."""
+    listed: dict[Path, Path] = {}  # resolved path -> the path as named
+    for source in [sources] if isinstance(sources, (str, os.PathLike)) else sources:
+        for path in _files_of(str(source)):
+            listed.setdefault(path.resolve(), path)
+    return list(listed.values())
+
+
+def _files_of(text: str) -> list[Path]:
     path = Path(text)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no image or video in folder {text} (looked for {', '.join(MEDIA_SUFFIXES)} "
+                                    f"at its top level; for subfolders pass a quoted pattern such as '{path / '**' / '*.png'}')")
+        return files
     if any(character in text for character in "*?["):
-        matches = sorted(Path(match) for match in glob.glob(text, recursive=True))
+        matches = sorted(Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file())
         if not matches:
             raise FileNotFoundError(f"no file matches the pattern {text}")
         return matches
     if not path.exists():
         raise FileNotFoundError(f"input not found: {text}")
     return [path]
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """A distinct output file name per input, with distinct stems (masks and label files are named by the
+    stem): the input's own name, or where stems repeat (``a/img.png`` and ``b/img.png``) its path below the
+    repeated inputs' common folder joined by ``_`` (``a_img.png``, ``b_img.png``), then ``_2``, ``_3`` ... on a
+    stem still taken (``img.jpg`` and ``img.png`` give ``img.jpg`` and ``img_2.png``)."""
+    stem_counts = Counter(path.stem for path in paths)
+    repeated = [path.absolute() for path in paths if stem_counts[path.stem] > 1]
+    common = Path(os.path.commonpath(repeated)) if repeated else None
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        name = "_".join(path.absolute().relative_to(common).parts) if stem_counts[path.stem] > 1 else path.name
+        stem, suffix, number = Path(name).stem, Path(name).suffix, 2
+        while stem in taken:
+            stem, number = f"{Path(name).stem}_{number}", number + 1
+        taken.add(stem)
+        names[path] = stem + suffix
+    return names
 
 
 def iter_frames(video: Path) -> Iterator[np.ndarray]:
@@ -84,23 +120,27 @@ Result = DetectionResult | SegmentationResult
 
 def run_inference(
     predictor: Predictor,
-    source: str | os.PathLike[str],
+    source: Source | Sequence[Source],
     out_dir: str | os.PathLike[str],
     score_threshold: float = 0.25,
     classes: Sequence[str | int] | None = None,
     save_txt: bool = False,
     report: Callable[[str], None] = print,
 ) -> InferenceSummary:
-    """Predict on every input of ``source``; write pictures, ``predictions.json``, ``images.json`` and each
-    result's files (module docstring). ``score_threshold`` and ``classes`` go to ``predictor.predict``."""
+    """Predict on every input of ``source`` (one or several: ``list_sources``); write pictures,
+    ``predictions.json``, ``images.json`` and each result's files (module docstring), named by
+    ``output_names``. ``score_threshold`` and ``classes`` go to ``predictor.predict``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = InferenceSummary()
     results_json: list[dict] = []
     images_json: list[dict] = []
-    for path in list_sources(source):
+    paths = list_sources(source)
+    names = output_names(paths)
+    for path in paths:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
-        frames = _predict_source(predictor, path, is_video, out_dir, score_threshold, classes, summary, report)
+        frames = _predict_source(predictor, path, names[path], is_video, out_dir, score_threshold, classes,
+                                 summary, report)
         for name, result in frames:
             image_id = len(images_json) + 1
             height, width = result.image.shape[:2]
@@ -115,7 +155,7 @@ def run_inference(
 
 
 def _predict_source(
-    predictor: Predictor, path: Path, is_video: bool, out_dir: Path, score_threshold: float,
+    predictor: Predictor, path: Path, name: str, is_video: bool, out_dir: Path, score_threshold: float,
     classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
 ) -> Iterator[tuple[str, Result]]:
     """``(name, result)`` of the image or of each video frame; an unreadable input is reported and skipped.
@@ -124,9 +164,10 @@ def _predict_source(
     """
     try:
         if is_video:
-            yield from _predict_video(predictor, path, out_dir, score_threshold, classes, summary, report)
+            yield from _predict_video(predictor, path, Path(name).stem, out_dir, score_threshold, classes, summary,
+                                      report)
         else:
-            yield path.name, _predict_file(predictor, path, score_threshold, classes, summary, report)
+            yield name, _predict_file(predictor, path, score_threshold, classes, summary, report)
     except (ImageReadError, OSError, ValueError) as error:
         summary.skipped.append((str(path), str(error)))
         report(f"skipped {path}: {error}")
@@ -141,12 +182,13 @@ def _predict_file(
 
 
 def _predict_video(
-    predictor: Predictor, path: Path, out_dir: Path, score_threshold: float, classes: Sequence[str | int] | None,
-    summary: InferenceSummary, report: Callable[[str], None],
+    predictor: Predictor, path: Path, stem: str, out_dir: Path, score_threshold: float,
+    classes: Sequence[str | int] | None, summary: InferenceSummary, report: Callable[[str], None],
 ) -> Iterator[tuple[str, Result]]:
-    """``(name, result)`` of each frame, yielded once its annotated frame is written to the output video."""
+    """``(name, result)`` of each frame (``stem_000000.jpg`` ...), yielded once its annotated frame is written
+    to the output video ``stem_annotated.mp4``."""
     writer = None
-    target = out_dir / f"{path.stem}_annotated.mp4"
+    target = out_dir / f"{stem}_annotated.mp4"
     try:
         for index, frame in enumerate(iter_frames(path)):
             result = _timed_predict(predictor, frame, f"{path}#{index}", score_threshold, classes, summary, report)
@@ -154,7 +196,7 @@ def _predict_video(
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
                                          (frame.shape[1], frame.shape[0]))
             writer.write(cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
-            yield f"{path.stem}_{index:06d}.jpg", result
+            yield f"{stem}_{index:06d}.jpg", result
     finally:
         if writer is not None:
             writer.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,7 +14,7 @@ from pycocotools.coco import COCO
 import structured
 from structured import Detector, Segmenter
 from structured.backbones import FrozenBatchNorm2d
-from structured.inference import list_sources, run_inference
+from structured.inference import list_sources, output_names, run_inference
 from tests.detection.test_faster_rcnn import assert_same_detections
 from tools import infer as infer_tool
 
@@ -170,6 +171,57 @@ def test_sources_and_errors(tmp_path, checkpoint):
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"do not fit the model: shape mismatch .*roi_heads"):
         Detector.from_checkpoint(tmp_path / "other.pt")
+
+
+def test_sources_are_listed_once_each_in_order_and_an_empty_folder_is_an_error(tmp_path):
+    for name in ("b.png", "a.jpg", "notes.txt", "sub/c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image is not an input
+    listed = list_sources([tmp_path / "b.png", tmp_path, str(tmp_path / "**" / "*.png"), tmp_path / "sub" / ".." / "b.png"])
+    assert listed == [tmp_path / "b.png", tmp_path / "a.jpg", tmp_path / "sub" / "c.png"]
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no image or video in folder .*empty .*at its top level; for "
+                                                r"subfolders pass a quoted pattern such as '.*empty/\*\*/\*\.png'"):
+        list_sources(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="input not found: .*missing.jpg"):
+        list_sources([tmp_path / "a.jpg", tmp_path / "missing.jpg"])
+
+
+def test_output_names_are_distinct_with_distinct_stems():
+    unique = [Path("x/one.jpg"), Path("y/two.png")]
+    assert output_names(unique) == {Path("x/one.jpg"): "one.jpg", Path("y/two.png"): "two.png"}
+    same_name = [Path("data/a/img.png"), Path("data/b/img.png"), Path("data/c/other.png")]
+    assert list(output_names(same_name).values()) == ["a_img.png", "b_img.png", "other.png"]
+    same_stem = [Path("d/img.jpg"), Path("d/img.png"), Path("d/img_2.png")]
+    names = list(output_names(same_stem).values())
+    assert names == ["img.jpg", "img_2.png", "img_2_2.png"]
+    assert len({Path(name).stem for name in names}) == 3
+    clash = [Path("a/img.png"), Path("b/img.png"), Path("a_img.png")]  # a joined name meets a real one
+    assert len({Path(name).stem for name in output_names(clash).values()}) == 3
+
+
+def test_infer_tool_takes_several_sources_and_keeps_same_named_images_apart(checkpoint, tmp_path, capsys):
+    for index, folder in enumerate(("a", "b")):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "img.png"), images(2)[index])
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "a" / "img.png"), str(tmp_path / "b"), "--weights", str(checkpoint), "--out", str(out),
+            "--score-thr", "0", "--save-txt"]
+    assert infer_tool.main(argv) == 0
+    assert "2 images" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_img.png", "b_img.png"]
+    assert sorted(p.name for p in (out / "labels").glob("*.txt")) == ["a_img.txt", "b_img.txt"]
+    catalogue = json.loads((out / "images.json").read_text())
+    assert [entry["file_name"] for entry in catalogue["images"]] == ["a_img.png", "b_img.png"]
+
+
+def test_infer_tool_on_a_folder_without_images_says_so(checkpoint, tmp_path, capsys):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    status = infer_tool.main([str(tmp_path / "data"), "--weights", str(checkpoint), "--out", str(tmp_path / "o")])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "no image or video in folder" in error and "Traceback" not in error
 
 
 def test_infer_tool_exit_status(checkpoint, tmp_path, capsys):

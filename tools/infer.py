@@ -1,13 +1,14 @@
-"""Run a trained detector or segmenter on an image, a folder, a glob or a video.
+"""Run a trained detector or segmenter on images, folders, globs or videos.
 
-    python tools/infer.py SOURCE --weights runs/NAME/best.pt [--out outputs/infer] [--score-thr 0.25]
+    python tools/infer.py SOURCE [SOURCE ...] --weights runs/NAME/best.pt [--out outputs/infer] [--score-thr 0.25]
                           [--classes cat dog] [--save-txt] [--device cpu]
 
 The checkpoint's task picks the predictor (structured.load). A detector writes annotated pictures (an
 annotated video for a video), predictions.json (COCO results) and, with --save-txt, YOLO label files; a
 segmenter writes colour overlays, a class-index PNG per image in masks/ and predictions.json (each image's
 mask file and pixels per class; --score-thr: pixels whose best class is less probable become background).
-Prints the time of each image. Unreadable inputs are reported and skipped.
+Prints the time of each image. Unreadable inputs are reported and skipped; outputs of inputs with the same
+name in different folders get distinct names (structured.inference.output_names).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from structured.inference import run_inference
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="image file, folder, glob pattern (quote it) or video file")
+    parser.add_argument("source", nargs="+",
+                        help="image files, folders, glob patterns (quoted: '**' reaches subfolders) or video files")
     parser.add_argument("--weights", required=True, help="training checkpoint (best.pt / last.pt)")
     parser.add_argument("--out", type=Path, default=Path("outputs/infer"))
     parser.add_argument("--score-thr", type=float, default=0.25)
