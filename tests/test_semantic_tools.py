@@ -71,6 +71,17 @@ def test_eval_prints_per_class_iou_and_writes_metrics_and_the_confusion_matrix(t
     assert (out / "confusion_matrix.png").is_file()
 
 
+def test_eval_without_data_scores_the_run_s_own_validation_split(trained: Path) -> None:
+    out = trained / "eval_own_split"
+    arguments = [trained / "run" / "config.yaml", "--weights", trained / "run" / "best.pt", "--out", out,
+                 "--speed-iters", "0", "--no-optimize"]
+    assert eval_tool.main(list(map(str, arguments))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    epoch = [entry for entry in read_log(trained / "run" / "log.jsonl") if entry["kind"] == "epoch"][-1]
+    assert metrics["images"] == 2  # the generated data's val split, what training validated on
+    assert metrics["metrics"]["mIoU"] == pytest.approx(epoch["mIoU"], abs=1e-9)
+
+
 def _write_video(path: Path, frames: int = 2) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
     for index in range(frames):

@@ -1,12 +1,14 @@
 """Evaluate a trained detector or segmenter: COCO mAP and per-class AP, or per-class IoU, mIoU, Dice; FPS.
 
-    python tools/eval.py CONFIG --weights W --data D [--split val] [--out outputs/eval] [--device cpu]
+    python tools/eval.py CONFIG --weights W [--data D] [--split val] [--out outputs/eval] [--device cpu]
                          [--set key=value ...] [--speed-iters 20]
 
 The recipe's task (its model's; the checkpoint's must agree) picks the data and the metrics
 (structured.evaluation.tasks). D is a dataset in any supported format of that task (detection: COCO .json,
 VOC folder, YOLO folder, mask folder; semantic: VOC SegmentationClass, images/ + masks/, mask folders as
-foreground/background, COCO instances). Both print the time of each stage a user pays for (decode,
+foreground/background, COCO instances). Without --data, the recipe's own validation set: the one training
+validated on (data.val, a val split, or the data.val_fraction held out with train.seed: a run folder's
+config.yaml gives that run's split). Both print the time of each stage a user pays for (decode,
 network, post-processing) and write metrics.json to --out (with the recipe, checkpoint and dataset it scored:
 structured.evaluation.metrics_file).
 
@@ -27,9 +29,10 @@ from pathlib import Path
 
 from structured.cli import reports_usage_errors
 from structured.config import build_model, load_config, model_task
-from structured.data.recipes import data_config, open_evaluation_dataset
+from structured.data.recipes import data_config, open_evaluation_dataset, recipe_validation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
 from structured.engine.distributed import resolve_device
+from structured.engine.trainer import train_config
 from structured.evaluation.metrics_file import EvaluatedModel, recipe_label
 from structured.evaluation.tasks import evaluation_task
 
@@ -39,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="recipe YAML the weights were trained with")
     parser.add_argument("--weights", required=True, help="checkpoint (best.pt / last.pt) or state dict")
-    parser.add_argument("--data", required=True, help="dataset to evaluate on")
+    parser.add_argument("--data", help="dataset to evaluate on (default: the recipe's validation set)")
     parser.add_argument("--split", default=None, help="VOC ImageSets split (e.g. val)")
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -61,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint.get("task", task.name) != task.name:
         raise ValueError(f"{args.weights} holds a {checkpoint['task']} model but the recipe {args.config} "
                          f"describes a {task.name} model")
-    dataset = open_evaluation_dataset(args.data, data_config(config, require_train=False), args.split, task.name)
+    settings = data_config(config, require_train=False)
+    if args.data is None:
+        dataset = recipe_validation_dataset(settings, train_config(config).seed, task.name)
+        data_label = f"{settings.val or settings.train} (the recipe's validation set)"
+    else:
+        dataset = open_evaluation_dataset(args.data, settings, args.split, task.name)
+        data_label = str(args.data)
     checkpoint_classes = checkpoint.get("class_names")
     if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
         raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         model.optimize_for_inference()
     device = resolve_device(args.device)
     evaluated = EvaluatedModel(recipe_label(args.config), config.get("model.name"), str(args.config),
-                               str(args.weights), str(args.data))
+                               str(args.weights), data_label)
     evaluation = task.evaluate_on_dataset(model.to(device), dataset, args.out, device, args.batch_size,
                                           speed_iterations=args.speed_iters, evaluated=evaluated)
     print(evaluation.report())

@@ -241,6 +241,36 @@ def _hold_out(train: AnyDataset, val: AnyDataset, settings: DataConfig, seed: in
 def build_datasets(settings: DataConfig, seed: int = 0,
                    task: str = "detection") -> tuple[AnyDataset, AnyDataset | None]:
     """``(train dataset with augmentation, validation dataset without it or None)`` of the ``task`` from ``settings``."""
+    train, val = _split_datasets(settings, seed, task)
+    train.transforms = _train_transforms(settings, task)
+    train.seed = seed
+    if settings.cache:
+        for dataset in (train, val):
+            if dataset is not None:
+                dataset.cache_samples()
+    return train, val
+
+
+def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "detection") -> AnyDataset:
+    """The validation set training used (``data.val``, a ``val_split``, given or the data's own, or the images
+    ``val_fraction`` held out with the recipe's ``seed``), without augmentation; a ``ConfigError`` when the
+    recipe names none."""
+    no_validation = ConfigError("the recipe names no validation data (data.val, data.val_split or "
+                                "data.val_fraction); pass the dataset to evaluate with --data")
+    if settings.val is not None:
+        located, fmt = locate_dataset(settings.val, settings.format, task)
+        return _open(located, fmt, settings, settings.val_split, task)
+    if settings.train is None:
+        raise no_validation
+    val = _split_datasets(settings, seed, task)[1]
+    if val is None:
+        raise no_validation
+    return val
+
+
+def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyDataset, AnyDataset | None]:
+    """The training and validation datasets ``settings`` name, without transforms: the validation set is
+    ``val``, ``val_split`` (given or the data's own), or the ``val_fraction`` of train held out with ``seed``."""
     train_path, fmt = locate_dataset(settings.train, settings.format, task)
     train_split, val_split = _default_splits(train_path, fmt, settings, task)
     train = _open(train_path, fmt, settings, train_split, task)
@@ -257,12 +287,6 @@ def build_datasets(settings: DataConfig, seed: int = 0,
         raise ValueError(f"training set {settings.train} has no images")
     if val is not None and val.class_names != train.class_names:
         raise ValueError(f"validation classes {val.class_names[1:]} differ from training classes {train.class_names[1:]}")
-    train.transforms = _train_transforms(settings, task)
-    train.seed = seed
-    if settings.cache:
-        for dataset in (train, val):
-            if dataset is not None:
-                dataset.cache_samples()
     return train, val
 
 

@@ -3,6 +3,7 @@ and an exact resume after a real SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -152,3 +153,39 @@ def test_real_recipe_killed_and_resumed_ends_with_the_weights_of_a_straight_run(
             assert torch.equal(value, expected["optimizer"]["state"][index][name]), (index, name)
     steps = [entry["iteration"] for entry in read_log(killed_run / "log.jsonl") if entry["kind"] == "train"]
     assert steps == list(range(1, 9))
+
+
+def test_eval_without_data_scores_the_split_training_held_out(tiny_shapes: Path, tmp_path: Path, capsys) -> None:
+    from tools import eval as eval_tool
+
+    recipe = yaml.safe_load(SMOKE_RECIPE.read_text())
+    recipe["data"].update(train=str(tiny_shapes / "annotations" / "instances_train.json"), val=None,
+                          val_fraction=0.5, hold_out="random", image_size=64, max_size=64)
+    recipe["train"].update(epochs=1, seed=11)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert train_det_tool().main([str(tmp_path / "recipe.yaml"), "--out", str(run), "--device", "cpu"]) == 0
+    [trained] = [entry for entry in read_log(run / "log.jsonl") if entry["kind"] == "epoch"]
+
+    out = tmp_path / "eval"
+    arguments = [str(run / "config.yaml"), "--weights", str(run / "best.pt"), "--out", str(out), "--device", "cpu",
+                 "--speed-iters", "0", "--no-optimize"]
+    assert eval_tool.main(arguments) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 4 and metrics["model"]["dataset"].endswith("(the recipe's validation set)")
+    # the same 4 images as the trainer's validation (seed 11's draw), so the same figures
+    assert metrics["metrics"]["bbox"]["stats"]["AP50"] == pytest.approx(trained["AP50"], abs=1e-12)
+    assert metrics["metrics"]["bbox"]["stats"]["AR100"] == pytest.approx(trained["AR100"], abs=1e-12)
+    train_ids = {image["id"] for image in json.loads((tiny_shapes / "annotations" / "instances_train.json").read_text())["images"]}
+    predicted_ids = {entry["image_id"] for entry in json.loads((out / "predictions.json").read_text())}
+    assert predicted_ids <= train_ids
+    other_seed = tmp_path / "other_seed"
+    assert eval_tool.main([*arguments[:4], str(other_seed), *arguments[5:], "--set", "train.seed=12"]) == 0
+    assert {entry["image_id"] for entry in json.loads((other_seed / "predictions.json").read_text())} != predicted_ids
+
+    recipe["data"].update(val_fraction=0.0)
+    (tmp_path / "no_val.yaml").write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert eval_tool.main([str(tmp_path / "no_val.yaml"), *arguments[1:]]) == 2
+    error = capsys.readouterr().err
+    assert "names no validation data" in error and "--data" in error and "Traceback" not in error
