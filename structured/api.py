@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from structured.config import Config, build_model, load_config, model_task
+from structured.config import Config, a_task_model, build_model, load_config, model_task
 from structured.data.base import numbered_class_names
 from structured.data.convert import yolo_label_text, yolo_segment_text
 from structured.data.geometry import masks_to_polygons
@@ -254,7 +254,7 @@ class Predictor:
     @classmethod
     def _check_task(cls, task: str, source: str) -> None:
         if task not in cls.tasks:
-            raise ValueError(f"{source}: holds a {task} model, which {cls.__name__} does not serve; load it with "
+            raise ValueError(f"{source}: holds {a_task_model(task)}, which {cls.__name__} does not serve; load it with "
                              f"{PREDICTORS[task].__name__} or structured.load")
 
     def _tensors(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[bool, list, list[np.ndarray], list[Tensor]]:

@@ -470,6 +470,11 @@ def model_task(config: Config | Mapping[str, Any]) -> str:
     return getattr(MODELS.get(model["name"]), "task", "detection")
 
 
+def a_task_model(task: str) -> str:
+    """``"a detection model"``, ``"an instance model"``: a model of ``task`` in a sentence."""
+    return f"{'an' if task[:1].lower() in 'aeiou' else 'a'} {task} model"
+
+
 class Recipe:
     """A registered model: ``builder`` with ``defaults`` per part, merged under the arguments given.
 

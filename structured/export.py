@@ -45,6 +45,7 @@ from structured.detection.parts import InferenceModel
 from structured.io import atomic_output
 
 FORMATS = ("onnx", "torchscript")
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
 ONNX_OPSET = 17
 BOX_TOLERANCE = 1e-3
 SCORE_TOLERANCE = 1e-4
@@ -92,6 +93,18 @@ def example_image(size: tuple[int, int] = EXAMPLE_SIZE) -> Tensor:
     """The seeded random ``[1, 3, H, W]`` image the graph is traced with."""
     generator = torch.Generator().manual_seed(0)
     return torch.rand((1, 3, *size), generator=generator)
+
+
+def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """``fmt`` when given, else the format of ``path``'s suffix (``FORMAT_OF_SUFFIX``); ``ExportError`` when the
+    suffix tells none."""
+    if fmt is not None:
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMAT_OF_SUFFIX:
+        raise ExportError(f"cannot tell the export format from the suffix of {path} (known: "
+                          f"{', '.join(FORMAT_OF_SUFFIX)}); give it with --format ({' or '.join(FORMATS)})")
+    return FORMAT_OF_SUFFIX[suffix]
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, dynamic: bool = True,

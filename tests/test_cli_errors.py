@@ -82,6 +82,19 @@ CASES = {
     "semantic mask of another size": (["eval.py", "{root}/unet.yaml", "--weights", "{root}/unet.pt", "--data",
                                        "{root}/bad_masks", "--out", "{root}/out", "--speed-iters", "0"],
                                       "{root}/bad_masks/masks/x.png: mask is 20x30 (HxW) but the image"),
+    "checkpoint of another task": (["eval.py", str(REPO_ROOT / "configs" / "mask_rcnn" / "mask_rcnn_r18_fpn.yaml"),
+                                    "--weights", "{root}/unet.pt", "--data", "{shapes}/annotations/instances_val.json"],
+                                   "{root}/unet.pt holds a semantic model but the recipe "
+                                   f"{REPO_ROOT}/configs/mask_rcnn/mask_rcnn_r18_fpn.yaml describes an instance model"),
+    "checkpoint of other classes": (["eval.py", str(SMOKE_RECIPE), "--weights", "{root}/good.pt", "--data",
+                                     "{shapes}/annotations/instances_val.json"],
+                                    "the weights {root}/good.pt were trained on classes ['a', 'b', 'c', 'd', 'e'], "
+                                    "the dataset {shapes}/annotations/instances_val.json has ['circle'"),
+    "eval of a recipe without data": (["eval.py", str(SMOKE_RECIPE), "--weights", "{root}/good.pt"],
+                                      "the recipe names no data (data.train and data.val are null); pass the "
+                                      "dataset to evaluate with --data"),
+    "folder without images": (["infer.py", "{root}/yolo_without_classes", "--weights", "{root}/good.pt"],
+                              "no image or video in folder {root}/yolo_without_classes (looked for .jpg"),
     "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
                                   "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
 }

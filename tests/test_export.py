@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from structured.engine.checkpoint import save_checkpoint
-from structured.export import ExportError, export_model, tie_order, verification_images, verify_export
+from structured.export import (
+    ExportError,
+    export_model,
+    format_for,
+    tie_order,
+    verification_images,
+    verify_export,
+)
 from structured.registry import MODELS
 from tools import export as export_tool
 
@@ -114,8 +121,20 @@ def test_the_tool_exports_and_verifies_a_checkpoint(tmp_path, capsys):
     assert json.loads(extra["class_names"]) == ["__background__", "class1", "class2"]
 
 
+def test_the_tool_takes_the_format_from_the_suffix_of_out(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, UNET)
+    out = tmp_path / "unet.ts"
+    assert export_tool.main([str(checkpoint), "--out", str(out), "--no-verify"]) == 0
+    assert "(torchscript, UNet" in capsys.readouterr().out
+    torch.jit.load(str(out))
+    assert [format_for(name) for name in ("m.onnx", "m.PT", "m.pth")] == ["onnx", "torchscript", "torchscript"]
+    assert format_for("m.bin", "onnx") == "onnx"
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--format", "tflite"], "error: export format must be one of onnx, torchscript, got 'tflite'"),
+    (["--out", "model.bin"], "error: cannot tell the export format from the suffix of model.bin (known: .onnx, "
+                             ".pt, .pth, .ts); give it with --format (onnx or torchscript)"),
     (["--format", "torchscript", "--out", "/proc/exported.pt"], "error: "),
 ])
 def test_the_tool_reports_unusable_input_in_one_line(tmp_path, capsys, arguments, message):

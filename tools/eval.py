@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from structured.cli import reports_usage_errors
-from structured.config import build_model, load_config, model_task
+from structured.config import a_task_model, build_model, load_config, model_task
 from structured.data.recipes import data_config, open_evaluation_dataset, recipe_validation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
 from structured.engine.distributed import resolve_device
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     task = evaluation_task(model_task(config))
     checkpoint = load_checkpoint(args.weights)
     if checkpoint.get("task", task.name) != task.name:
-        raise ValueError(f"{args.weights} holds a {checkpoint['task']} model but the recipe {args.config} "
-                         f"describes a {task.name} model")
+        raise ValueError(f"{args.weights} holds {a_task_model(checkpoint['task'])} but the recipe {args.config} "
+                         f"describes {a_task_model(task.name)}")
     settings = data_config(config, require_train=False)
     if args.data is None:
         dataset = recipe_validation_dataset(settings, train_config(config).seed, task.name)
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         data_label = str(args.data)
     checkpoint_classes = checkpoint.get("class_names")
     if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
-        raise ValueError(f"the weights were trained on classes {list(checkpoint_classes)[1:]}, "
-                         f"the dataset has {list(dataset.class_names)[1:]}")
+        raise ValueError(f"the weights {args.weights} were trained on classes {list(checkpoint_classes)[1:]}, "
+                         f"the dataset {data_label} has {list(dataset.class_names)[1:]}")
     config.set("model.num_classes", len(dataset.class_names) - 1)
     model = build_model(config)
     apply_weights(model, model_state_from(checkpoint), args.weights)

@@ -1,6 +1,8 @@
 """Export a trained model to ONNX or TorchScript and check the file against PyTorch.
 
-    python tools/export.py CHECKPOINT --format onnx|torchscript --out PATH [--no-dynamic] [--no-verify]
+    python tools/export.py CHECKPOINT --out PATH [--format onnx|torchscript] [--no-dynamic] [--no-verify]
+
+Without --format the format follows the suffix of --out (.onnx: ONNX; .pt, .pth, .ts: TorchScript).
 
 The checkpoint's task picks the model (structured.load); the graph takes a float RGB image in [0, 1],
 ``image [1, 3, H, W]`` (the UNet: any batch of same-size images), runs the model's resizing, normalisation,
@@ -21,6 +23,7 @@ from structured.export import (
     FORMATS,
     ExportError,
     export_model,
+    format_for,
     load_predictor,
     verification_images,
     verify_export,
@@ -31,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint (best.pt / last.pt)")
-    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--format", help=f"one of {', '.join(FORMATS)} (default: from the suffix of --out)")
     parser.add_argument("--out", type=Path, required=True, help="the exported file to write")
     parser.add_argument("--no-dynamic", dest="dynamic", action="store_false",
                         help="ONNX: fix the input's size to the traced one (dynamic height and width by default)")
@@ -44,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Export, then verify unless told not to; exit status 2 for unusable input or a failed verification."""
     args = parse_args(argv)
+    args.format = format_for(args.out, args.format)
     predictor = load_predictor(args.checkpoint)
     path = export_model(predictor.model, args.out, args.format, args.dynamic, predictor.class_names)
     print(f"wrote {path} ({args.format}, {type(predictor.model).__name__}, outputs "

@@ -255,16 +255,16 @@ def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "
     """The validation set training used (``data.val``, a ``val_split``, given or the data's own, or the images
     ``val_fraction`` held out with the recipe's ``seed``), without augmentation; a ``ConfigError`` when the
     recipe names none."""
-    no_validation = ConfigError("the recipe names no validation data (data.val, data.val_split or "
-                                "data.val_fraction); pass the dataset to evaluate with --data")
     if settings.val is not None:
         located, fmt = locate_dataset(settings.val, settings.format, task)
         return _open(located, fmt, settings, settings.val_split, task)
     if settings.train is None:
-        raise no_validation
+        raise ConfigError("the recipe names no data (data.train and data.val are null); pass the dataset to "
+                          "evaluate with --data")
     val = _split_datasets(settings, seed, task)[1]
     if val is None:
-        raise no_validation
+        raise ConfigError(f"the recipe names no validation data for {settings.train} (data.val, data.val_split or "
+                          "data.val_fraction); pass the dataset to evaluate with --data")
     return val
 
 
