@@ -1,7 +1,7 @@
 """The Python API: load a detector or a segmenter, predict on images, look at and export the results.
 
     detector = Detector.from_checkpoint("runs/shapes/best.pt")
-    result = detector.predict("image.jpg")           # a path, an RGB array or a [3, H, W] tensor
+    result = detector.predict("image.jpg")           # a path, a PIL image, an RGB array or a [3, H, W] tensor
     result.boxes, result.scores, result.labels, result.class_names
     result.masks, result.binary(), result.polygons()   # instance models: [K, H, W] probabilities
     result.save("annotated.jpg"); result.to_coco(image_id=1)
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from structured.config import Config, a_task_model, build_model, load_config, model_task
@@ -43,7 +44,9 @@ from structured.evaluation.detector import coco_categories
 from structured.explain import Explanation, explain_classes, explain_detections
 from structured.visualize import draw_class_map, draw_detections, save_image, to_rgb_uint8
 
-ImageInput = str | os.PathLike[str] | np.ndarray | Tensor
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
+"""A path (decoded by ``read_image``), a PIL image (any mode, converted to RGB; EXIF orientation applied
+as for a path), or an array / tensor as ``visualize.to_rgb_uint8`` takes it."""
 
 
 @dataclass(repr=False)
@@ -412,6 +415,8 @@ def _numbered_classes(config: Config) -> list[str]:
 def _load_image(item: ImageInput) -> np.ndarray:
     if isinstance(item, (str, os.PathLike)):
         return read_image(item)
+    if isinstance(item, Image.Image):
+        return np.array(ImageOps.exif_transpose(item).convert("RGB"))
     return to_rgb_uint8(item)
 
 

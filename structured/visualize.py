@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from torch import Tensor
 
 from structured.io import atomic_output
@@ -36,24 +35,25 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
-    """A contiguous ``uint8 [H, W, 3]`` copy of an image given as such an array or a ``[3, H, W]`` tensor."""
+    """A contiguous ``uint8 [H, W, 3]`` copy of an image given as ``[H, W, C]`` / ``[H, W]`` array or a
+    ``[C, H, W]`` tensor: one channel is repeated, a fourth (alpha) dropped; floats are in [0, 1], 16-bit
+    integers in [0, 65535], other integers in [0, 255]."""
     if isinstance(image, Tensor):
         array = image.detach().cpu()
-        if array.ndim == 3 and array.shape[0] in (1, 3):
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4):
             array = array.permute(1, 2, 0)
-        if array.is_floating_point():
-            array = (array.clamp(0, 1) * 255).round()
-        image = array.to(torch.uint8).numpy()
+        image = (array.float() if array.is_floating_point() else array).numpy()
     image = np.asarray(image)
     if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"image must be [H, W, 3] or [3, H, W], got shape {list(image.shape)}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    if image.dtype != np.uint8:
-        image = np.clip(image * 255 if np.issubdtype(image.dtype, np.floating) else image, 0, 255).astype(np.uint8)
-    return np.array(image, order="C")  # always one C-contiguous copy, never the input itself
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be [H, W, 3] or [3, H, W] (1 or 4 channels also), got shape {list(image.shape)}")
+    image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = np.round(np.clip(image, 0, 1) * 255)
+    return np.clip(image, 0, 255).astype(np.uint8, order="C")  # always a copy, never the input itself
 
 
 def draw_detections(

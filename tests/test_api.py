@@ -173,6 +173,26 @@ def test_sources_and_errors(tmp_path, checkpoint):
         Detector.from_checkpoint(tmp_path / "other.pt")
 
 
+def test_pil_images_of_any_mode_give_the_detections_of_their_file(detector, tmp_path):
+    from PIL import Image
+
+    image = images(1)[0]
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(image).save(path, exif=exif, quality=95)
+    from_path = detector.predict(str(path), score_threshold=0.0)
+    with Image.open(path) as opened:
+        from_pil = detector.predict(opened, score_threshold=0.0)
+        assert from_pil.image.shape == from_path.image.shape == (image.shape[1], image.shape[0], 3)
+        assert np.array_equal(from_pil.image, from_path.image)  # cv2 and PIL decode this file alike
+        assert torch.equal(from_pil.boxes, from_path.boxes) and torch.equal(from_pil.labels, from_path.labels)
+    rgba = Image.fromarray(image).convert("RGBA")
+    assert np.array_equal(detector.predict(rgba).image, image)
+    palette = Image.fromarray(image).convert("P")
+    assert np.array_equal(detector.predict(palette).image, np.array(palette.convert("RGB")))
+
+
 def test_sources_are_listed_once_each_in_order_and_an_empty_folder_is_an_error(tmp_path):
     for name in ("b.png", "a.jpg", "notes.txt", "sub/c.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)

@@ -43,6 +43,20 @@ def test_tensor_images_are_converted():
     assert np.abs(array.astype(float) - image.permute(1, 2, 0).numpy() * 255).max() <= 0.5 + 1e-4
 
 
+def test_alpha_grey_16_bit_and_bfloat16_images_are_converted():
+    rgba = np.random.default_rng(0).integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    assert np.array_equal(to_rgb_uint8(rgba), rgba[:, :, :3])
+    assert np.array_equal(to_rgb_uint8(torch.from_numpy(rgba).permute(2, 0, 1)), rgba[:, :, :3])
+    grey = rgba[:, :, 0]
+    assert np.array_equal(to_rgb_uint8(grey), np.stack([grey] * 3, axis=2))
+    deep = np.array([[0, 257, 65535, 32896]], np.uint16)  # a 16-bit PNG's range
+    assert to_rgb_uint8(deep)[0, :, 0].tolist() == [0, 1, 255, 128]
+    half = torch.tensor([[[0.0, 0.5, 1.0, 2.0]]], dtype=torch.bfloat16)
+    assert to_rgb_uint8(half)[0, :, 0].tolist() == [0, 128, 255, 255]
+    source = np.zeros((2, 2, 3), np.uint8)
+    assert to_rgb_uint8(source) is not source
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="one entry per detection"):
         draw_detections(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 4)), labels=np.ones(3))
