@@ -7,7 +7,8 @@ Multi-GPU / multi-node: torchrun --nproc_per_node=N tools/train_det.py CONFIG ..
 --data PATH   train on the dataset at PATH (COCO .json, VOC folder, YOLO folder or data.yaml, mask folder; for a
               semantic model also VOC SegmentationClass and images/ + masks/; format guessed) instead of the
               recipe's; model.num_classes is then taken from the data. A data.yaml (or VOCdevkit) with train
-              and val splits trains on train and validates on val.
+              and val splits trains on train and validates on val. The recipe's val, splits and image root
+              are dropped; those given with --set (data.val=PATH) stay.
 --resume      continue the run in --out exactly where its last.pt stopped (model, optimizer, schedule,
               AMP scaler, epoch and position in it, random states).
 --weights W   start a new run from the model weights of checkpoint W (sets train.init_from; nothing else is

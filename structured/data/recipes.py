@@ -128,16 +128,20 @@ def _model_wants_masks(config: Config) -> bool:
 
 def use_data_path(config: Config, path: str | Path) -> None:
     """Point the recipe at the dataset ``path`` (``--data``): format auto, no val / splits / image root,
-    ``val_fraction`` kept, and ``model.num_classes`` dropped so it is taken from the data."""
+    ``val_fraction`` kept, and ``model.num_classes`` dropped so it is taken from the data. What the command
+    line set (``--set data.val=...``, ``model.num_classes=...``) stays: only the recipe's own values go."""
     section = config.data.setdefault("data", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{config.source}: 'data' must be a mapping, got {type(section).__name__}")
+    given = config.overrides_under("data")
     for key in ("val", "image_root", "train_split", "val_split"):
-        section.pop(key, None)
-    section["format"] = "auto"
+        if key not in given:
+            section.pop(key, None)
+    if "format" not in given:
+        section["format"] = "auto"
     section["train"] = str(path)
     model = config.data.get("model")
-    if isinstance(model, dict):
+    if isinstance(model, dict) and "num_classes" not in config.overrides_under("model"):
         model.pop("num_classes", None)
 
 

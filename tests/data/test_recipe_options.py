@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from structured.config import Config, ConfigError
+from structured.config import Config, ConfigError, load_config
 from structured.data import base
-from structured.data.recipes import build_datasets, data_config
+from structured.data.recipes import build_datasets, data_config, use_data_path
 
 
 def _datasets(root: Path, task: str, **options):
@@ -89,3 +89,18 @@ def test_a_crop_size_below_one_pixel_is_a_config_error() -> None:
     config = Config({"model": {"name": "unet_original"}, "data": {"train": "x", "crop_size": 0}})
     with pytest.raises(ConfigError, match=r"data\.crop_size must be null or >= 1 pixels, got 0"):
         data_config(config)
+
+
+def test_data_path_replaces_the_recipes_own_data_but_keeps_what_the_command_line_set(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {name: faster_rcnn_r18_fpn, num_classes: 3}\n"
+                      "data: {format: voc, train: old, val: old_val, image_root: imgs, val_fraction: 0.1}\n")
+    plain = load_config(recipe)
+    use_data_path(plain, "new.json")
+    assert plain.data["data"] == {"format": "auto", "train": "new.json", "val_fraction": 0.1}
+    assert "num_classes" not in plain.data["model"]
+
+    given = load_config(recipe, ["data.val=mine.json", "data.format=coco", "model.num_classes=5"])
+    use_data_path(given, "new.json")
+    assert given.data["data"] == {"format": "coco", "train": "new.json", "val": "mine.json", "val_fraction": 0.1}
+    assert given.data["model"]["num_classes"] == 5
