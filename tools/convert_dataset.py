@@ -1,8 +1,9 @@
 """Convert box annotations between COCO JSON, Pascal VOC XML and YOLO txt.
 
-Usage: python tools/convert_dataset.py --from coco SRC --to voc DST [--images DIR] [--classes a,b,c]
+Usage: python tools/convert_dataset.py SRC DST --to voc [--from coco] [--images DIR] [--classes a,b,c]
        [--split NAME] [--image-mode symlink|copy|none]
-SRC is a COCO .json file (with --images), a VOC folder, a YOLO folder or data.yaml; DST is an output folder.
+SRC is a COCO .json file, a VOC folder, a YOLO folder or data.yaml (--from: its format, detected when left
+out; --images: a COCO file's image folder, found beside it when left out); DST is an output folder.
 See structured/data/convert.py for the layouts written and what each format can hold.
 """
 
@@ -20,9 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="COCO .json file, VOC folder or YOLO folder")
     parser.add_argument("destination", help="output folder")
-    parser.add_argument("--from", dest="source_format", required=True, choices=ANNOTATION_FORMATS)
+    parser.add_argument("--from", dest="source_format", default="auto", choices=("auto", *ANNOTATION_FORMATS))
     parser.add_argument("--to", dest="target_format", required=True, choices=ANNOTATION_FORMATS)
-    parser.add_argument("--images", default=None, help="image folder of a COCO source")
+    parser.add_argument("--images", default=None, help="image folder of a COCO source (default: found beside it)")
     parser.add_argument("--classes", default=None, help="comma-separated class names fixing the label order")
     parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (default: every XML) or data.yaml split (default: train)")
     parser.add_argument("--image-mode", default="symlink", choices=IMAGE_MODES)

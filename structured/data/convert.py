@@ -30,6 +30,8 @@ import numpy as np
 from structured.data.base import ImageRecord, coco_image_id
 from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
+from structured.data.recipes import locate_dataset
+from structured.data.summary import coco_image_root
 from structured.data.voc import VOCDetection, write_voc_xml
 from structured.data.yolo import read_yolo
 from structured.io import save_json
@@ -60,13 +62,18 @@ def _image_size(record: ImageRecord) -> tuple[int, int]:
 
 def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None = None,
                      class_names: Sequence[str] | None = None, split: str | None = None) -> AnnotationSet:
-    """Read ``source`` in ``fmt``: a COCO JSON file (``image_root`` = its image folder), a VOC root (optional
-    ``split``) or a YOLO root or ``data.yaml`` (optional ``split``, default ``train``; see
+    """Read ``source`` in ``fmt`` (``auto``: found and detected as for training, ``recipes.locate_dataset``): a COCO JSON
+    file (``image_root`` = its image folder, default: found as the loader finds it, ``coco_image_root``), a VOC
+    root (optional ``split``) or a YOLO root or ``data.yaml`` (optional ``split``, default ``train``; see
     ``structured.data.yolo``). ``class_names`` fixes the label order for VOC and YOLO."""
+    if fmt == "auto":
+        source, fmt = locate_dataset(source)
+        if fmt not in ANNOTATION_FORMATS:
+            raise ValueError(f"{source} is a mask folder dataset (<id>/images + <id>/masks); box annotations convert "
+                             f"between {', '.join(ANNOTATION_FORMATS)}")
     _check_choice(fmt, ANNOTATION_FORMATS, "format")
     if fmt == "coco":
-        if image_root is None:
-            raise ValueError("reading COCO needs image_root, the folder its file_name entries are relative to")
+        image_root = coco_image_root(Path(source)) if image_root is None else image_root
         records, names, category_ids = parse_coco(source, image_root)
         return AnnotationSet(records, names, category_ids)
     if fmt == "voc":

@@ -70,3 +70,22 @@ def test_summary_of_a_yolo_folder(tmp_path: Path, synthetic_root: Path) -> None:
                                    "--from", "coco", "--to", "yolo", "--images", str(synthetic_root / "JPEGImages")])
     summary = summarize_dataset(open_dataset(tmp_path / "y"))
     assert summary.num_images == 4 and not summary.problems
+
+
+def test_convert_cli_detects_the_source_format_and_finds_a_coco_files_images(
+        tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+    convert = _tool("convert_dataset").main
+    # no --from, no --images: the COCO file's images are found beside its folder (JPEGImages/), as training finds them
+    assert convert([str(synthetic_root / "annotations" / "instances_val.json"), str(tmp_path / "yolo"), "--to", "yolo"]) == 0
+    assert convert([str(tmp_path / "yolo"), str(tmp_path / "coco"), "--to", "coco"]) == 0
+    assert convert([str(tmp_path / "coco" / "annotations.json"), str(tmp_path / "voc"), "--to", "voc"]) == 0
+    original = open_dataset(synthetic_root / "annotations" / "instances_val.json", image_root=synthetic_root / "JPEGImages")
+    converted = open_dataset(tmp_path / "voc", split="all")
+    for a, b in zip(original.records, converted.records, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    (tmp_path / "masks" / "a" / "images").mkdir(parents=True)
+    (tmp_path / "masks" / "a" / "masks").mkdir()
+    capsys.readouterr()
+    assert convert([str(tmp_path / "masks"), str(tmp_path / "out"), "--to", "coco"]) == 2
+    assert "is a mask folder dataset (<id>/images + <id>/masks); box annotations convert between coco, voc, yolo" in (
+        capsys.readouterr().err)
