@@ -39,6 +39,7 @@ from structured.data.convert import yolo_label_text, yolo_segment_text
 from structured.data.geometry import masks_to_polygons
 from structured.data.loading import image_to_tensor, read_image, write_palette_png
 from structured.engine.checkpoint import apply_weights, load_checkpoint, load_weights, model_state_from
+from structured.engine.distributed import resolve_device
 from structured.evaluation.coco import predictions_to_coco_results
 from structured.evaluation.detector import coco_categories
 from structured.explain import Explanation, explain_classes, explain_detections
@@ -215,7 +216,7 @@ class Predictor:
         self, model: nn.Module, class_names: Sequence[str], device: str | torch.device = "cpu",
         config: Config | None = None, category_ids: Sequence[int] | None = None, optimize: bool = True,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if optimize:
             self.model.optimize_for_inference()

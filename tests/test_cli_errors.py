@@ -95,6 +95,8 @@ CASES = {
                                       "dataset to evaluate with --data"),
     "folder without images": (["infer.py", "{root}/yolo_without_classes", "--weights", "{root}/good.pt"],
                               "no image or video in folder {root}/yolo_without_classes (looked for .jpg"),
+    "unknown device": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt", "--device", "gpu"],
+                       "unknown device 'gpu'; expected cpu, cuda, cuda:<index> or mps"),
     "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
                                   "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
 }

@@ -46,15 +46,27 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``device`` as a ``torch.device`` (default: CUDA when available, else CPU); ``cuda`` becomes ``cuda:<local_rank>``."""
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``device`` as a ``torch.device`` (default: CUDA when available, else CPU); ``cuda`` becomes ``cuda:<local_rank>``.
+
+    A name torch does not know, CUDA (or MPS) where there is none, or a CUDA index beyond the visible
+    devices is a ``ValueError`` naming the device.
+    """
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(name)
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(name)!r}; expected cpu, cuda, cuda:<index> or mps") from None
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(name)!r} requested but MPS is not available; use --device cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+            raise ValueError(f"device {str(name)!r} requested but CUDA is not available; use --device cpu")
         if resolved.index is None:
             resolved = torch.device("cuda", local_rank)
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(name)!r} requested but {torch.cuda.device_count()} CUDA device(s) are "
+                             f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return resolved
 
 

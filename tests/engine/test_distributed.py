@@ -52,3 +52,19 @@ def test_two_gloo_processes_agree_on_weights_and_one_process_cannot_resume_them(
     assert all("AP50" in entry for entry in log if entry["kind"] == "epoch")
     with pytest.raises(CheckpointError, match="world size 2 but this run has world size 1"):
         Trainer(load_config(toy_recipe(tiny_shapes, epochs=3)), tmp_path / "run", resume=True, verbose=False)
+
+
+def test_a_device_that_is_not_there_is_one_sentence_naming_it(monkeypatch) -> None:
+    from structured.engine.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'; expected cpu, cuda, cuda:<index> or mps"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available; use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:3' requested but 2 CUDA device\(s\) are visible \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:3")
