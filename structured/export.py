@@ -18,9 +18,10 @@ dispatch, mask pasting), it checks ``torch.jit.is_tracing()`` and computes from 
 eager inference is unchanged.
 
 ``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
-each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels, scores and
-probabilities within ``SCORE_TOLERANCE``, labels and class maps equal, masks equal at 0.5; detections whose
-scores tie may come in either order (``tie_order``).
+each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels plus
+``BOX_RELATIVE_TOLERANCE`` of the image's longer side, scores and probabilities within ``SCORE_TOLERANCE``,
+mask probabilities within ``MASK_TOLERANCE``, labels and class maps equal; detections whose scores tie may come in either order
+(``tie_order``). An exported file that fails to run on an image is an ``ExportError`` naming the image.
 
 onnx and onnxruntime are the ``export`` extra (``pip install 'structured[export]'``), imported only here
 and only when ONNX is asked for.
@@ -48,8 +49,16 @@ FORMATS = ("onnx", "torchscript")
 FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
 ONNX_OPSET = 17
 BOX_TOLERANCE = 1e-3
+BOX_RELATIVE_TOLERANCE = 2e-5
+"""Boxes are allowed ``BOX_TOLERANCE + BOX_RELATIVE_TOLERANCE * max(H, W)`` pixels: another runtime's float
+arithmetic leaves relative errors of about 1e-5 in decoded boxes (measured: 0.0025 px on a 433 px image for a
+trained SSDlite, 0.0025 px on a 320 px image for Faster R-CNN R50), far below any real difference."""
 SCORE_TOLERANCE = 1e-4
-MASK_THRESHOLD = 0.5
+MASK_TOLERANCE = 1e-2
+"""Mask probabilities move with their box: the pooled features and the pasted pixels are sampled where the box
+says, so a box within its tolerance shifts a mask's edge by as much, and the probabilities there by that
+shift times the edge's slope (measured: 5e-4 on a briefly trained nuclei Mask R-CNN). A real difference (a
+pixel's offset, another class's map) changes them by 0.5 or more."""
 EXAMPLE_SIZE = (240, 320)
 """``(height, width)`` of the image the graph is traced with."""
 
@@ -184,8 +193,8 @@ def _torchscript_runner(path: str | os.PathLike[str]) -> Callable[[Tensor], dict
 
 @dataclass
 class OutputCheck:
-    """One output of one image: its exported shape and the largest difference to PyTorch's (or pixels that
-    differ, for class maps and thresholded masks)."""
+    """One output of one image: its exported shape and the largest difference to PyTorch's (or the entries that
+    differ, for labels and class maps)."""
 
     image: int
     name: str
@@ -201,25 +210,25 @@ class OutputCheck:
 
 def compare_output(name: str, exported: Tensor, expected: Tensor) -> float:
     """The difference of one exported output to PyTorch's: the largest absolute difference for boxes, scores
-    and probabilities, the number of differing entries for labels and class maps, of differing pixels at
-    ``MASK_THRESHOLD`` for masks; ``inf`` when the shapes differ."""
+    and probabilities (masks included), the number of differing entries for labels and class maps; ``inf``
+    when the shapes differ."""
     if tuple(exported.shape) != tuple(expected.shape):
         return float("inf")
     if exported.numel() == 0:
         return 0.0
-    if name == "masks":
-        return float(((exported > MASK_THRESHOLD) != (expected > MASK_THRESHOLD)).sum())
     if not expected.is_floating_point():
         return float((exported.to(expected.dtype) != expected).sum())
     return float((exported.float() - expected.float()).abs().max())
 
 
-def tolerance_of(name: str) -> float:
-    """The allowed difference of an output (see ``compare_output``)."""
+def tolerance_of(name: str, image_size: tuple[int, int]) -> float:
+    """The allowed difference of an output (see ``compare_output``) on an image of ``(H, W)``."""
     if name == "boxes":
-        return BOX_TOLERANCE
+        return BOX_TOLERANCE + BOX_RELATIVE_TOLERANCE * max(image_size)
     if name in ("scores", "probabilities"):
         return SCORE_TOLERANCE
+    if name == "masks":
+        return MASK_TOLERANCE
     return 0.0
 
 
@@ -250,21 +259,44 @@ def tie_order(exported: dict[str, Tensor], expected: dict[str, Tensor]) -> Tenso
 def check_outputs(model: InferenceModel, run: Callable[[Tensor], dict[str, Tensor]], images: Sequence[Tensor]
                   ) -> list[OutputCheck]:
     """Each output of the exported ``run`` on each ``[3, H, W]`` image against ``model.predict`` on it
-    (detections with tied scores in PyTorch's order first, ``tie_order``)."""
+    (detections with tied scores in PyTorch's order first, ``tie_order``; the detections of ``cut_ties`` are
+    compared by score only)."""
     checks = []
     for index, image in enumerate(images):
         expected = model.predict([image])[0]
-        exported = run(image[None])
-        order = tie_order(exported, expected) if "scores" in model.EXPORT_OUTPUTS else None
+        height, width = image.shape[-2:]
+        try:
+            exported = run(image[None])
+        except Exception as error:  # onnxruntime's and TorchScript's errors derive from Exception only
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ExportError(f"the exported file fails on image {index} ({height}x{width}): {message}") from error
+        detections = "scores" in model.EXPORT_OUTPUTS
+        order = tie_order(exported, expected) if detections else None
+        compared = ~cut_ties(expected["scores"]) if detections and len(exported["scores"]) == len(expected["scores"]) \
+            else None
         for name in model.EXPORT_OUTPUTS:
-            output = exported[name]
-            if output.ndim == expected[name].ndim + 1:  # a batched graph (the UNet's): its one image
+            output, reference = exported[name], expected[name]
+            if output.ndim == reference.ndim + 1:  # a batched graph (the UNet's): its one image
                 output = output[0]
             if order is not None:
                 output = output[order]
-            checks.append(OutputCheck(index, name, tuple(output.shape), compare_output(name, output, expected[name]),
-                                      tolerance_of(name)))
+            shape = tuple(output.shape)
+            if compared is not None and name != "scores":
+                output, reference = output[compared], reference[compared]
+            checks.append(OutputCheck(index, name, shape, compare_output(name, output, reference),
+                                      tolerance_of(name, (height, width))))
     return checks
+
+
+def cut_ties(scores: Tensor) -> Tensor:
+    """``[K]`` bool: the detections whose score ties the lowest kept one (within ``SCORE_TOLERANCE``), while they
+    are at most half of them. Which of several such candidates the top-k or the score threshold keeps is float
+    noise (another runtime may keep another one), so only their scores are compared; when more than half tie
+    the cut, nothing is left out and the check fails as for other ties (``tie_hint``)."""
+    if len(scores) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    band = scores.float() <= scores.float().min() + SCORE_TOLERANCE
+    return band if 2 * int(band.sum()) <= len(scores) else torch.zeros_like(band)
 
 
 def verify_export(path: str | os.PathLike[str], model: InferenceModel, images: Sequence[Tensor], fmt: str
@@ -272,7 +304,10 @@ def verify_export(path: str | os.PathLike[str], model: InferenceModel, images: S
     """Run the exported file on ``images`` and compare with ``model``; ``ExportError`` naming the first image
     and output outside its tolerance, else every check."""
     model.eval()
-    checks = check_outputs(model, exported_runner(path, fmt), images)
+    try:
+        checks = check_outputs(model, exported_runner(path, fmt), images)
+    except ExportError as error:
+        raise ExportError(f"{path}: {error}") from error
     failed = [check for check in checks if not check.passed]
     if failed:
         first = failed[0]

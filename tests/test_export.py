@@ -10,12 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from structured.detection.roi_heads import MultiLevelRoIAlign
 from structured.engine.checkpoint import save_checkpoint
 from structured.export import (
+    ONNX_OPSET,
     ExportError,
+    check_outputs,
+    compare_output,
+    cut_ties,
     export_model,
     format_for,
     tie_order,
+    tolerance_of,
     verification_images,
     verify_export,
 )
@@ -91,6 +97,91 @@ def test_a_mismatch_names_the_image_and_the_output(models, tmp_path):
     other = build({**UNET, "num_classes": 3})
     with pytest.raises(ExportError, match=r"output 'mask' of image 0 \(61x47\) differs"):
         verify_export(path, other, verification_images(SIZES), "onnx")
+
+
+class _Pooler(torch.nn.Module):
+    """The multi-level RoIAlign alone, with tensors in and out, as a traced graph sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = MultiLevelRoIAlign(strides=[4, 8, 16, 32], output_size=14, sampling_ratio=2)
+
+    def forward(self, p2: torch.Tensor, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor,
+                boxes: torch.Tensor) -> torch.Tensor:
+        return self.pool([p2, p3, p4, p5], [boxes])
+
+
+@needs_onnxruntime
+def test_the_pooler_exports_with_any_number_of_rois_per_level(tmp_path):
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(4)
+    features = [torch.rand(1, 8, 256 // stride, 256 // stride, generator=generator) for stride in (4, 8, 16, 32)]
+    # traced with one RoI on each of two levels (a count of 1 is what an exporter may bake in) ...
+    traced_boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [0.0, 0.0, 230.0, 250.0]])
+    path = tmp_path / "pooler.onnx"
+    names = ["p2", "p3", "p4", "p5", "boxes"]
+    torch.onnx.export(_Pooler(), (*features, traced_boxes), str(path), input_names=names, output_names=["pooled"],
+                      dynamic_axes={"boxes": {0: "count"}, "pooled": {0: "count"}}, opset_version=ONNX_OPSET,
+                      dynamo=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # ... and run with none, one, two and five on a level, in mixed order
+    for boxes in (traced_boxes[:1], torch.tensor([[5.0, 5.0, 30.0, 20.0], [0.0, 0.0, 250.0, 250.0], [3.0, 8.0, 20.0, 33.0]]),
+                  torch.cat([traced_boxes, torch.rand(8, 2, generator=generator).mul(60).repeat(1, 2).add(
+                      torch.tensor([0.0, 0.0, 20.0, 20.0]))])):
+        inputs = {name: tensor.numpy() for name, tensor in zip(names, [*features, boxes], strict=True)}
+        exported = torch.from_numpy(session.run(None, inputs)[0])
+        torch.testing.assert_close(exported, _Pooler()(*features, boxes), rtol=0, atol=1e-5)
+
+
+def test_a_file_that_fails_to_run_is_an_export_error_naming_the_image(models):
+    def failing_run(image: torch.Tensor) -> dict:
+        raise RuntimeError("Non-zero status code returned while running Reshape node\nthe rest")
+
+    with pytest.raises(ExportError, match=r"^the exported file fails on image 0 \(61x47\): Non-zero status code "
+                                          r"returned while running Reshape node$"):
+        check_outputs(models["unet"], failing_run, verification_images(SIZES))
+
+
+class _FixedDetector:
+    """Stands for a model: ``predict`` gives the same three detections for any image."""
+
+    EXPORT_OUTPUTS = ("boxes", "scores", "labels")
+
+    def __init__(self, scores: list[float]) -> None:
+        self.prediction = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 5, 60, 30]]),
+                           "scores": torch.tensor(scores), "labels": torch.tensor([1, 1, 1])}
+
+    def predict(self, images: list) -> list[dict]:
+        return [self.prediction]
+
+
+def test_the_detection_at_a_tied_cut_may_be_another_candidate(models):
+    def run_replacing_the_last(model: _FixedDetector):
+        def run(image: torch.Tensor) -> dict:
+            exported = {name: value.clone() for name, value in model.prediction.items()}
+            exported["boxes"][2] = torch.tensor([100.0, 100, 120, 140])  # another candidate, the same score
+            exported["scores"][2] += 2e-5
+            return exported
+        return run
+
+    images = verification_images(SIZES[:1])
+    at_the_cut = _FixedDetector([0.9, 0.6, 0.3])  # the last one is the lowest kept: only its score is compared
+    assert all(check.passed for check in check_outputs(at_the_cut, run_replacing_the_last(at_the_cut), images))
+    all_tied = _FixedDetector([0.3, 0.3, 0.3])  # every detection ties the cut: nothing is left out
+    failed = [check.name for check in check_outputs(all_tied, run_replacing_the_last(all_tied), images) if not check.passed]
+    assert failed == ["boxes"]
+    assert cut_ties(torch.tensor([0.9, 0.5, 0.2, 0.20005])).tolist() == [False, False, True, True]
+    assert cut_ties(torch.tensor([0.9, 0.2, 0.2, 0.2])).tolist() == [False] * 4
+    assert cut_ties(torch.tensor([])).tolist() == []
+
+
+def test_box_tolerance_grows_with_the_image_and_masks_compare_as_probabilities():
+    assert tolerance_of("boxes", (150, 433)) == pytest.approx(1e-3 + 2e-5 * 433)
+    assert tolerance_of("scores", (10, 10)) == 1e-4 and tolerance_of("masks", (10, 10)) == 1e-2
+    assert tolerance_of("labels", (10, 10)) == 0
+    probabilities = torch.full((1, 4, 4), 0.5)
+    assert compare_output("masks", probabilities + 2e-6, probabilities) == pytest.approx(2e-6, abs=1e-7)
 
 
 @pytest.mark.parametrize(("model", "fmt", "message"), [
