@@ -20,8 +20,9 @@ eager inference is unchanged.
 ``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
 each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels plus
 ``BOX_RELATIVE_TOLERANCE`` of the image's longer side, scores and probabilities within ``SCORE_TOLERANCE``,
-mask probabilities within ``MASK_TOLERANCE``, labels and class maps equal; detections whose scores tie may come in either order
-(``tie_order``). An exported file that fails to run on an image is an ``ExportError`` naming the image.
+mask probabilities within ``MASK_TOLERANCE``, labels and class maps equal; detections whose scores tie may
+come in either order (``tie_order``), and those tied with the lowest kept score are compared by score only
+(``cut_ties``). An exported file that fails to run on an image is an ``ExportError`` naming the image.
 
 onnx and onnxruntime are the ``export`` extra (``pip install 'structured[export]'``), imported only here
 and only when ONNX is asked for.
