@@ -261,6 +261,12 @@ class Predictor:
             raise ValueError(f"{source}: holds {a_task_model(task)}, which {cls.__name__} does not serve; load it with "
                              f"{PREDICTORS[task].__name__} or structured.load")
 
+    def check_request(self, score_threshold: float, classes: Sequence[str | int] | None) -> list[int] | None:
+        """The indices of ``classes`` (None: all) after checking them and ``score_threshold`` (``ValueError``
+        naming the bad value): what ``predict`` does first, before running the model."""
+        check_score_threshold(score_threshold)
+        return None if classes is None else [class_index(self.class_names, item) for item in classes]
+
     def _tensors(self, inputs: ImageInput | Sequence[ImageInput]) -> tuple[bool, list, list[np.ndarray], list[Tensor]]:
         """``(single, items, RGB images, tensors on the device)`` of one input or a list of them."""
         single = not isinstance(inputs, (list, tuple))
@@ -285,6 +291,7 @@ class Detector(Predictor):
         classes: Sequence[str | int] | None = None,
     ) -> DetectionResult | list[DetectionResult]:
         """Detections on one image (a path, an RGB ``uint8`` array, or a ``[3, H, W]`` float tensor) or a list."""
+        self.check_request(score_threshold, classes)
         single, items, images, tensors = self._tensors(inputs)
         predictions = self.model(tensors)
         results = [
@@ -337,8 +344,8 @@ class Segmenter(Predictor):
         A pixel whose most probable class has a probability below ``score_threshold``, or whose class is
         not in ``classes`` (names or indices), becomes background.
         """
+        wanted = self.check_request(score_threshold, classes)
         single, items, images, tensors = self._tensors(inputs)
-        wanted = None if classes is None else [class_index(self.class_names, item) for item in classes]
         results = []
         for item, image, prediction in zip(items, images, self.model(tensors), strict=True):
             mask = prediction["mask"].cpu()
@@ -398,12 +405,23 @@ def confident_mask(mask: Tensor, probabilities: Tensor | None, score_threshold: 
 
 
 def class_index(class_names: Sequence[str], item: str | int) -> int:
-    """The index of a class given by name or index; ``ValueError`` listing the classes for an unknown name."""
-    if isinstance(item, int):
-        return item
+    """The index of a class given by name or index; ``ValueError`` listing the classes for an unknown name or
+    an index outside ``0 .. len(class_names) - 1``."""
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        if not 0 <= item < len(class_names):
+            raise ValueError(f"class index {item} is out of range: the classes are 1 to {len(class_names) - 1} "
+                             f"({', '.join(class_names[1:])}), 0 the background")
+        return int(item)
     if item not in class_names:
         raise ValueError(f"unknown class {item!r}; classes: {', '.join(class_names[1:])}")
     return list(class_names).index(item)
+
+
+def check_score_threshold(score_threshold: float) -> None:
+    """``ValueError`` unless ``score_threshold`` is a number in [0, 1] (scores and probabilities are)."""
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
+            or not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold (--score-thr) must be a number in [0, 1], got {score_threshold!r}")
 
 
 def _numbered_classes(config: Config) -> list[str]:

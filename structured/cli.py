@@ -10,6 +10,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -42,3 +43,19 @@ def reports_usage_errors(main: Callable[[list[str] | None], int]) -> Callable[[l
             return USAGE_ERROR_STATUS
 
     return guarded
+
+
+def count_at_least(minimum: int) -> Callable[[str], int]:
+    """An ``argparse`` ``type`` for a count: an integer >= ``minimum``, else argparse's usage error naming the
+    option (``argument --batch-size: must be an integer >= 1, got '0'``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse

@@ -130,6 +130,7 @@ def run_inference(
     """Predict on every input of ``source`` (one or several: ``list_sources``); write pictures,
     ``predictions.json``, ``images.json`` and each result's files (module docstring), named by
     ``output_names``. ``score_threshold`` and ``classes`` go to ``predictor.predict``."""
+    predictor.check_request(score_threshold, classes)  # one error for the run, not one skip per image
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = InferenceSummary()

@@ -193,6 +193,16 @@ def test_pil_images_of_any_mode_give_the_detections_of_their_file(detector, tmp_
     assert np.array_equal(detector.predict(palette).image, np.array(palette.convert("RGB")))
 
 
+def test_a_bad_threshold_or_class_is_refused_before_the_model_runs(detector):
+    image = images(1)[0]
+    with pytest.raises(ValueError, match=r"score_threshold \(--score-thr\) must be a number in \[0, 1\], got 1.5"):
+        detector.predict(image, score_threshold=1.5)
+    with pytest.raises(ValueError, match=r"class index 9 is out of range: the classes are 1 to 3 \(disc, block, wedge\), 0 the background"):
+        detector.predict(image, classes=[9])
+    kept = detector.predict(image, score_threshold=0.0, classes=[np.int64(1), CLASS_NAMES[2]])
+    assert set(kept.labels.tolist()) <= {1, 2}
+
+
 def test_sources_are_listed_once_each_in_order_and_an_empty_folder_is_an_error(tmp_path):
     for name in ("b.png", "a.jpg", "notes.txt", "sub/c.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)

@@ -97,6 +97,11 @@ CASES = {
                               "no image or video in folder {root}/yolo_without_classes (looked for .jpg"),
     "unknown device": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt", "--device", "gpu"],
                        "unknown device 'gpu'; expected cpu, cuda, cuda:<index> or mps"),
+    "unknown class": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt", "--classes", "dog",
+                       "--out", "{root}/out"], "unknown class 'dog'; classes: a, b, c, d, e"),
+    "score threshold out of range": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt",
+                                      "--score-thr", "1.5", "--out", "{root}/out"],
+                                     "score_threshold (--score-thr) must be a number in [0, 1], got 1.5"),
     "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
                                   "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
 }
@@ -147,3 +152,15 @@ def test_a_bug_keeps_its_traceback() -> None:
 
     with pytest.raises(RuntimeError, match="a genuine bug"):
         main([])
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+    (["--speed-iters", "two"], "argument --speed-iters: must be an integer >= 0, got 'two'"),
+])
+def test_counts_on_the_command_line_are_checked_by_the_parser(inputs: Path, capsys, arguments, message) -> None:
+    from tools import eval as eval_tool
+
+    with pytest.raises(SystemExit) as stopped:
+        eval_tool.main([str(SMOKE_RECIPE), "--weights", str(inputs / "good.pt"), *arguments])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -119,7 +119,10 @@ def test_the_segmenter_api_on_the_trained_checkpoint(trained: Path, tmp_path: Pa
     assert result.plot().shape == (61, 47, 3) and result.save(tmp_path / "overlay.jpg").is_file()
     only = segmenter.predict(image, classes=["circle"]).mask
     assert set(only.unique().tolist()) <= {0, 1} and torch.equal(only == 1, result.mask == 1)
-    assert (segmenter.predict(image, score_threshold=1.01).mask == 0).all()
+    confident = segmenter.predict(image, score_threshold=0.99).mask
+    assert torch.equal(confident, torch.where(result.probabilities.max(dim=0).values >= 0.99, result.mask, 0))
+    with pytest.raises(ValueError, match=r"score_threshold \(--score-thr\) must be a number in \[0, 1\], got 1.01"):
+        segmenter.predict(image, score_threshold=1.01)
     optimized = Segmenter.from_checkpoint(checkpoint).predict(image)
     assert (optimized.mask == result.mask).float().mean() > 0.99
     with pytest.raises(ValueError, match="holds a semantic model, which Detector does not serve; load it with Segmenter"):

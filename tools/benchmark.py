@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from structured.backbones.profiling import format_table, profile_backbone
-from structured.cli import reports_usage_errors
+from structured.cli import count_at_least, reports_usage_errors
 from structured.evaluation.metrics_file import read_accuracy
 from structured.evaluation.plots import plot_speed_accuracy
 from structured.evaluation.profiling import (
@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--md", dest="table_format", action="store_const", const="md", help="markdown table")
     output.add_argument("--csv", dest="table_format", action="store_const", const="csv", help="CSV")
     backbones.add_argument("--names", nargs="+", default=None, help="backbones to profile (default: all)")
-    backbones.add_argument("--image-size", type=int, default=224, help="square input size (default 224)")
-    backbones.add_argument("--repeats", type=int, default=5, help="timed runs per backbone (default 5)")
-    backbones.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    backbones.add_argument("--image-size", type=count_at_least(1), default=224, help="square input size (default 224)")
+    backbones.add_argument("--repeats", type=count_at_least(1), default=5, help="timed runs per backbone (default 5)")
+    backbones.add_argument("--threads", type=count_at_least(1), default=2, help="torch CPU threads (default 2)")
     backbones.set_defaults(table_format="text")
     add_models_parser(commands)
     return parser.parse_args(argv)
@@ -72,15 +72,15 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
     models.add_argument("--md", type=Path, help="write the caption and markdown table here")
     models.add_argument("--csv", type=Path, help="write the table as CSV here")
     models.add_argument("--plot", type=Path, help="write the speed-accuracy scatter (PNG) here")
-    models.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("HEIGHT", "WIDTH"),
+    models.add_argument("--image-size", type=count_at_least(1), nargs=2, default=[480, 640], metavar=("HEIGHT", "WIDTH"),
                         help="the image fed to every model (default 480 640)")
-    models.add_argument("--repeats", type=int, default=3, help="timed runs per model (default 3)")
-    models.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    models.add_argument("--repeats", type=count_at_least(1), default=3, help="timed runs per model (default 3)")
+    models.add_argument("--threads", type=count_at_least(1), default=2, help="torch CPU threads (default 2)")
     models.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda: time on the GPU too; auto: when CUDA is available (default)")
     models.add_argument("--no-timing", dest="timing", action="store_false",
                         help="only the deterministic columns (params, MiB, GFLOPs, network input, dets)")
-    models.add_argument("--data-classes", type=int, default=None,
+    models.add_argument("--data-classes", type=count_at_least(1), default=None,
                         help="num_classes for recipe files that take it from their data (e.g. 5 for configs/demo)")
 
 

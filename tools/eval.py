@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from structured.cli import reports_usage_errors
+from structured.cli import count_at_least, reports_usage_errors
 from structured.config import a_task_model, build_model, load_config, model_task
 from structured.data.recipes import data_config, open_evaluation_dataset, recipe_validation_dataset
 from structured.engine.checkpoint import apply_weights, load_checkpoint, model_state_from
@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--speed-iters", type=int, default=20, help="timed runs for the FPS line (0: skip)")
+    parser.add_argument("--batch-size", type=count_at_least(1), default=2)
+    parser.add_argument("--speed-iters", type=count_at_least(0), default=20, help="timed runs for the FPS line (0: skip)")
     parser.add_argument("--no-optimize", dest="optimize", action="store_false",
                         help="evaluate the model as trained, without folding batch norms (same outputs up to rounding)")
     return parser.parse_args(argv)
