@@ -85,6 +85,7 @@ def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int],
         if annotation["category_id"] not in id_to_label:
             raise unknown_class_error(annotation["category_id"], id_to_label, where, "category id")
         _check_bbox(annotation["bbox"], images[annotation["image_id"]], where)
+        _check_segmentation(annotation.get("segmentation"), images[annotation["image_id"]], where)
         grouped[annotation["image_id"]].append(annotation)
     return grouped
 
@@ -95,6 +96,30 @@ def _check_bbox(bbox: Any, image: dict, where: str) -> None:
     if not numbers:
         raise ValueError(f"{where} (image_id={image['id']}, {image['file_name']}): bbox must be 4 numbers "
                          f"[x, y, width, height], got {bbox!r}")
+
+
+def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
+    """Polygons (lists of numbers, x and y in turn) or RLE (a dict with ``size`` and ``counts``), or none."""
+    where = f"{where} (image_id={image['id']}, {image['file_name']})"
+    if segmentation is None or segmentation == []:
+        return
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)) \
+                or not isinstance(segmentation.get("counts"), (str, bytes, list)):
+            raise ValueError(f"{where}: RLE segmentation must have 'size' [height, width] and 'counts', "
+                             f"got keys {sorted(segmentation)}")
+        return
+    if not isinstance(segmentation, list):
+        raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, got "
+                         f"{type(segmentation).__name__}")
+    for index, ring in enumerate(segmentation):
+        numbers = isinstance(ring, list) and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in ring)
+        if not numbers or len(ring) % 2:
+            shown = f"{len(ring)} numbers" if numbers else repr(ring)[:60]
+            raise ValueError(f"{where}: segmentation polygon {index} must be x, y pairs of numbers "
+                             f"[x1, y1, x2, y2, ...], got {shown}")
 
 
 def _image_record(image: dict, annotations: list[dict], image_root: Path, id_to_label: dict[int, int],

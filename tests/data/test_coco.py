@@ -165,6 +165,23 @@ def test_a_bbox_that_is_not_four_numbers_names_the_file_annotation_and_image(tmp
     assert "bbox must be 4 numbers" in message and "'ten'" in message
 
 
+@pytest.mark.parametrize(("segmentation", "message"), [
+    ([[1.0, 2.0, 3.0]], "segmentation polygon 0 must be x, y pairs of numbers [x1, y1, x2, y2, ...], got 3 numbers"),
+    ([[1, 2, 3, 4, 5, 6], [1, "a", 3, 4]], "segmentation polygon 1 must be x, y pairs of numbers"),
+    ({"counts": "abc"}, "RLE segmentation must have 'size' [height, width] and 'counts', got keys ['counts']"),
+    ("polygon", "segmentation must be a list of polygons or an RLE dict, got str"),
+])
+def test_a_malformed_segmentation_names_the_file_annotation_and_image(tmp_path: Path, content: dict,
+                                                                      segmentation: object, message: str) -> None:
+    annotation = content["annotations"][2]
+    annotation["segmentation"] = segmentation
+    image = next(image for image in content["images"] if image["id"] == annotation["image_id"])
+    with pytest.raises(ValueError) as error:
+        CocoDetection(_write(tmp_path, content), tmp_path)
+    expected = f"instances.json annotation id={annotation['id']} (image_id={image['id']}, {image['file_name']}): "
+    assert expected + message in str(error.value)
+
+
 def test_roboflow_export_images_beside_the_json_and_placeholder_supercategory(tmp_path: Path, content: dict,
                                                                                synthetic_root: Path) -> None:
     split = tmp_path / "train"
