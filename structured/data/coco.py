@@ -98,11 +98,14 @@ def _check_bbox(bbox: Any, image: dict, where: str) -> None:
                          f"[x, y, width, height], got {bbox!r}")
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
     """Polygons (lists of numbers, x and y in turn) or RLE (a dict with ``size`` and ``counts``), or none."""
-    where = f"{where} (image_id={image['id']}, {image['file_name']})"
     if segmentation is None or segmentation == []:
         return
+    where = f"{where} (image_id={image['id']}, {image['file_name']})"
     if isinstance(segmentation, dict):
         size = segmentation.get("size")
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)) \
@@ -114,8 +117,7 @@ def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
         raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, got "
                          f"{type(segmentation).__name__}")
     for index, ring in enumerate(segmentation):
-        numbers = isinstance(ring, list) and all(
-            isinstance(value, (int, float)) and not isinstance(value, bool) for value in ring)
+        numbers = isinstance(ring, list) and set(map(type, ring)) <= _NUMBER_TYPES  # JSON numbers: int or float
         if not numbers or len(ring) % 2:
             shown = f"{len(ring)} numbers" if numbers else repr(ring)[:60]
             raise ValueError(f"{where}: segmentation polygon {index} must be x, y pairs of numbers "
