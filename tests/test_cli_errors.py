@@ -102,6 +102,9 @@ CASES = {
     "score threshold out of range": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt",
                                       "--score-thr", "1.5", "--out", "{root}/out"],
                                      "score_threshold (--score-thr) must be a number in [0, 1], got 1.5"),
+    "run folder that is a file": (["train_det.py", str(SMOKE_RECIPE), "--data", "{shapes}/annotations/instances_train.json",
+                                   "--out", "{root}/good.pt"],
+                                  "the run folder {root}/good.pt is a file; pass --out a folder (new or a run's)"),
     "missing torchvision file": (["convert_torchvision.py", "{root}/none.pth", "{root}/out.pt", "--model",
                                   "faster_rcnn_r50_fpn"], "torchvision checkpoint not found: {root}/none.pth"),
 }

@@ -342,6 +342,8 @@ class Trainer:
 
     def _check_run_dir(self, resume: bool) -> None:
         last = self.run_dir / LAST_CHECKPOINT
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise NotADirectoryError(f"the run folder {self.run_dir} is a file; pass --out a folder (new or a run's)")
         if resume and not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last} to continue")
         if not resume and last.is_file():
