@@ -149,11 +149,14 @@ class MultiLevelRoIAlign(nn.Module):
         if len(features) == 1:
             return threaded_roi_align(features[0], rois, size, self.scales[0], self.sampling_ratio)
         levels = self.assign_levels(rois[:, 1:])
-        in_levels = [torch.where(levels == level)[0] for level in range(len(features))]
-        pooled = torch.cat([threaded_roi_align(feature, rois[in_level], size, scale, self.sampling_ratio)
-                            for feature, scale, in_level in zip(features, self.scales, in_levels, strict=True)])
-        # back to the RoIs' order: a gather, not an indexed write, so a traced graph keeps every count dynamic
-        return pooled[torch.argsort(torch.cat(in_levels))]
+        pooled = features[0].new_empty((rois.shape[0], features[0].shape[1], *size))  # every row is written
+        # index_copy_, not ``pooled[in_level] = ...``: traced for ONNX with one RoI on a level, the indexed write
+        # baked that count into a Reshape and the graph failed on images with two there
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            in_level = torch.where(levels == level)[0]
+            pooled.index_copy_(0, in_level, threaded_roi_align(feature, rois[in_level], size, scale,
+                                                              self.sampling_ratio))
+        return pooled
 
 
 class TwoMLPHead(nn.Module):
