@@ -30,8 +30,7 @@ import numpy as np
 from structured.data.base import ImageRecord, coco_image_id
 from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
-from structured.data.recipes import locate_dataset
-from structured.data.summary import coco_image_root
+from structured.data.summary import coco_image_root, locate_dataset
 from structured.data.voc import VOCDetection, write_voc_xml
 from structured.data.yolo import read_yolo
 from structured.io import save_json
@@ -62,7 +61,7 @@ def _image_size(record: ImageRecord) -> tuple[int, int]:
 
 def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None = None,
                      class_names: Sequence[str] | None = None, split: str | None = None) -> AnnotationSet:
-    """Read ``source`` in ``fmt`` (``auto``: found and detected as for training, ``recipes.locate_dataset``): a COCO JSON
+    """Read ``source`` in ``fmt`` (``auto``: found and detected as for training, ``summary.locate_dataset``): a COCO JSON
     file (``image_root`` = its image folder, default: found as the loader finds it, ``coco_image_root``), a VOC
     root (optional ``split``) or a YOLO root or ``data.yaml`` (optional ``split``, default ``train``; see
     ``structured.data.yolo``). ``class_names`` fixes the label order for VOC and YOLO."""

@@ -57,7 +57,7 @@ from structured.config import Config, ConfigError, model_task, validate_keys
 from structured.data.base import DetectionDataset, SemanticDataset
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.semantic import detect_semantic_format, open_semantic_dataset
-from structured.data.summary import detect_format, open_dataset
+from structured.data.summary import detect_format, locate_dataset, open_dataset
 from structured.data.transforms import (
     Compose,
     RandomCrop,
@@ -145,27 +145,9 @@ def use_data_path(config: Config, path: str | Path) -> None:
         model.pop("num_classes", None)
 
 
-def locate_dataset(path: str | Path, fmt: str = "auto", task: str = "detection") -> tuple[Path, str]:
-    """``(path, format)`` of the ``task``'s dataset at ``path``, looking one folder down when ``path`` itself is none."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset not found: {path}")
-    if fmt != "auto":
-        return path, fmt
-    detect = detect_semantic_format if task == "semantic" else detect_format
-    try:
-        return path, detect(path)
-    except ValueError as error:
-        children = [child for child in sorted(path.iterdir()) if child.is_dir()] if path.is_dir() else []
-        found = []
-        for child in children:
-            try:
-                found.append((child, detect(child)))
-            except ValueError:
-                continue
-        if len(found) == 1:
-            return found[0]
-        raise ValueError(f"{error} (and not exactly one dataset folder inside it: found {len(found)})") from None
+def _locate(path: str | Path, fmt: str, task: str) -> tuple[Path, str]:
+    """``summary.locate_dataset`` with the ``task``'s format detection (class maps for semantic models)."""
+    return locate_dataset(path, fmt, detect_semantic_format if task == "semantic" else detect_format)
 
 
 def _default_splits(path: Path, fmt: str, settings: DataConfig, task: str) -> tuple[str | None, str | None]:
@@ -217,7 +199,7 @@ def _open(path: Path, fmt: str, settings: DataConfig, split: str | None, task: s
 def open_evaluation_dataset(path: str | Path, settings: DataConfig, split: str | None = None,
                             task: str = "detection") -> AnyDataset:
     """The ``task``'s dataset at ``path`` (any supported format, found as for training) without augmentation."""
-    located, fmt = locate_dataset(path, settings.format, task)
+    located, fmt = _locate(path, settings.format, task)
     return _open(located, fmt, settings, split, task)
 
 
@@ -260,7 +242,7 @@ def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "
     ``val_fraction`` held out with the recipe's ``seed``), without augmentation; a ``ConfigError`` when the
     recipe names none."""
     if settings.val is not None:
-        located, fmt = locate_dataset(settings.val, settings.format, task)
+        located, fmt = _locate(settings.val, settings.format, task)
         return _open(located, fmt, settings, settings.val_split, task)
     if settings.train is None:
         raise ConfigError("the recipe names no data (data.train and data.val are null); pass the dataset to "
@@ -275,12 +257,12 @@ def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "
 def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyDataset, AnyDataset | None]:
     """The training and validation datasets ``settings`` name, without transforms: the validation set is
     ``val``, ``val_split`` (given or the data's own), or the ``val_fraction`` of train held out with ``seed``."""
-    train_path, fmt = locate_dataset(settings.train, settings.format, task)
+    train_path, fmt = _locate(settings.train, settings.format, task)
     train_split, val_split = _default_splits(train_path, fmt, settings, task)
     train = _open(train_path, fmt, settings, train_split, task)
     val: AnyDataset | None = None
     if settings.val is not None:
-        val_path, val_format = locate_dataset(settings.val, settings.format, task)
+        val_path, val_format = _locate(settings.val, settings.format, task)
         val = _open(val_path, val_format, settings, val_split, task)
     elif val_split is not None:
         val = _open(train_path, fmt, settings, val_split, task)

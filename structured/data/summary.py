@@ -9,6 +9,7 @@ decodes every image once, so unreadable files show up as problems instead of fai
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,30 @@ def detect_format(path: Path) -> str:
         return "folders"
     raise ValueError(f"{path}: cannot tell the dataset format; expected a COCO .json file, a VOC folder "
                      f"(Annotations/ or annotations/), a YOLO folder (images/ + labels/) or data.yaml, or <id>/images/ + <id>/masks/")
+
+
+def locate_dataset(path: str | Path, fmt: str = "auto",
+                   detect: Callable[[Path], str] = detect_format) -> tuple[Path, str]:
+    """``(path, format)`` of the dataset at ``path`` (``fmt``, or ``detect(path)`` for ``auto``), looking one folder
+    down when ``path`` itself is none and exactly one folder inside it is (``dsb2018_nuclei/stage1_train``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if fmt != "auto":
+        return path, fmt
+    try:
+        return path, detect(path)
+    except ValueError as error:
+        children = [child for child in sorted(path.iterdir()) if child.is_dir()] if path.is_dir() else []
+        found = []
+        for child in children:
+            try:
+                found.append((child, detect(child)))
+            except ValueError:
+                continue
+        if len(found) == 1:
+            return found[0]
+        raise ValueError(f"{error} (and not exactly one dataset folder inside it: found {len(found)})") from None
 
 
 def coco_image_root(annotation_file: Path) -> Path:
