@@ -93,6 +93,8 @@ CASES = {
     "eval of a recipe without data": (["eval.py", str(SMOKE_RECIPE), "--weights", "{root}/good.pt"],
                                       "the recipe names no data (data.train and data.val are null); pass the "
                                       "dataset to evaluate with --data"),
+    "split without data": (["eval.py", str(SMOKE_RECIPE), "--weights", "{root}/good.pt", "--split", "val"],
+                           "--split val chooses a split of --data; without --data the recipe's own validation set"),
     "folder without images": (["infer.py", "{root}/yolo_without_classes", "--weights", "{root}/good.pt"],
                               "no image or video in folder {root}/yolo_without_classes (looked for .jpg"),
     "unknown device": (["infer.py", "{shapes}/JPEGImages", "--weights", "{root}/good.pt", "--device", "gpu"],

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"describes {a_task_model(task.name)}")
     settings = data_config(config, require_train=False)
     if args.data is None:
+        if args.split is not None:
+            raise ValueError(f"--split {args.split} chooses a split of --data; without --data the recipe's own "
+                             "validation set is scored")
         dataset = recipe_validation_dataset(settings, train_config(config).seed, task.name)
         data_label = f"{settings.val or settings.train} (the recipe's validation set)"
     else:
