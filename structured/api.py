@@ -291,14 +291,14 @@ class Detector(Predictor):
         classes: Sequence[str | int] | None = None,
     ) -> DetectionResult | list[DetectionResult]:
         """Detections on one image (a path, an RGB ``uint8`` array, or a ``[3, H, W]`` float tensor) or a list."""
-        self.check_request(score_threshold, classes)
+        wanted = self.check_request(score_threshold, classes)
         single, items, images, tensors = self._tensors(inputs)
         predictions = self.model(tensors)
         results = [
             DetectionResult(
                 prediction["boxes"].cpu(), prediction["scores"].cpu(), prediction["labels"].cpu(),
                 self.class_names, image, _masks_of(prediction), _describe(item), self.category_ids,
-            ).filter(score_threshold, classes)
+            ).filter(score_threshold, wanted)
             for item, image, prediction in zip(items, images, predictions, strict=True)
         ]
         return results[0] if single else results

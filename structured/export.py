@@ -273,8 +273,9 @@ def check_outputs(model: InferenceModel, run: Callable[[Tensor], dict[str, Tenso
             raise ExportError(f"the exported file fails on image {index} ({height}x{width}): {message}") from error
         detections = "scores" in model.EXPORT_OUTPUTS
         order = tie_order(exported, expected) if detections else None
-        compared = ~cut_ties(expected["scores"]) if detections and len(exported["scores"]) == len(expected["scores"]) \
-            else None
+        compared = None  # the detections whose every output is compared (None: all)
+        if detections and len(exported["scores"]) == len(expected["scores"]):
+            compared = ~cut_ties(expected["scores"])
         for name in model.EXPORT_OUTPUTS:
             output, reference = exported[name], expected[name]
             if output.ndim == reference.ndim + 1:  # a batched graph (the UNet's): its one image

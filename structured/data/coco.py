@@ -90,12 +90,16 @@ def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int],
     return grouped
 
 
+def _in_image(where: str, image: dict) -> str:
+    """``where`` (an annotation) followed by its image's id and file, for error messages."""
+    return f"{where} (image_id={image['id']}, {image['file_name']})"
+
+
 def _check_bbox(bbox: Any, image: dict, where: str) -> None:
     numbers = isinstance(bbox, list) and len(bbox) == 4 and all(
         isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox)
     if not numbers:
-        raise ValueError(f"{where} (image_id={image['id']}, {image['file_name']}): bbox must be 4 numbers "
-                         f"[x, y, width, height], got {bbox!r}")
+        raise ValueError(f"{_in_image(where, image)}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}")
 
 
 _NUMBER_TYPES = {int, float}
@@ -105,7 +109,7 @@ def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
     """Polygons (lists of numbers, x and y in turn) or RLE (a dict with ``size`` and ``counts``), or none."""
     if segmentation is None or segmentation == []:
         return
-    where = f"{where} (image_id={image['id']}, {image['file_name']})"
+    where = _in_image(where, image)
     if isinstance(segmentation, dict):
         size = segmentation.get("size")
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)) \

@@ -242,8 +242,7 @@ def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "
     ``val_fraction`` held out with the recipe's ``seed``), without augmentation; a ``ConfigError`` when the
     recipe names none."""
     if settings.val is not None:
-        located, fmt = _locate(settings.val, settings.format, task)
-        return _open(located, fmt, settings, settings.val_split, task)
+        return _open_val(settings, task)
     if settings.train is None:
         raise ConfigError("the recipe names no data (data.train and data.val are null); pass the dataset to "
                           "evaluate with --data")
@@ -254,6 +253,12 @@ def recipe_validation_dataset(settings: DataConfig, seed: int = 0, task: str = "
     return val
 
 
+def _open_val(settings: DataConfig, task: str) -> AnyDataset:
+    """The dataset ``data.val`` names (its ``val_split`` if any)."""
+    located, fmt = _locate(settings.val, settings.format, task)
+    return _open(located, fmt, settings, settings.val_split, task)
+
+
 def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyDataset, AnyDataset | None]:
     """The training and validation datasets ``settings`` name, without transforms: the validation set is
     ``val``, ``val_split`` (given or the data's own), or the ``val_fraction`` of train held out with ``seed``."""
@@ -262,8 +267,7 @@ def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyData
     train = _open(train_path, fmt, settings, train_split, task)
     val: AnyDataset | None = None
     if settings.val is not None:
-        val_path, val_format = _locate(settings.val, settings.format, task)
-        val = _open(val_path, val_format, settings, val_split, task)
+        val = _open_val(settings, task)
     elif val_split is not None:
         val = _open(train_path, fmt, settings, val_split, task)
     elif settings.val_fraction > 0:

@@ -52,21 +52,22 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
     A name torch does not know, CUDA (or MPS) where there is none, or a CUDA index beyond the visible
     devices is a ``ValueError`` naming the device.
     """
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         resolved = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {str(name)!r}; expected cpu, cuda, cuda:<index> or mps") from None
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:<index> or mps") from None
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {str(name)!r} requested but MPS is not available; use --device cpu")
+        raise ValueError(f"device {name!r} requested but MPS is not available; use --device cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(name)!r} requested but CUDA is not available; use --device cpu")
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
         if resolved.index is None:
             resolved = torch.device("cuda", local_rank)
-        if resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(name)!r} requested but {torch.cuda.device_count()} CUDA device(s) are "
-                             f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        visible = torch.cuda.device_count()
+        if resolved.index >= visible:
+            raise ValueError(f"device {name!r} requested but {visible} CUDA device(s) are visible "
+                             f"(cuda:0 to cuda:{visible - 1})")
     return resolved
 
 
