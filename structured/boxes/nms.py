@@ -28,7 +28,6 @@ suppress nearly everything.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -41,9 +40,6 @@ from structured.boxes.formats import has_nan
 
 NmsKernel = Callable[[Tensor, Tensor, float], Tensor]
 BatchedNmsKernel = Callable[[Tensor, Tensor, Tensor, float], Tensor]
-
-PYTHON_NAN_CHECK_MAX_BOXES = 8
-"""Up to this many boxes the NaN check reads the values as Python floats (cheaper than tensor reductions)."""
 
 SPARSE_MIN_BOXES = 2000
 """Below this many boxes torchvision's kernel is faster than building the overlap graph."""
@@ -81,6 +77,11 @@ COORDINATE_TRICK_MAX_ELEMENTS = 4000
 COORDINATE_TRICK_MAX_ELEMENTS_GPU = 100_000
 """torchvision's ``batched_nms`` offsets boxes per class up to this ``boxes.numel()`` (CPU, GPU)."""
 
+_INDEX_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
+_TORCHVISION_CPU_NMS = torch.ops.torchvision.nms
+_TORCHVISION_CPU_DTYPES = frozenset({torch.float32, torch.float64})
+"""What torchvision's CPU kernel takes, boxes and scores of one dtype (``_in_cpu_kernel_dtypes`` makes them so)."""
+
 _DEVICE_KERNELS: dict[str, NmsKernel] = {}
 _BATCHED_KERNELS: dict[str, BatchedNmsKernel] = {}
 
@@ -100,9 +101,13 @@ def register_nms_kernel(device_type: str, kernel: NmsKernel, batched: BatchedNms
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices (int64) of the ``xyxy`` ``boxes [N, 4]`` kept by greedy NMS, by decreasing ``scores [N]``."""
+    if _is_small_cpu_set(boxes, scores, iou_threshold):
+        return _TORCHVISION_CPU_NMS(boxes, scores, iou_threshold)
     _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] <= 1:  # nothing to suppress: every box is kept
         return torch.arange(boxes.shape[0], device=boxes.device)
+    if boxes.is_cpu:
+        boxes, scores = _in_cpu_kernel_dtypes(boxes, scores)
     return _kernel_for(boxes)(boxes, scores, float(iou_threshold))
 
 
@@ -115,11 +120,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if torch.jit.is_tracing():
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    if _is_small_cpu_set(boxes, scores, iou_threshold) and _are_category_indices(idxs, boxes):
+        return _TORCHVISION_CPU_NMS(_offset_by_category(boxes, idxs), scores, iou_threshold)
     _check_nms_inputs(boxes, scores, iou_threshold)
     _check_idxs(idxs, boxes)
     if boxes.shape[0] <= 1:
         return torch.arange(boxes.shape[0], device=boxes.device)
     on_cpu = boxes.device.type == "cpu"
+    if on_cpu:
+        boxes, scores = _in_cpu_kernel_dtypes(boxes, scores)
     if not on_cpu and boxes.device.type not in _DEVICE_KERNELS:
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
     shifts = boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU)
@@ -138,6 +147,45 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return _batched_nms_by_class(boxes, scores, order, class_sizes, float(iou_threshold))
 
 
+def _is_small_cpu_set(boxes: Tensor, scores: Tensor, iou_threshold: float) -> bool:
+    """Whether torchvision's CPU kernel takes these inputs as they are: valid, and 2 to 1,999 boxes on the CPU.
+
+    True only where every check of ``_check_nms_inputs`` holds (and no CPU kernel is registered). This is
+    the common call of a detector's post-processing, so it reads each property once, with as few calls into
+    torch as possible: a read before the kernel costs the call far more than it costs alone
+    (``docs/benchmarks.md``, "validation without a reduction"). False sends the call to the general path,
+    which checks one by one and names what is wrong.
+    """
+    if not (isinstance(boxes, Tensor) and isinstance(scores, Tensor)):
+        return False
+    box_shape = boxes.shape
+    return (
+        len(box_shape) == 2
+        and box_shape[1] == 4
+        and 1 < box_shape[0] < SPARSE_MIN_BOXES
+        and scores.shape == box_shape[:1]
+        and (box_dtype := boxes.dtype) in _TORCHVISION_CPU_DTYPES
+        and scores.dtype is box_dtype
+        and boxes.is_cpu
+        and scores.is_cpu
+        and type(iou_threshold) is float
+        and 0.0 <= iou_threshold <= 1.0
+        and "cpu" not in _DEVICE_KERNELS
+        and not has_nan(boxes)
+        and not has_nan(scores)
+    )
+
+
+def _are_category_indices(idxs: Tensor, boxes: Tensor) -> bool:
+    """Whether ``idxs`` passes ``_check_idxs`` and ``boxes`` are few enough for the coordinate trick."""
+    return (
+        isinstance(idxs, Tensor)
+        and idxs.shape == boxes.shape[:1]
+        and idxs.dtype in _INDEX_DTYPES
+        and boxes.numel() <= COORDINATE_TRICK_MAX_ELEMENTS
+    )
+
+
 def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
     if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
         shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
@@ -147,28 +195,18 @@ def _check_nms_inputs(boxes: Tensor, scores: Tensor, iou_threshold: float) -> No
     if not isinstance(scores, Tensor) or scores.shape != boxes.shape[:1]:
         shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a tensor of shape [{boxes.shape[0]}] (one per box), got {shape}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be a floating-point tensor, got {scores.dtype}")
     if scores.device != boxes.device:
         raise ValueError(f"scores are on {scores.device} but boxes on {boxes.device}; expected one device")
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
         raise ValueError(f"iou_threshold must be a number, got {iou_threshold!r}")
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    if _may_hold_nan(boxes, scores):
-        if has_nan(boxes):
-            raise ValueError("boxes contain NaN coordinates; expected finite numbers")
-        if has_nan(scores):
-            raise ValueError("scores contain NaN; expected finite numbers")
-
-
-def _may_hold_nan(boxes: Tensor, scores: Tensor) -> bool:
-    """False when neither tensor holds a NaN; True when one may (``has_nan`` tells which).
-
-    Small CPU sets are summed as Python floats: a NaN makes the sum NaN (so does ``inf - inf``, which the
-    caller's ``has_nan`` then clears), at 1-2 us against 3.3 us for two tensor reductions.
-    """
-    if boxes.device.type == "cpu" and boxes.shape[0] <= PYTHON_NAN_CHECK_MAX_BOXES:
-        return math.isnan(sum(map(sum, boxes.tolist())) + sum(scores.tolist()))
-    return True
+    if has_nan(boxes):
+        raise ValueError("boxes contain NaN coordinates; expected finite numbers")
+    if has_nan(scores):
+        raise ValueError("scores contain NaN; expected finite numbers")
 
 
 def _check_idxs(idxs: Tensor, boxes: Tensor) -> None:
@@ -188,16 +226,36 @@ def _kernel_for(boxes: Tensor) -> NmsKernel:
     return torchvision.ops.nms
 
 
+def _in_cpu_kernel_dtypes(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes and scores in one dtype torchvision's CPU kernel takes, with the same NMS result.
+
+    fp16 and bf16 boxes are widened (exactly) to float32, so IoU is float32 as for the CUDA kernels. Scores
+    only rank the boxes: they are widened to the boxes' dtype where that is exact; otherwise (float64 scores
+    of float32 boxes, which narrowing could tie) they are replaced by their ranks, which order the boxes the
+    same way, ties to the lower index.
+    """
+    if boxes.dtype not in _TORCHVISION_CPU_DTYPES:
+        boxes = boxes.float()
+    if scores.dtype == boxes.dtype:
+        return boxes, scores
+    if torch.promote_types(scores.dtype, boxes.dtype) == boxes.dtype:
+        return boxes, scores.to(boxes.dtype)
+    order = torch.sort(scores, stable=True, descending=True).indices
+    ranks = torch.empty(len(scores), dtype=boxes.dtype)
+    ranks[order] = -torch.arange(len(scores), dtype=boxes.dtype)
+    return boxes, ranks
+
+
 def _cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     keep = _sparse_nms(boxes, scores, iou_threshold) if boxes.shape[0] >= SPARSE_MIN_BOXES else None
     if keep is None:
-        return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
+        return _TORCHVISION_CPU_NMS(boxes, scores, iou_threshold)
     return keep
 
 
 def _offset_by_category(boxes: Tensor, idxs: Tensor) -> Tensor:
     """torchvision's coordinate trick: each category's boxes shifted by ``idx * (max coordinate + 1)``."""
-    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+    offsets = idxs.to(boxes) * (boxes.max() + 1)
     return boxes + offsets[:, None]
 
 

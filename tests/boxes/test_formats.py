@@ -1,5 +1,7 @@
 """Box forms against torchvision.ops.box_convert, plus clip, area, corners, normalisation."""
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -14,6 +16,7 @@ from structured.boxes import (
     clip_boxes,
     corners_to_boxes,
     denormalize_boxes,
+    has_nan,
     normalize_boxes,
     remove_small_boxes,
 )
@@ -124,3 +127,18 @@ def test_normalise_and_back():
     torch.testing.assert_close(denormalize_boxes(normalised, (100, 50)), boxes)
     with pytest.raises(ValueError, match="positive sides"):
         normalize_boxes(boxes, (0, 50))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1,), (7, 4), (3, 0), (2, 3, 5)])
+def test_has_nan_finds_any_nan_and_nothing_else(dtype, shape):
+    values = torch.arange(math.prod(shape), dtype=dtype).reshape(shape)
+    assert not has_nan(values)
+    assert not has_nan(torch.full(shape, float("inf"), dtype=dtype))
+    assert not has_nan(values[..., ::2])  # strided views
+    if values.numel():
+        for position in (0, values.numel() - 1):
+            with_nan = values.clone()
+            with_nan.view(-1)[position] = float("nan") if position == 0 else -float("nan")
+            assert has_nan(with_nan)
+    assert not has_nan(torch.arange(5)) and not has_nan(torch.tensor([True, False]))

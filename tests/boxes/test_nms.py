@@ -70,6 +70,42 @@ def test_batched_nms_matches_torchvision(mode, data, threshold, dtype):
     assert torch.equal(keep, reference)
 
 
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), threshold=THRESHOLDS, dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_boxes_are_suppressed_with_float32_iou(mode, data, threshold, dtype):
+    """torchvision's CPU kernel refuses fp16 and bf16; ours widens them exactly, as the CUDA kernels do."""
+    boxes = data.draw(xyxy_boxes(allow_degenerate=True)).to(dtype)
+    scores = data.draw(scores_for(len(boxes))).to(dtype)
+    idxs = torch.arange(len(boxes)) % 3
+    with kernel_mode(mode):
+        keep = nms(boxes, scores, threshold)
+        batched_keep = batched_nms(boxes, scores, idxs, threshold)
+    assert torch.equal(keep, torchvision.ops.nms(boxes.float(), scores.float(), threshold))
+    reference = (torchvision.ops.batched_nms if mode == "default" else _batched_nms_vanilla)(
+        boxes.float(), scores.float(), idxs, threshold)
+    assert torch.equal(batched_keep, reference)
+
+
+@pytest.mark.parametrize("count", [9, 300, 2500])
+def test_scores_of_another_dtype_rank_the_boxes_by_their_own_values(count):
+    """float64 scores that float32 would tie still decide the order of float32 boxes (and fp16 scores widen)."""
+    boxes = make_boxes(count, seed=count, clustered=True)[0]
+    generator = torch.Generator().manual_seed(count)
+    levels = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    offsets = torch.randperm(count, generator=generator, dtype=torch.float64) * 1e-12  # below float32's ulp
+    scores = levels[torch.randint(0, 3, (count,), generator=generator)] + offsets  # tied only in float32
+    order = torch.sort(scores, stable=True, descending=True).indices
+    distinct_scores = torch.linspace(1, 0, count)  # the same ranking without ties, as float32
+    expected = order[torchvision.ops.nms(boxes[order], distinct_scores, 0.5)]
+    assert torch.equal(nms(boxes, scores, 0.5), expected)
+    halves = scores.half()
+    assert torch.equal(nms(boxes, halves, 0.5), torchvision.ops.nms(boxes, halves.float(), 0.5))
+    idxs = torch.arange(count) % 4
+    assert torch.equal(batched_nms(boxes, halves, idxs, 0.5),
+                       torchvision.ops.batched_nms(boxes, halves.float(), idxs, 0.5))
+
+
 @pytest.mark.parametrize("count", [2500, 6000])
 @pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
@@ -165,15 +201,34 @@ def test_empty_and_single_inputs():
         (torch.zeros(3, 4), torch.zeros(3), "0.5", "must be a number"),
         (torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), torch.zeros(1), 0.5, "NaN coordinates"),
         (torch.zeros(1, 4), torch.tensor([float("nan")]), 0.5, "scores contain NaN"),
+        (torch.zeros(4), torch.zeros(1), 0.5, r"shape \[N, 4\]"),
+        ([[0.0, 0.0, 1.0, 1.0]] * 3, torch.zeros(3), 0.5, r"shape \[N, 4\], got list"),
+        (torch.zeros(3, 4), [0.0] * 3, 0.5, r"shape \[3\] \(one per box\), got list"),
+        (torch.zeros(3, 4), torch.zeros(3, 1), 0.5, r"shape \[3\]"),
+        (torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), 0.5, "scores must be a floating-point tensor"),
+        (torch.zeros(3, 4), torch.zeros(3), True, "must be a number"),
+        (torch.zeros(3, 4), torch.zeros(3), float("nan"), r"in \[0, 1\]"),
+        (torch.zeros(3, 4), torch.zeros(3, device="meta"), 0.5, "expected one device"),
+        (torch.zeros(3, 4, device="meta"), torch.zeros(3), 0.5, "expected one device"),
     ],
 )
 def test_bad_input_is_a_value_error(boxes, scores, threshold, message):
+    """Each check, on sets the small-CPU fast path takes when valid (3 boxes) and on the general path (1)."""
     with pytest.raises(ValueError, match=message):
         nms(boxes, scores, threshold)
+    with pytest.raises(ValueError, match=message):
+        batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.int64), threshold)
 
 
-NAN_CHECK_SIZES = [1, 2, nms_module.PYTHON_NAN_CHECK_MAX_BOXES, nms_module.PYTHON_NAN_CHECK_MAX_BOXES + 1, 300]
-"""Both NaN checks: Python floats up to PYTHON_NAN_CHECK_MAX_BOXES boxes, tensor reductions above."""
+def test_integer_thresholds_are_numbers():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    scores = torch.tensor([0.5, 0.9, 0.8])
+    assert nms(boxes, scores, 0).tolist() == torchvision.ops.nms(boxes, scores, 0.0).tolist() == [1, 2]
+    assert nms(boxes, scores, 1).tolist() == [1, 2, 0]
+
+
+NAN_CHECK_SIZES = [1, 2, 9, 300, nms_module.SPARSE_MIN_BOXES]
+"""Both paths: the general one (1 and SPARSE_MIN_BOXES boxes) and the small CPU sets' fast one."""
 
 
 @pytest.mark.parametrize("count", NAN_CHECK_SIZES)
