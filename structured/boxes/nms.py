@@ -8,8 +8,13 @@ suppressed.
 
 Kernels are chosen by device type through ``register_nms_kernel(device_type, kernel, batched=...)``.
 CUDA tensors go to the Triton kernels of ``structured.boxes.nms_triton`` (exact torchvision results;
-``batched_nms`` is one launch over all categories); where Triton cannot be imported those use
-torchvision's CUDA ops. Other devices without a registered kernel use torchvision's op for that device.
+``batched_nms`` is one launch over all categories); where Triton cannot be imported, and for float64
+boxes, those use torchvision's CUDA ops. Other devices without a registered kernel use torchvision's op
+for that device.
+
+Every kernel receives boxes and scores of one dtype, float32 or float64 (``_in_kernel_dtypes``): fp16 and
+bf16 boxes are widened to float32, so IoU is float32 for them on every device (torchvision's CPU kernel
+refuses them), and scores of another dtype rank the boxes by their own values.
 
 On the CPU the kernel is chosen by problem size. torchvision's kernel compares every kept box with
 every later box, O(kept x N) scalar work: cheap for small sets, quadratic for large ones. For large
@@ -80,7 +85,7 @@ COORDINATE_TRICK_MAX_ELEMENTS_GPU = 100_000
 _INDEX_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
 _TORCHVISION_CPU_NMS = torch.ops.torchvision.nms
 _TORCHVISION_CPU_DTYPES = frozenset({torch.float32, torch.float64})
-"""What torchvision's CPU kernel takes, boxes and scores of one dtype (``_in_cpu_kernel_dtypes`` makes them so)."""
+"""What torchvision's CPU kernel takes, boxes and scores of one dtype (``_in_kernel_dtypes`` makes them so)."""
 
 _DEVICE_KERNELS: dict[str, NmsKernel] = {}
 _BATCHED_KERNELS: dict[str, BatchedNmsKernel] = {}
@@ -106,8 +111,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] <= 1:  # nothing to suppress: every box is kept
         return torch.arange(boxes.shape[0], device=boxes.device)
-    if boxes.is_cpu:
-        boxes, scores = _in_cpu_kernel_dtypes(boxes, scores)
+    boxes, scores = _in_kernel_dtypes(boxes, scores)
     return _kernel_for(boxes)(boxes, scores, float(iou_threshold))
 
 
@@ -126,14 +130,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_idxs(idxs, boxes)
     if boxes.shape[0] <= 1:
         return torch.arange(boxes.shape[0], device=boxes.device)
+    boxes, scores = _in_kernel_dtypes(boxes, scores)
     on_cpu = boxes.device.type == "cpu"
-    if on_cpu:
-        boxes, scores = _in_cpu_kernel_dtypes(boxes, scores)
     if not on_cpu and boxes.device.type not in _DEVICE_KERNELS:
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
     shifts = boxes.numel() <= (COORDINATE_TRICK_MAX_ELEMENTS if on_cpu else COORDINATE_TRICK_MAX_ELEMENTS_GPU)
     if boxes.device.type in _BATCHED_KERNELS:
-        boxes = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes  # as IoU: float32
         boxes = _offset_by_category(boxes, idxs) if shifts else boxes
         return _BATCHED_KERNELS[boxes.device.type](boxes, scores, idxs, float(iou_threshold))
     if shifts:
@@ -226,13 +228,13 @@ def _kernel_for(boxes: Tensor) -> NmsKernel:
     return torchvision.ops.nms
 
 
-def _in_cpu_kernel_dtypes(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Boxes and scores in one dtype torchvision's CPU kernel takes, with the same NMS result.
+def _in_kernel_dtypes(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes and scores in one dtype, float32 or float64, with the same NMS result: what every kernel takes.
 
-    fp16 and bf16 boxes are widened (exactly) to float32, so IoU is float32 as for the CUDA kernels. Scores
-    only rank the boxes: they are widened to the boxes' dtype where that is exact; otherwise (float64 scores
-    of float32 boxes, which narrowing could tie) they are replaced by their ranks, which order the boxes the
-    same way, ties to the lower index.
+    fp16 and bf16 boxes are widened (exactly) to float32: IoU in float32 on every device (torchvision's CPU
+    kernel refuses them). Scores only rank the boxes: they are widened to the boxes' dtype where that is
+    exact; otherwise (float64 scores of float32 boxes, which narrowing could tie) they are replaced by their
+    ranks, which order the boxes the same way, ties to the lower index.
     """
     if boxes.dtype not in _TORCHVISION_CPU_DTYPES:
         boxes = boxes.float()
@@ -241,8 +243,8 @@ def _in_cpu_kernel_dtypes(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor
     if torch.promote_types(scores.dtype, boxes.dtype) == boxes.dtype:
         return boxes, scores.to(boxes.dtype)
     order = torch.sort(scores, stable=True, descending=True).indices
-    ranks = torch.empty(len(scores), dtype=boxes.dtype)
-    ranks[order] = -torch.arange(len(scores), dtype=boxes.dtype)
+    ranks = torch.empty(len(scores), dtype=boxes.dtype, device=scores.device)
+    ranks[order] = -torch.arange(len(scores), dtype=boxes.dtype, device=scores.device)
     return boxes, ranks
 
 

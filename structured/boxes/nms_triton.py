@@ -3,8 +3,9 @@
 ``nms`` and ``batched_nms`` return torchvision's indices in torchvision's order, and are what
 ``structured.boxes.nms`` / ``batched_nms`` run for CUDA tensors (they validate the inputs first; these
 functions assume valid ones). They also run on CPU tensors under ``TRITON_INTERPRET=1``, which is how
-the tests exercise them without a GPU. Where Triton cannot be imported they fall back to
-``torchvision.ops.nms`` / ``batched_nms``.
+the tests exercise them without a GPU. Where Triton cannot be imported, and for float64 boxes (the
+kernels compute in float32; torchvision's ops in double), they call ``torchvision.ops.nms`` /
+``batched_nms``.
 
 How it works:
 
@@ -62,6 +63,15 @@ def _kernels() -> ModuleType | None:
     return nms_triton_kernels
 
 
+def _kernels_take(boxes: Tensor) -> bool:
+    """Whether the Triton kernels run these boxes: Triton imports, some boxes, and not float64.
+
+    The kernels compute IoU in float32; float64 boxes go to torchvision's op, which computes in double, so
+    the result stays torchvision's.
+    """
+    return _kernels() is not None and boxes.shape[0] > 0 and boxes.dtype != torch.float64
+
+
 def triton_available() -> bool:
     """Whether Triton imports here (otherwise ``nms`` and ``batched_nms`` use torchvision's ops)."""
     return _kernels() is not None
@@ -73,7 +83,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_out: int | None
 
     With ``max_out``: ``(indices [max_out] padded with -1, count)``, no host synchronisation.
     """
-    if _kernels() is None or boxes.shape[0] == 0:
+    if not _kernels_take(boxes):
         return _fixed_size(torchvision.ops.nms(boxes, scores, iou_threshold), max_out)
     order = torch.sort(scores, descending=True, stable=True).indices
     ranked = _Ranked.single_segment(boxes[order])
@@ -89,7 +99,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     padded with -1, count)``, no host synchronisation (the mask is then sized for one category
     holding every box).
     """
-    if _kernels() is None or boxes.shape[0] == 0:
+    if not _kernels_take(boxes):
         return _fixed_size(torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold), max_out)
     order = torch.sort(scores, descending=True, stable=True).indices
     by_segment = torch.sort(idxs[order], stable=True).indices

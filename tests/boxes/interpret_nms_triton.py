@@ -81,6 +81,18 @@ def test_half_precision_boxes_give_the_float32_result(dtype):
     assert torch.equal(nms_triton.batched_nms(boxes, scores, classes % 3, 0.5), expected)
 
 
+def test_float64_boxes_keep_torchvisions_double_precision_result():
+    """IoU 1 - 1e-9 against a threshold of 1 - 5e-10: kept in double, suppressed once narrowed to float32."""
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0 + 1e-9], [3.0, 3.0, 4.0, 4.0]],
+                         dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64)
+    threshold = 1 - 5e-10
+    expected = torchvision.ops.nms(boxes, scores, threshold)
+    assert expected.tolist() == [0, 1, 2] != torchvision.ops.nms(boxes.float(), scores.float(), threshold).tolist()
+    assert torch.equal(nms_triton.nms(boxes, scores, threshold), expected)
+    assert torch.equal(nms_triton.batched_nms(boxes, scores, torch.zeros(3, dtype=torch.int64), threshold), expected)
+
+
 def test_chunked_mask_gives_the_same_result():
     boxes, scores, classes = make_boxes(330, seed=8, clustered=True)
     with mock.patch.object(nms_triton, "MASK_BUDGET_BYTES", 64 * 6 * 8):  # 64 rows per chunk: 6 chunks

@@ -98,6 +98,18 @@ def test_cuda_half_precision_boxes_give_the_float32_result(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize(("box_dtype", "score_dtype"), [(torch.float32, torch.float16), (torch.float32, torch.float64),
+                                                        (torch.float64, torch.float32), (torch.bfloat16, torch.float64)])
+def test_cuda_inputs_of_other_dtypes_give_the_cpu_result(box_dtype, score_dtype):
+    """The CPU path widens or ranks them (tests/boxes/test_nms.py); the CUDA path must agree."""
+    boxes, scores, classes = make_boxes(5000, seed=3, clustered=True)
+    boxes, scores = boxes.to(box_dtype), scores.to(score_dtype)
+    assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), nms(boxes, scores, 0.5))
+    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), classes.cuda(), 0.5).cpu(),
+                       batched_nms(boxes, scores, classes, 0.5))
+
+
+@pytest.mark.gpu
 def test_cuda_fixed_size_output_and_chunked_mask():
     boxes, scores, _ = (tensor.cuda() for tensor in make_boxes(30000, seed=2, clustered=True))
     expected = torchvision.ops.nms(boxes, scores, 0.5)
