@@ -17,10 +17,15 @@ A box with ``x2 < x1`` or ``y2 < y1`` is *degenerate*: it has area 0 here and is
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+EQUAL_NAN_CHECK_MAX_ELEMENTS = 2048
+"""Up to this many values ``has_nan`` compares a tensor with itself; above, a reduction is faster."""
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
@@ -36,13 +41,17 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
 
 
 def has_nan(values: Tensor) -> bool:
-    """Whether a tensor holds a NaN: the one value unequal to itself.
+    """Whether a tensor holds a NaN (integer tensors hold none).
 
-    ``torch.equal`` compares in one pass and answers a Python bool (no result tensor, no ``.item()``):
-    0.8 us on small tensors against 2.7 us for a reduction read back as a float, and it does not slow the
-    op that follows the way a reduction's allocation did (``bench/nms_cpu.py``). Integer tensors hold no NaN.
+    Small tensors are compared with themselves (``torch.equal``; NaN is the one value unequal to itself):
+    one pass answering a Python bool, 0.8 us against 2.3 us for a reduction read back as a float, and it
+    does not slow the op that follows the way a reduction did (docs/benchmarks.md, "CPU NMS"). Above
+    ``EQUAL_NAN_CHECK_MAX_ELEMENTS`` that comparison is the slower (58 against 16 us at 64k values), so the
+    NaN is found by ``amax``, which NaN propagates through.
     """
-    return not torch.equal(values, values)
+    if values.numel() <= EQUAL_NAN_CHECK_MAX_ELEMENTS:
+        return not torch.equal(values, values)
+    return math.isnan(values.amax().item())
 
 
 def _check_format(fmt: str, argument: str) -> None:
