@@ -113,8 +113,8 @@ class DetectionResult:
         return save_image(self.plot(), path)
 
     def describe(self) -> str:
-        """What was found, for a progress line: ``3 detections``."""
-        return f"{len(self)} detections"
+        """What was found, for a progress line: ``3 detections`` (``1 detection``)."""
+        return _counted(len(self), "detection")
 
     def save_txt(self, path: str | os.PathLike[str]) -> Path:
         """Write YOLO labels: segments (YOLO-seg polygons) for a model with masks, else boxes."""
@@ -178,7 +178,7 @@ class SegmentationResult:
         total = max(self.mask.numel(), 1)
         found = [f"{name} {100 * pixels / total:.1f}%" for name, pixels in self.areas.items()
                  if pixels and name != self.class_names[0]]
-        return f"{len(found)} classes" + (f" ({', '.join(found)})" if found else "")
+        return _counted(len(found), "class", "classes") + (f" ({', '.join(found)})" if found else "")
 
     def plot(self, alpha: float = 0.5) -> np.ndarray:
         """The image with each class blended in its colour and outlined, RGB ``uint8``."""
@@ -448,3 +448,8 @@ def _masks_of(prediction: Mapping[str, Tensor]) -> Tensor | None:
 
 def _describe(item: ImageInput) -> str:
     return str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__}>"
+
+
+def _counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 detection``, ``3 detections``: the count with its noun in the right number."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"

@@ -279,3 +279,20 @@ def test_inference_writes_the_training_datas_category_ids(checkpoint, tmp_path):
     catalogue = json.loads((tmp_path / "out" / "images.json").read_text())
     assert summary.found > 0 and {r["category_id"] for r in results} <= {3, 7, 11}
     assert [(c["id"], c["name"]) for c in catalogue["categories"]] == list(zip([3, 7, 11], CLASS_NAMES[1:], strict=True))
+
+
+def test_progress_lines_count_in_the_right_number():
+    image = np.zeros((4, 4, 3), np.uint8)
+    names = ["__background__", "circle", "star"]
+
+    def detections(count: int) -> structured.api.DetectionResult:
+        return structured.api.DetectionResult(torch.zeros(count, 4), torch.zeros(count),
+                                              torch.ones(count, dtype=torch.int64), names, image)
+
+    assert [detections(count).describe() for count in (0, 1, 2)] == ["0 detections", "1 detection", "2 detections"]
+    mask = torch.zeros(4, 4, dtype=torch.int64)
+    mask[0, 0] = 1
+    one_class = structured.api.SegmentationResult(mask, None, names, image)
+    assert one_class.describe() == "1 class (circle 6.2%)"
+    mask[1, 1] = 2
+    assert structured.api.SegmentationResult(mask, None, names, image).describe() == "2 classes (circle 6.2%, star 6.2%)"

@@ -76,6 +76,9 @@ class ImageBatch(NamedTuple):
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """Output ``(height, width)`` when the short side goes to ``min_size`` unless the long side exceeds ``max_size``.
 
+    Each side is at least one pixel: a 4 x 900 strip under ``max_size`` 192 would otherwise get no rows
+    (torchvision's transform fails there).
+
     While tracing (``structured.export``) the sides are traced tensors and the same float64 arithmetic runs as
     tensor operations, so the exported graph computes the size of each input.
     """
@@ -84,10 +87,10 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
         # no 0-dim tensors: the ONNX exporter computes those in float32, which floors some sides one pixel lower
         bounds = torch.tensor([min_size, max_size], dtype=torch.float64)
         scale = (bounds / torch.stack((sides.min(), sides.max()))).min(dim=0, keepdim=True).values
-        new_height, new_width = (sides * scale).floor().long().unbind()
+        new_height, new_width = (sides * scale).floor().long().clamp(min=1).unbind()
         return new_height, new_width
     scale = min(min_size / min(height, width), max_size / max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def scale_boxes(boxes: Tensor, old_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:

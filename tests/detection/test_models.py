@@ -212,11 +212,15 @@ def test_eval_is_deterministic_and_aliases_agree(detector, family):
     check_losses(losses, family, instance)
 
 
-def test_single_tiny_image(detector):
+@pytest.mark.parametrize("size", [(1, 9), (1, 2000)], ids=["tiny", "strip"])
+def test_single_tiny_image(detector, size):
+    """A 1 x 9 image, and a 1 x 2000 strip whose short side a plain resize would round to no pixels."""
     detector.eval()
     with torch.no_grad():
-        prediction = detector([torch.rand(3, 1, 9)])[0]
+        prediction = detector([torch.rand(3, *size)])[0]
     assert prediction["boxes"].shape[1] == 4
+    if len(prediction["boxes"]):
+        assert float(prediction["boxes"][:, 1::2].max()) <= size[0] + 1e-3
 
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"

@@ -45,6 +45,18 @@ def test_resized_size_equals_torchvision_for_odd_sizes(height, width):
     assert expected.tensors.shape[-2] % 32 == 0 and expected.tensors.shape[-1] % 32 == 0
 
 
+@pytest.mark.parametrize(("height", "width", "expected"), [(4, 900, (1, 192)), (900, 4, (192, 1)), (1, 5000, (1, 191)),
+                                                      (2, 2, (128, 128))])
+def test_each_side_keeps_at_least_one_pixel(height, width, expected):
+    """A thin strip whose short side would round to no pixels (torchvision's transform fails on it)."""
+    assert resized_size(height, width, 128, 192) == expected
+    traced = torch.jit.trace(lambda image: torch.stack(resized_size(image.shape[-2], image.shape[-1], 128, 192)),
+                             torch.zeros(1, 64, 64), check_trace=False)
+    assert tuple(traced(torch.zeros(1, height, width)).tolist()) == expected
+    batch, _ = DetectionTransform(128, 192, MEAN, STD).eval()([torch.rand(3, height, width)])
+    assert batch.image_sizes == [expected]
+
+
 def test_rescale_predictions_equals_torchvision():
     generator = torch.Generator().manual_seed(0)
     boxes = torch.rand(20, 4, generator=generator) * 500
