@@ -26,13 +26,19 @@ sets (and large classes in ``batched_nms``) the sparse kernel here
    threshold comparison, so every suppression decision comes out the same;
 3. resolves the greedy order over the sparse "suppresses" graph in a few vectorised rounds.
 
-Sets too dense for that (the cells' IoU matrices would hold more than a fraction of the same-class pairs)
-go to torchvision's kernel, one call per class, which is fast exactly there because the first kept boxes
-suppress nearly everything.
+The kernel runs only where it is predicted to beat torchvision's by ``SPARSE_COST_MARGIN``. torchvision's
+time is about ``TORCHVISION_NS_PER_KEPT_PAIR`` x the fraction kept x the sum of the squared class sizes
+(N^2 for one class), and the fraction kept is estimated from an exact run of torchvision's kernel over the best boxes
+(``_estimated_kept``), so sets where few boxes survive (clustered candidates at low thresholds, where the
+first kept boxes suppress nearly everything) stay with torchvision's kernel, one call per class, at the
+cost of that small run; the sparse kernel's time is predicted from its IoU work, counted once the grid is
+built, and the grid is built only where it costs a small share of torchvision's predicted time.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -56,15 +62,40 @@ Measured (2 threads): on random sets of 250 boxes a class the sparse kernel is o
 per-class calls, but on SSD300's candidates (its 200 best boxes per class, crowded over the same regions)
 it was 2.7x slower (36 against 13 ms for 90 classes); from 1,000 a class it is 1.1-3.3x faster."""
 
-WORK_BUDGET_PER_BOX = 2000
-"""IoU evaluations allowed per box before the sparse kernel gives way to torchvision's (dense sets)."""
+PILOT_BOXES = 256
+PILOT_FRACTION_INVERSE = 16
+"""The best ``max(PILOT_BOXES, N / PILOT_FRACTION_INVERSE)`` boxes, whose exact NMS (torchvision's kernel)
+estimates how many boxes the whole set keeps (``_estimated_kept``): at most a 256th of torchvision's work
+on the whole set, and fewer doublings to extrapolate over on large sets."""
 
-WORK_BUDGET_PAIR_FRACTION = 0.4
-"""The sparse kernel also gives way when its IoU evaluations exceed this fraction of the same-class pairs,
-the most torchvision's kernel compares. An evaluation costs about as much in either (7-8 ns, 2 threads).
-Measured: random and clustered sets need 0.02-0.12 of the pairs; SSD300's candidates (its 400 best boxes
-of each of 90 classes, all decoded from the same default boxes) need 0.94, where the sparse kernel took
-57 ms against 29 ms for one torchvision call per class."""
+MIN_DECELERATION = 0.05
+"""Least fall of the kept count's log-log slope per doubling of the boxes (``_extrapolated_count``). On 90
+sets of 2,000-10,000 boxes (spread and clustered, thresholds 0.3-0.7) the slope fell 0.05-0.1 per doubling
+on clustered sets and stayed near 1 on spread ones; with 0.05 the estimate was 0.72-1.44x the kept count
+(10th-90th percentile), with 0 it was 0.73-1.68x."""
+
+TORCHVISION_NS_PER_KEPT_PAIR = 4.6
+"""torchvision's kernel costs about this many ns per (kept box, box of its class): median of 90 sets of
+2,000-10,000 boxes, spread and clustered, thresholds 0.3-0.7 (3.7-5.5 from the 10th to the 90th percentile;
+AMD EPYC, 2 threads)."""
+
+SPARSE_NS_PER_BOX = 1300
+SPARSE_NS_PER_EVALUATION = 20
+"""The sparse kernel costs about ``SPARSE_NS_PER_BOX x N + SPARSE_NS_PER_EVALUATION x its IoU evaluations``
+(least squares over the same 90 sets; within 0.7-1.3x of the time for 80 % of them)."""
+
+GRID_NS_FIXED = 1_000_000
+GRID_NS_PER_BOX = 550
+"""Building the grid (ranking the boxes, bucketing their cores, counting the IoU work) takes about
+``GRID_NS_FIXED + GRID_NS_PER_BOX x N``: 2.5 ms at 2,000 boxes, 4 at 5,000, 10-13 at 20,000, 52 at 90,000."""
+
+GRID_SHARE_OF_TORCHVISION = 0.15
+"""The grid is built only when it costs at most this share of torchvision's predicted time: the grid alone
+says whether the sparse kernel wins, and where it does not, the call costs the grid on top."""
+
+SPARSE_COST_MARGIN = 2.0
+"""The sparse kernel runs only when predicted faster than torchvision's by this factor: on the 90 sets, 2
+left no set slower than torchvision's kernel (1.5 left one at 0.81x) and lost 1 % of the best total time."""
 
 DENSE_CHUNK_ELEMENTS = 1 << 16
 """IoU matrix elements evaluated at once: bounds memory and keeps the working set in cache."""
@@ -143,7 +174,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     order, class_sizes = _class_segments(idxs)
     squared_sizes = float((class_sizes.double() ** 2).sum())
     if on_cpu and squared_sizes / len(idxs) >= SPARSE_MIN_CLASS_SIZE:
-        keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs, squared_sizes=squared_sizes)
+        keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs, class_segments=(order, class_sizes))
         if keep is not None:
             return _in_score_order(keep, scores)
     return _batched_nms_by_class(boxes, scores, order, class_sizes, float(iou_threshold))
@@ -293,31 +324,89 @@ def _sort_kept_by_score(keep: Tensor, scores: Tensor) -> Tensor:
 
 
 def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None = None,
-                squared_sizes: float | None = None) -> Tensor | None:
-    """Greedy NMS over the sparse overlap graph; ``None`` when the set is too dense for it (or not finite).
+                class_segments: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
+    """Greedy NMS over the sparse overlap graph; ``None`` where torchvision's kernel is predicted faster.
 
-    ``squared_sizes`` (with ``groups``: the sum of the squared group sizes) bounds the work by the pairs
-    torchvision's kernel compares.
+    With ``groups`` (and ``class_segments = _class_segments(groups)``) boxes of different groups never
+    suppress each other. torchvision's predicted cost grows with the kept boxes and the boxes each is
+    compared with, those of its group; the fraction kept is estimated on the largest group alone, which
+    is where that cost lies. The prediction reads only the best boxes (``_estimated_kept``), so a set
+    torchvision's kernel handles quickly costs little more than that kernel; the grid is built only where
+    the sparse kernel may win.
     """
     num_boxes = boxes.shape[0]
-    if boxes.dtype not in (torch.float32, torch.float64) or not torch.isfinite(boxes).all():
+    if boxes.dtype not in (torch.float32, torch.float64):
+        return None
+    if groups is None or class_segments is None:
+        squared_sizes = float(num_boxes**2)
+        kept_fraction = _estimated_kept(boxes, scores, iou_threshold) / num_boxes
+    else:
+        order, class_sizes = class_segments
+        squared_sizes = float((class_sizes.double() ** 2).sum())
+        members = _largest_class(order, class_sizes)
+        kept_fraction = _estimated_kept(boxes[members], scores[members], iou_threshold) / len(members)
+    torchvision_ns = TORCHVISION_NS_PER_KEPT_PAIR * kept_fraction * squared_sizes
+    grid_ns = GRID_NS_FIXED + GRID_NS_PER_BOX * num_boxes
+    if (SPARSE_COST_MARGIN * SPARSE_NS_PER_BOX * num_boxes >= torchvision_ns  # slower whatever its IoU work
+            or grid_ns > GRID_SHARE_OF_TORCHVISION * torchvision_ns):
+        return None
+    if not torch.isfinite(boxes).all():
         return None
     order = torch.sort(scores, stable=True, descending=True).indices
     ranked_boxes = boxes[order].contiguous()
     ranked_groups = None if groups is None else groups[order].to(torch.int64)
     cells = _grid_cells(ranked_boxes, ranked_groups, iou_threshold)
-    squared_sizes = float(num_boxes**2) if squared_sizes is None else squared_sizes
-    if cells is None or _dense_work(cells[1]) > _work_budget(num_boxes, squared_sizes):
+    if cells is None:
+        return None
+    sparse_ns = SPARSE_NS_PER_BOX * num_boxes + SPARSE_NS_PER_EVALUATION * _dense_work(cells[1])
+    if SPARSE_COST_MARGIN * sparse_ns >= torchvision_ns:
         return None
     higher, lower = _suppressing_pairs(ranked_boxes, *cells, iou_threshold)
     kept_ranks = _resolve_greedy(num_boxes, higher, lower)
     return order[kept_ranks]
 
 
-def _work_budget(num_boxes: int, squared_sizes: float) -> float:
-    """IoU evaluations the sparse kernel may take: per box, and as a fraction of the same-class pairs."""
-    same_class_pairs = (squared_sizes - num_boxes) / 2
-    return min(WORK_BUDGET_PER_BOX * num_boxes, WORK_BUDGET_PAIR_FRACTION * same_class_pairs)
+def _largest_class(order: Tensor, class_sizes: Tensor) -> Tensor:
+    """Indices of the boxes of the largest class (``order`` and ``class_sizes`` from ``_class_segments``)."""
+    largest = int(class_sizes.argmax())
+    start = int(class_sizes[:largest].sum())
+    return order[start : start + int(class_sizes[largest])]
+
+
+def _estimated_kept(boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
+    """How many boxes greedy NMS keeps, extrapolated from an exact run over the best (``PILOT_BOXES``...).
+
+    Greedy NMS decides a box by the boxes ranked above it only, so torchvision's kernel on the best ``m``
+    boxes keeps what the whole run keeps among them, and so among the best ``m / 4`` and ``m / 2`` (up to
+    the order of tied scores, which ``topk`` does not keep: an estimate needs no more).
+    """
+    num_boxes = boxes.shape[0]
+    pilot = min(num_boxes, max(PILOT_BOXES, num_boxes // PILOT_FRACTION_INVERSE))
+    best_scores, best = torch.topk(scores, pilot)  # by decreasing score (tied ones in any order)
+    kept_ranks = _TORCHVISION_CPU_NMS(boxes[best], best_scores, iou_threshold).tolist()  # ascending
+    if pilot == num_boxes:
+        return float(len(kept_ranks))
+    counts = [max(bisect.bisect_left(kept_ranks, pilot // 4), 1), max(bisect.bisect_left(kept_ranks, pilot // 2), 1),
+              len(kept_ranks)]
+    return _extrapolated_count(counts, pilot, num_boxes)
+
+
+def _extrapolated_count(counts: list[int], measured_size: int, target_size: int) -> float:
+    """Kept boxes among ``target_size``, from the counts among the best quarter, half and all of ``measured_size``.
+
+    Each doubling of the boxes multiplies the count by 2 ** slope, the slope (log-log, between 1, every box
+    kept, and 0, the clusters already covered) falling from doubling to doubling by as much as it fell over
+    the last measured one, and at least ``MIN_DECELERATION``: the count flattens as clusters fill up.
+    """
+    slope = min(max(math.log2(counts[2] / counts[1]), 0.0), 1.0)
+    deceleration = max(math.log2(counts[1] / counts[0]) - slope, MIN_DECELERATION)
+    size, count = float(measured_size), float(counts[2])
+    while size < target_size and slope > 0:
+        step = min(2.0, target_size / size)
+        count *= step**slope
+        size *= step
+        slope -= deceleration
+    return count
 
 
 def core_shrink(iou_threshold: float) -> float:
