@@ -56,6 +56,9 @@ from structured.detection.transform import DetectionTransform, TransformSettings
 from structured.registry import MODELS
 from structured.types import Prediction, Target
 
+BLOCKED_TRANSPOSE_MIN_ELEMENTS = 1 << 22
+"""Feature maps from this size are made contiguous by ``_contiguous_from_channels_last``'s blocked copy."""
+
 
 @dataclass
 class RawDetections:
@@ -152,7 +155,7 @@ class FasterRCNN(InferenceModel):
     def _roi_layout(self, roi_features: list[Tensor]) -> list[Tensor]:
         """The RoI feature maps in the layout ``roi_align`` reads (it copies channels-last input on every
         call): converted once here, however many poolers (box, mask) read them."""
-        return [f.contiguous() for f in roi_features] if self.channels_last else roi_features
+        return [_contiguous_from_channels_last(f) for f in roi_features] if self.channels_last else roi_features
 
     def raw_outputs(self, images: list[Tensor]) -> RawDetections:
         """The network's part of inference: resize and batch, features, proposals, the box head's outputs."""
@@ -173,6 +176,24 @@ class FasterRCNN(InferenceModel):
     def predict(self, images: list[Tensor]) -> list[Prediction]:
         """Predictions for ``images`` in their own pixel frames (no gradient)."""
         return self(images)
+
+
+def _contiguous_from_channels_last(feature: Tensor) -> Tensor:
+    """``feature.contiguous()`` for a channels-last ``[N, C, H, W]`` map: the same values, faster when large.
+
+    Read as ``N`` ``[H * W, C]`` matrices, the copy is a matrix transpose, which torch copies in cache-sized
+    blocks; the generic strided copy of ``contiguous()`` does not. P2 of an 800 x 1088 input (256 x 200 x
+    272): 70 against 117 ms (2 threads, AMD EPYC); P3 (a quarter of that, mostly in cache): 9.6 against
+    8.4 ms, so smaller maps keep ``contiguous()``.
+    """
+    if (feature.dim() != 4 or feature.numel() < BLOCKED_TRANSPOSE_MIN_ELEMENTS or feature.is_contiguous()
+            or not feature.is_contiguous(memory_format=torch.channels_last)):
+        return feature.contiguous()
+    n, c, h, w = feature.shape
+    copied = feature.new_empty((n, c, h * w))
+    for target, matrix in zip(copied, feature.permute(0, 2, 3, 1).reshape(n, h * w, c), strict=True):
+        target.copy_(matrix.t())
+    return copied.view(n, c, h, w)
 
 
 def _check_levels(names: Sequence[str], available: dict[str, int], argument: str) -> None:

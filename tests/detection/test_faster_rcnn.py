@@ -21,6 +21,7 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fast
 from bench.detector_speed import freeze_batch_norms
 from structured.backbones import FrozenBatchNorm2d
 from structured.convert.torchvision import convert_faster_rcnn
+from structured.detection import faster_rcnn as faster_rcnn_module
 from structured.registry import MODELS
 
 BOX_TOLERANCE = 1e-3
@@ -158,3 +159,11 @@ def test_optimize_for_inference_keeps_the_detections():
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     assert len(expected[0]["boxes"]) > 0
     assert_same_detections(expected, actual)
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 200, 272), (2, 64, 256, 260), (1, 8, 5, 7)])
+def test_channels_last_maps_are_made_contiguous_with_the_same_values(shape):
+    """The blocked copy for large maps (from BLOCKED_TRANSPOSE_MIN_ELEMENTS), ``contiguous()`` below."""
+    feature = torch.rand(*shape, generator=torch.Generator().manual_seed(0)).to(memory_format=torch.channels_last)
+    copied = faster_rcnn_module._contiguous_from_channels_last(feature)
+    assert copied.is_contiguous() and torch.equal(copied, feature)
