@@ -328,17 +328,13 @@ def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Ten
                 class_segments: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
     """Greedy NMS over the sparse overlap graph; ``None`` where torchvision's kernel is predicted faster.
 
-    With ``groups`` boxes of different groups never suppress each other (``class_segments``:
-    ``_class_segments(groups)`` when the caller has it). The prediction reads only the best boxes
-    (``_predicted_torchvision_ns``), so a set torchvision's kernel handles quickly costs little more than
-    that kernel; the grid is built only where the sparse kernel may win and the grid is cheap against
-    torchvision's predicted time.
+    Boxes and scores come in one dtype, float32 or float64 (``_in_kernel_dtypes``). With ``groups`` (and
+    ``class_segments = _class_segments(groups)``, which the caller has already) boxes of different groups
+    never suppress each other. The prediction reads only the best boxes (``_predicted_torchvision_ns``), so
+    a set torchvision's kernel handles quickly costs little more than that kernel; the grid is built only
+    where the sparse kernel may win and the grid is cheap against torchvision's predicted time.
     """
     num_boxes = boxes.shape[0]
-    if boxes.dtype not in (torch.float32, torch.float64):
-        return None
-    if groups is not None and class_segments is None:
-        class_segments = _class_segments(groups)
     torchvision_ns = _predicted_torchvision_ns(boxes, scores, iou_threshold, class_segments)
     grid_ns = GRID_NS_FIXED + GRID_NS_PER_BOX * num_boxes
     if (SPARSE_COST_MARGIN * SPARSE_NS_PER_BOX * num_boxes >= torchvision_ns  # slower whatever its IoU work
