@@ -16,23 +16,29 @@ Every kernel receives boxes and scores of one dtype, float32 or float64 (``_in_k
 bf16 boxes are widened to float32, so IoU is float32 for them on every device (torchvision's CPU kernel
 refuses them), and scores of another dtype rank the boxes by their own values.
 
-On the CPU the kernel is chosen by problem size. torchvision's kernel compares every kept box with
-every later box, O(kept x N) scalar work: cheap for small sets, quadratic for large ones. For large
-sets (and large classes in ``batched_nms``) the sparse kernel here
+On the CPU, sets of fewer than ``SPARSE_MIN_BOXES`` go to torchvision's kernel, which compares every
+kept box with every later box: O(kept x N) scalar work, cheap for small sets, quadratic for large ones.
+Larger sets are ranked once (decreasing score, ties by index) and solved in steps (``_ranked_nms``).
+Greedy NMS decides a box by the kept boxes ranked above it only, so each step settles the best
+``max(PILOT_BOXES, N / PILOT_FRACTION_INVERSE)`` boxes exactly with torchvision's kernel, drops every
+later box that one of their kept boxes suppresses in one vectorised IoU pass, and hands the survivors to
+the next step (0.3-0.6 of torchvision's time on clustered and crowded sets, docs/benchmarks.md). Where
+most boxes survive, the sparse kernel takes a step's whole set instead:
 
-1. shrinks every box about its centre to a *core* such that two boxes with IoU > t always have
+1. it shrinks every box about its centre to a *core* such that two boxes with IoU > t always have
    overlapping cores (``core_shrink``), and buckets the cores in a grid (per class);
 2. evaluates, cell by cell, dense [cells, G, G] IoU matrices with torchvision's float arithmetic and
    threshold comparison, so every suppression decision comes out the same;
 3. resolves the greedy order over the sparse "suppresses" graph in a few vectorised rounds.
 
-The kernel runs only where it is predicted to beat torchvision's by ``SPARSE_COST_MARGIN``. torchvision's
-time is about ``TORCHVISION_NS_PER_KEPT_PAIR`` x the fraction kept x the sum of the squared class sizes
-(N^2 for one class), and the fraction kept is estimated from an exact run of torchvision's kernel over the best boxes
-(``_estimated_kept``), so sets where few boxes survive (clustered candidates at low thresholds, where the
-first kept boxes suppress nearly everything) stay with torchvision's kernel, one call per class, at the
-cost of that small run; the sparse kernel's time is predicted from its IoU work, counted once the grid is
-built, and the grid is built only where it costs a small share of torchvision's predicted time.
+It runs only where it is predicted to beat torchvision's kernel by ``SPARSE_COST_MARGIN`` (about what the
+steps achieve). torchvision's time is about ``TORCHVISION_NS_PER_KEPT_PAIR`` x the fraction kept x the sum
+of the squared class sizes (N^2 for one class), the fraction kept extrapolated from the step's exact result
+on its best boxes (``_estimated_kept``); the sparse kernel's time is predicted from its IoU work, counted
+once the grid is built, and the grid is built only where it costs a small share of torchvision's predicted
+time. Both paths compute IoU in the operation order of torchvision's kernel (``_nms_iou``), so every
+comparison with the threshold comes out as its own. ``bench/nms_cost_model.py`` measures both paths and
+refits the constants on a machine.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ NmsKernel = Callable[[Tensor, Tensor, float], Tensor]
 BatchedNmsKernel = Callable[[Tensor, Tensor, Tensor, float], Tensor]
 
 SPARSE_MIN_BOXES = 2000
-"""Below this many boxes torchvision's kernel is faster than building the overlap graph."""
+"""Below this many boxes torchvision's kernel is used: it is faster than building the overlap graph, and
+ranking the boxes and settling the best of them first costs more than the filtering saves."""
 
 SPARSE_MIN_CLASS_SIZE = 400
 """In ``batched_nms``, the typical class size below which one torchvision call per class is used.
@@ -64,9 +71,10 @@ it was 2.7x slower (36 against 13 ms for 90 classes); from 1,000 a class it is 1
 
 PILOT_BOXES = 256
 PILOT_FRACTION_INVERSE = 16
-"""The best ``max(PILOT_BOXES, N / PILOT_FRACTION_INVERSE)`` boxes, whose exact NMS (torchvision's kernel)
-estimates how many boxes the whole set keeps (``_estimated_kept``): at most a 256th of torchvision's work
-on the whole set, and fewer doublings to extrapolate over on large sets."""
+"""Each step of ``_ranked_nms`` settles the best ``max(PILOT_BOXES, N / PILOT_FRACTION_INVERSE)`` boxes with
+torchvision's kernel (``_prefix_size``), whose result also estimates how many boxes the whole set keeps
+(``_estimated_kept``): at most a 256th of torchvision's work on the whole set, and fewer doublings to
+extrapolate over on large sets."""
 
 MIN_DECELERATION = 0.05
 """Least fall of the kept count's log-log slope per doubling of the boxes (``_extrapolated_count``). On 90
@@ -96,7 +104,10 @@ says whether the sparse kernel wins, and where it does not, the call costs the g
 SPARSE_COST_MARGIN = 2.0
 """The sparse kernel runs only when predicted faster than torchvision's by this factor. Simulated on the 90
 sets' measured times: 2 sent no set to the sparse kernel where it was the slower (1.5 sent one, at 0.81x)
-and lost 1 % of the best total time."""
+and lost 1 % of the best total time. The alternative is now the prefix steps, 0.3-0.6 of torchvision's time
+where they are chosen: on 45 sets (``bench/nms_cost_model.py``, two runs, 2026-12-04) the path chosen was
+within 0.1 of torchvision's time of the faster one on 43; the worst miss, 2,000 spread boxes at 0.3, took
+the steps (0.68-0.80 of torchvision's time) where the sparse kernel gave 0.39."""
 
 DENSE_CHUNK_ELEMENTS = 1 << 16
 """IoU matrix elements evaluated at once: bounds memory and keeps the working set in cache."""
@@ -115,7 +126,9 @@ COORDINATE_TRICK_MAX_ELEMENTS_GPU = 100_000
 """torchvision's ``batched_nms`` offsets boxes per class up to this ``boxes.numel()`` (CPU, GPU)."""
 
 _INDEX_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
-_TORCHVISION_CPU_NMS = torch.ops.torchvision.nms
+_TORCHVISION_CPU_NMS = getattr(torch.ops.torchvision.nms, "_op", torch.ops.torchvision.nms)
+"""torchvision's operator as the C++ function its Python packet forwards to (the packet where that attribute is
+missing): 0.3-0.5 us less a call, the margin by which the small-set path keeps up with ``torchvision.ops.nms``."""
 _TORCHVISION_CPU_DTYPES = frozenset({torch.float32, torch.float64})
 """What torchvision's CPU kernel takes, boxes and scores of one dtype (``_in_kernel_dtypes`` makes them so)."""
 
@@ -138,8 +151,9 @@ def register_nms_kernel(device_type: str, kernel: NmsKernel, batched: BatchedNms
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices (int64) of the ``xyxy`` ``boxes [N, 4]`` kept by greedy NMS, by decreasing ``scores [N]``."""
-    if _is_small_cpu_set(boxes, scores, iou_threshold):
-        return _TORCHVISION_CPU_NMS(boxes, scores, iou_threshold)
+    keep = _small_cpu_nms(boxes, scores, iou_threshold)
+    if keep is not None:
+        return keep
     _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] <= 1:  # nothing to suppress: every box is kept
         return torch.arange(boxes.shape[0], device=boxes.device)
@@ -156,8 +170,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if torch.jit.is_tracing():
         return torchvision.ops.batched_nms(boxes, scores, idxs, float(iou_threshold))
-    if _is_small_cpu_set(boxes, scores, iou_threshold) and _are_category_indices(idxs, boxes):
-        return _TORCHVISION_CPU_NMS(_offset_by_category(boxes, idxs), scores, iou_threshold)
+    keep = _small_cpu_nms(boxes, scores, iou_threshold, idxs)
+    if keep is not None:
+        return keep
     _check_nms_inputs(boxes, scores, iou_threshold)
     _check_idxs(idxs, boxes)
     if boxes.shape[0] <= 1:
@@ -175,39 +190,36 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     order, class_sizes = _class_segments(idxs)
     squared_sizes = float((class_sizes.double() ** 2).sum())
     if on_cpu and squared_sizes / len(idxs) >= SPARSE_MIN_CLASS_SIZE:
-        keep = _sparse_nms(boxes, scores, float(iou_threshold), groups=idxs, class_segments=(order, class_sizes))
+        keep = _grouped_sparse_nms(boxes, scores, idxs, float(iou_threshold), (order, class_sizes))
         if keep is not None:
-            return _in_score_order(keep, scores)
+            return keep
     return _batched_nms_by_class(boxes, scores, order, class_sizes, float(iou_threshold))
 
 
-def _is_small_cpu_set(boxes: Tensor, scores: Tensor, iou_threshold: float) -> bool:
-    """Whether torchvision's CPU kernel takes these inputs as they are: valid, and 2 to 1,999 boxes on the CPU.
+def _small_cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None) -> Tensor | None:
+    """torchvision's CPU kernel on a valid set of fewer than ``SPARSE_MIN_BOXES`` CPU boxes; ``None`` otherwise.
 
-    True only where every check of ``_check_nms_inputs`` holds (and no CPU kernel is registered). This is
-    the common call of a detector's post-processing, so it reads each property once, with as few calls into
-    torch as possible: a read before the kernel costs the call far more than it costs alone
-    (``docs/benchmarks.md``, "validation without a reduction"). False sends the call to the general path,
-    which checks one by one and names what is wrong.
+    With ``idxs``, torchvision's coordinate trick makes it ``batched_nms``. This is the common call of a
+    detector's post-processing, so it costs as little as the checks allow: it tests here only what the kernel
+    would not refuse (the threshold, the device, the size, NaNs, the category indices' dtype), each read once,
+    and lets the kernel refuse the rest itself (shapes, dtypes, non-tensors: a ``RuntimeError`` before it
+    computes anything). Any refusal returns ``None``, which sends the call to the general path: it checks one
+    by one and names what is wrong, or widens the dtypes the kernel does not take (fp16, mixed).
     """
-    if not (isinstance(boxes, Tensor) and isinstance(scores, Tensor)):
-        return False
-    box_shape = boxes.shape
-    return (
-        len(box_shape) == 2
-        and box_shape[1] == 4
-        and 1 < box_shape[0] < SPARSE_MIN_BOXES
-        and scores.shape == box_shape[:1]
-        and (box_dtype := boxes.dtype) in _TORCHVISION_CPU_DTYPES
-        and scores.dtype is box_dtype
-        and boxes.is_cpu
-        and scores.is_cpu
-        and type(iou_threshold) is float
-        and 0.0 <= iou_threshold <= 1.0
-        and "cpu" not in _DEVICE_KERNELS
-        and not has_nan(boxes)
-        and not has_nan(scores)
-    )
+    if type(iou_threshold) is not float or not 0.0 <= iou_threshold <= 1.0 or "cpu" in _DEVICE_KERNELS:
+        return None
+    try:
+        if not (boxes.is_cpu and scores.is_cpu and 1 < scores.numel() < SPARSE_MIN_BOXES):
+            return None
+        if not (torch.equal(boxes, boxes) and torch.equal(scores, scores)):  # has_nan's test, without its call
+            return None
+        if idxs is not None:
+            if not _are_category_indices(idxs, boxes):
+                return None
+            boxes = _offset_by_category(boxes, idxs)
+        return _TORCHVISION_CPU_NMS(boxes, scores, iou_threshold)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
 
 
 def _are_category_indices(idxs: Tensor, boxes: Tensor) -> bool:
@@ -281,10 +293,50 @@ def _in_kernel_dtypes(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    keep = _sparse_nms(boxes, scores, iou_threshold) if boxes.shape[0] >= SPARSE_MIN_BOXES else None
-    if keep is None:
+    if boxes.shape[0] < SPARSE_MIN_BOXES:
         return _TORCHVISION_CPU_NMS(boxes, scores, iou_threshold)
-    return keep
+    order = torch.sort(scores, stable=True, descending=True).indices
+    return order[_ranked_nms(boxes.index_select(0, order), scores.index_select(0, order), iou_threshold)]
+
+
+def _ranked_nms(ranked_boxes: Tensor, ranked_scores: Tensor, iou_threshold: float) -> Tensor:
+    """Kept ranks, ascending, of boxes already in torchvision's order (decreasing score, ties by index).
+
+    Greedy NMS decides a box by the kept boxes ranked above it only. So torchvision's kernel settles the best
+    boxes (``_prefix_size`` of them) exactly; every later box that a kept one of them suppresses is dropped in
+    one vectorised pass (``_suppressed_by``); and the survivors are the same problem, smaller, solved the same
+    way. At each step the prefix's result also predicts torchvision's time on the whole (``_estimated_kept``),
+    against which the sparse kernel may take all the boxes at once (``_sparse_kept_ranks``).
+    """
+    num_boxes = ranked_boxes.shape[0]
+    if num_boxes < SPARSE_MIN_BOXES:
+        return _TORCHVISION_CPU_NMS(ranked_boxes, ranked_scores, iou_threshold)
+    prefix = _prefix_size(num_boxes)
+    prefix_kept = _TORCHVISION_CPU_NMS(ranked_boxes[:prefix], ranked_scores[:prefix], iou_threshold)
+    if prefix == num_boxes:
+        return prefix_kept
+    torchvision_ns = TORCHVISION_NS_PER_KEPT_PAIR * _estimated_kept(prefix_kept, prefix, num_boxes) * num_boxes
+    kept = _sparse_kept_ranks(ranked_boxes, None, iou_threshold, torchvision_ns)
+    if kept is not None:
+        return kept
+    suppressed = _suppressed_by(ranked_boxes[prefix_kept], ranked_boxes[prefix:], iou_threshold)
+    survivors = prefix + torch.nonzero(~suppressed).squeeze(1)
+    rest = _ranked_nms(ranked_boxes.index_select(0, survivors), ranked_scores.index_select(0, survivors), iou_threshold)
+    return torch.cat((prefix_kept, survivors[rest]))
+
+
+def _suppressed_by(kept_boxes: Tensor, boxes: Tensor, iou_threshold: float) -> Tensor:
+    """``[N]``: whether each of ``boxes [N, 4]`` has an IoU above the threshold with one of ``kept_boxes``.
+
+    A box's largest IoU with the kept boxes decides (a NaN IoU, of two empty boxes, counts as 0: it never
+    exceeds the threshold); reducing before comparing saves two passes over the ``[K, N]`` matrix.
+    """
+    kept = kept_boxes.t()[:, :, None]  # [4, K, 1]
+    coordinates = boxes.t().contiguous()  # [4, N]: each coordinate contiguous for the broadcast arithmetic
+    step = max(1, DENSE_CHUNK_ELEMENTS // kept_boxes.shape[0])
+    largest = [_nms_iou(kept, coordinates[:, None, start : start + step]).nan_to_num_(0.0).amax(dim=0)
+               for start in range(0, boxes.shape[0], step)]
+    return _exceeds(torch.cat(largest), iou_threshold)
 
 
 def _offset_by_category(boxes: Tensor, idxs: Tensor) -> Tensor:
@@ -324,49 +376,61 @@ def _sort_kept_by_score(keep: Tensor, scores: Tensor) -> Tensor:
     return keep[scores[keep].sort(descending=True)[1]]
 
 
-def _sparse_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None = None,
-                class_segments: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
-    """Greedy NMS over the sparse overlap graph; ``None`` where torchvision's kernel is predicted faster.
-
-    Boxes and scores come in one dtype, float32 or float64 (``_in_kernel_dtypes``). With ``groups`` (and
-    ``class_segments = _class_segments(groups)``, which the caller has already) boxes of different groups
-    never suppress each other. The prediction reads only the best boxes (``_predicted_torchvision_ns``), so
-    a set torchvision's kernel handles quickly costs little more than that kernel; the grid is built only
-    where the sparse kernel may win and the grid is cheap against torchvision's predicted time.
-    """
-    num_boxes = boxes.shape[0]
-    torchvision_ns = _predicted_torchvision_ns(boxes, scores, iou_threshold, class_segments)
-    grid_ns = GRID_NS_FIXED + GRID_NS_PER_BOX * num_boxes
-    if (SPARSE_COST_MARGIN * SPARSE_NS_PER_BOX * num_boxes >= torchvision_ns  # slower whatever its IoU work
-            or grid_ns > GRID_SHARE_OF_TORCHVISION * torchvision_ns or not torch.isfinite(boxes).all()):
+def _grouped_sparse_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+                        class_segments: tuple[Tensor, Tensor]) -> Tensor | None:
+    """``batched_nms`` by the sparse kernel over all groups at once; ``None`` where one torchvision call per group
+    is predicted faster (``class_segments = _class_segments(groups)``, which the caller has already)."""
+    torchvision_ns = _predicted_per_class_ns(boxes, scores, iou_threshold, *class_segments)
+    if not _sparse_may_win(boxes.shape[0], torchvision_ns):
         return None
     order = torch.sort(scores, stable=True, descending=True).indices
-    ranked_boxes = boxes[order].contiguous()
-    ranked_groups = None if groups is None else groups[order].to(torch.int64)
+    kept = _sparse_kept_ranks(boxes[order].contiguous(), groups[order].to(torch.int64), iou_threshold, torchvision_ns)
+    return None if kept is None else _in_score_order(order[kept], scores)
+
+
+def _sparse_may_win(num_boxes: int, torchvision_ns: float) -> bool:
+    """Whether the sparse kernel can beat torchvision's predicted time by the margin whatever its IoU work, with a
+    grid that costs a small share of that time."""
+    grid_ns = GRID_NS_FIXED + GRID_NS_PER_BOX * num_boxes
+    return (SPARSE_COST_MARGIN * SPARSE_NS_PER_BOX * num_boxes < torchvision_ns
+            and grid_ns <= GRID_SHARE_OF_TORCHVISION * torchvision_ns)
+
+
+def _sparse_kept_ranks(ranked_boxes: Tensor, ranked_groups: Tensor | None, iou_threshold: float,
+                       torchvision_ns: float) -> Tensor | None:
+    """Kept ranks (ascending) by greedy NMS over the sparse overlap graph; ``None`` where it is not predicted to
+    beat ``torchvision_ns`` by ``SPARSE_COST_MARGIN``.
+
+    Boxes come in torchvision's order, in one dtype, float32 or float64 (``_in_kernel_dtypes``); with
+    ``ranked_groups`` boxes of different groups never suppress each other. The grid is built only where
+    ``_sparse_may_win``, and its cells count the IoU work that decides.
+    """
+    if not _sparse_may_win(ranked_boxes.shape[0], torchvision_ns) or not torch.isfinite(ranked_boxes).all():
+        return None
     cells = _grid_cells(ranked_boxes, ranked_groups, iou_threshold)
     if cells is None:
         return None
-    sparse_ns = SPARSE_NS_PER_BOX * num_boxes + SPARSE_NS_PER_EVALUATION * _dense_work(cells[1])
+    sparse_ns = SPARSE_NS_PER_BOX * ranked_boxes.shape[0] + SPARSE_NS_PER_EVALUATION * _dense_work(cells[1])
     if SPARSE_COST_MARGIN * sparse_ns >= torchvision_ns:
         return None
     higher, lower = _suppressing_pairs(ranked_boxes, *cells, iou_threshold)
-    kept_ranks = _resolve_greedy(num_boxes, higher, lower)
-    return order[kept_ranks]
+    return _resolve_greedy(ranked_boxes.shape[0], higher, lower)
 
 
-def _predicted_torchvision_ns(boxes: Tensor, scores: Tensor, iou_threshold: float,
-                              class_segments: tuple[Tensor, Tensor] | None) -> float:
-    """torchvision's time on these boxes (one call per class with ``class_segments``), predicted.
+def _predicted_per_class_ns(boxes: Tensor, scores: Tensor, iou_threshold: float, class_order: Tensor,
+                            class_sizes: Tensor) -> float:
+    """torchvision's time for one call per class, predicted.
 
     Its kernel compares each kept box with the boxes of its class: ``TORCHVISION_NS_PER_KEPT_PAIR`` x the
-    fraction kept x the sum of the squared class sizes. The fraction kept is estimated on the largest
-    class, where that cost lies.
+    fraction kept x the sum of the squared class sizes. The fraction kept is estimated on the largest class,
+    where that cost lies.
     """
-    if class_segments is None:
-        return TORCHVISION_NS_PER_KEPT_PAIR * _estimated_kept(boxes, scores, iou_threshold) * boxes.shape[0]
-    class_order, class_sizes = class_segments
     members = _largest_class(class_order, class_sizes)
-    kept_fraction = _estimated_kept(boxes[members], scores[members], iou_threshold) / len(members)
+    member_order = torch.sort(scores[members], stable=True, descending=True).indices
+    ranked_boxes, ranked_scores = boxes[members[member_order]], scores[members[member_order]]
+    prefix = _prefix_size(len(members))
+    prefix_kept = _TORCHVISION_CPU_NMS(ranked_boxes[:prefix], ranked_scores[:prefix], iou_threshold)
+    kept_fraction = _estimated_kept(prefix_kept, prefix, len(members)) / len(members)
     return TORCHVISION_NS_PER_KEPT_PAIR * kept_fraction * float((class_sizes.double() ** 2).sum())
 
 
@@ -377,22 +441,24 @@ def _largest_class(order: Tensor, class_sizes: Tensor) -> Tensor:
     return order[start : start + int(class_sizes[largest])]
 
 
-def _estimated_kept(boxes: Tensor, scores: Tensor, iou_threshold: float) -> float:
-    """How many boxes greedy NMS keeps, extrapolated from an exact run over the best (``PILOT_BOXES``...).
+def _prefix_size(num_boxes: int) -> int:
+    """How many of the best boxes ``_ranked_nms`` settles with torchvision's kernel: ``PILOT_BOXES``, or a
+    ``PILOT_FRACTION_INVERSE``-th of a large set, or all of a set smaller than that."""
+    return min(num_boxes, max(PILOT_BOXES, num_boxes // PILOT_FRACTION_INVERSE))
 
-    Greedy NMS decides a box by the boxes ranked above it only, so torchvision's kernel on the best ``m``
-    boxes keeps what the whole run keeps among them, and so among the best ``m / 4`` and ``m / 2`` (up to
-    the order of tied scores, which ``topk`` does not keep: an estimate needs no more).
+
+def _estimated_kept(prefix_kept: Tensor, prefix: int, num_boxes: int) -> float:
+    """How many of ``num_boxes`` greedy NMS keeps, extrapolated from the ranks it keeps among the best ``prefix``.
+
+    Greedy NMS decides a box by the boxes ranked above it only, so torchvision's kernel on the best ``prefix``
+    boxes keeps what the whole run keeps among them, and so among the best quarter and half of them.
     """
-    num_boxes = boxes.shape[0]
-    pilot = min(num_boxes, max(PILOT_BOXES, num_boxes // PILOT_FRACTION_INVERSE))
-    best_scores, best = torch.topk(scores, pilot)  # by decreasing score (tied ones in any order)
-    kept_ranks = _TORCHVISION_CPU_NMS(boxes[best], best_scores, iou_threshold).tolist()  # ascending
-    if pilot == num_boxes:
+    kept_ranks = prefix_kept.tolist()  # ascending
+    if prefix == num_boxes:
         return float(len(kept_ranks))
-    counts = [max(bisect.bisect_left(kept_ranks, pilot // 4), 1), max(bisect.bisect_left(kept_ranks, pilot // 2), 1),
+    counts = [max(bisect.bisect_left(kept_ranks, prefix // 4), 1), max(bisect.bisect_left(kept_ranks, prefix // 2), 1),
               len(kept_ranks)]
-    return _extrapolated_count(counts, pilot, num_boxes)
+    return _extrapolated_count(counts, prefix, num_boxes)
 
 
 def _extrapolated_count(counts: list[int], measured_size: int, target_size: int) -> float:
@@ -519,17 +585,23 @@ def _cell_members(entry_box: Tensor, starts: Tensor, lengths: Tensor, size: int,
 
 def _pairs_over_threshold(boxes: Tensor, members: Tensor, iou_threshold: float) -> Tensor:
     """Keys ``higher * N + lower`` of the member pairs whose IoU exceeds the threshold."""
-    padded_boxes = torch.cat((boxes, boxes.new_zeros(1, 4)))[members]  # [C, G, 4]; -1 -> a zero box
-    x1, y1, x2, y2 = padded_boxes.unbind(2)
-    areas = (x2 - x1) * (y2 - y1)
-    widths = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :]))
-    heights = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :]))
-    intersection = widths.clamp_(min=0).mul_(heights.clamp_(min=0))
-    iou = intersection / (areas[:, :, None] + areas[:, None, :]).sub_(intersection)
-    over = _exceeds(iou, iou_threshold).triu_(diagonal=1)  # [C, G, G]
-    cell, row, column = over.nonzero().unbind(1)
+    coordinates = torch.cat((boxes, boxes.new_zeros(1, 4)))[members].permute(2, 0, 1)  # [4, C, G]; -1: a zero box
+    iou = _nms_iou(coordinates[..., :, None], coordinates[..., None, :])  # [C, G, G]
+    cell, row, column = _exceeds(iou, iou_threshold).triu_(diagonal=1).nonzero().unbind(1)
     first, second = members[cell, row], members[cell, column]
     return torch.minimum(first, second) * boxes.shape[0] + torch.maximum(first, second)
+
+
+def _nms_iou(first: Tensor, second: Tensor) -> Tensor:
+    """IoU between boxes given as coordinate stacks ``[4, ...]`` (x1, y1, x2, y2) that broadcast together, in the
+    float arithmetic of torchvision's kernel, so that every comparison with a threshold comes out as its own."""
+    x1, y1, x2, y2 = first
+    u1, v1, u2, v2 = second
+    widths = torch.minimum(x2, u2).sub_(torch.maximum(x1, u1))
+    heights = torch.minimum(y2, v2).sub_(torch.maximum(y1, v1))
+    intersection = widths.clamp_(min=0).mul_(heights.clamp_(min=0))
+    union = ((x2 - x1) * (y2 - y1) + (u2 - u1) * (v2 - v1)).sub_(intersection)
+    return intersection.div_(union)
 
 
 def _exceeds(values: Tensor, threshold: float) -> Tensor:

@@ -20,14 +20,20 @@ from tests.boxes.strategies import scores_for, xyxy_boxes
 nms_module = importlib.import_module("structured.boxes.nms")
 
 THRESHOLDS = st.one_of(st.sampled_from([0.0, 0.1, 0.3, 1 / 3, 0.5, 0.7, 1.0]), st.floats(0.0, 1.0))
-KERNEL_MODES = ["default", "sparse", "sequential"]
+KERNEL_MODES = ["default", "sparse", "sequential", "prefix"]
 
 
 @contextlib.contextmanager
 def kernel_mode(mode: str):
-    """Force the sparse kernel (and its one-box-at-a-time finish) even on small inputs."""
+    """Force the sparse kernel (and its one-box-at-a-time finish), or the prefix-and-filter steps in prefixes of
+    3 boxes, even on small inputs."""
     if mode == "default":
         yield
+        return
+    if mode == "prefix":
+        with mock.patch.multiple(nms_module, SPARSE_MIN_BOXES=0, PILOT_BOXES=3, SPARSE_COST_MARGIN=float("inf"),
+                                 COORDINATE_TRICK_MAX_ELEMENTS=0):
+            yield
         return
     rounds = 1 if mode == "sequential" else nms_module.PARALLEL_ROUNDS
     with mock.patch.multiple(
@@ -134,9 +140,9 @@ def test_classes_sharing_large_boxes_go_to_per_class_calls():
     boxes, classes = shared.repeat(8, 1), torch.arange(8).repeat_interleave(500)
     scores = torch.rand(len(boxes), generator=generator)
     segments = nms_module._class_segments(classes)
-    assert nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, class_segments=segments) is None
+    assert nms_module._grouped_sparse_nms(boxes, scores, classes, 0.45, segments) is None
     with mock.patch.multiple(nms_module, SPARSE_COST_MARGIN=0, GRID_SHARE_OF_TORCHVISION=float("inf")):
-        forced = nms_module._sparse_nms(boxes, scores, 0.45, groups=classes, class_segments=segments)
+        forced = nms_module._grouped_sparse_nms(boxes, scores, classes, 0.45, segments)
     reference = torchvision.ops.batched_nms(boxes, scores, classes, 0.45)
     assert torch.equal(batched_nms(boxes, scores, classes, 0.45), reference)
     assert torch.equal(forced.sort().values, reference.sort().values)
@@ -148,7 +154,10 @@ def test_the_kept_count_is_estimated_from_the_best_boxes(count, clustered, thres
     """Exact up to PILOT_BOXES boxes; within a factor 1.7 on clustered and spread sets (the cost model's input)."""
     boxes, scores, _ = make_boxes(count, seed=count, clustered=clustered)
     kept = len(torchvision.ops.nms(boxes, scores, threshold))
-    estimate = nms_module._estimated_kept(boxes, scores, threshold)
+    order = torch.sort(scores, stable=True, descending=True).indices
+    prefix = nms_module._prefix_size(count)
+    prefix_kept = torchvision.ops.nms(boxes[order[:prefix]], scores[order[:prefix]], threshold)
+    estimate = nms_module._estimated_kept(prefix_kept, prefix, count)
     if count <= nms_module.PILOT_BOXES:
         assert estimate == kept
     assert kept / 1.7 <= estimate <= kept * 1.7
@@ -162,14 +171,30 @@ def test_the_kept_count_extrapolation_flattens_and_never_exceeds_the_boxes():
     assert 50 < flattening[0] < flattening[1] == flattening[2] < 100  # the slope reaches 0: no more growth
 
 
-def test_clustered_sets_at_low_thresholds_stay_with_torchvisions_kernel():
-    """torchvision's kernel is fast where few boxes are kept (4.8 against 37 ms for the sparse kernel on this
-    clustered set at 0.3, docs/benchmarks.md); spread sets, where most are kept, take the sparse kernel."""
+def test_clustered_sets_at_low_thresholds_take_the_prefix_steps():
+    """Where few boxes are kept the sparse kernel is slow (4.8 against 37 ms for torchvision's kernel on this
+    clustered set at 0.3, docs/benchmarks.md) and the best boxes' kept ones filter the rest instead; spread sets,
+    where most are kept, take the sparse kernel."""
     boxes, scores, _ = make_boxes(3000, seed=3000, clustered=True)
-    assert nms_module._sparse_nms(boxes, scores, 0.3) is None
+    with mock.patch.object(nms_module, "_suppressing_pairs", side_effect=AssertionError("the sparse kernel ran")):
+        assert torch.equal(nms(boxes, scores, 0.3), torchvision.ops.nms(boxes, scores, 0.3))
     boxes, scores, _ = make_boxes(3000, seed=3000, clustered=False)
-    keep = nms_module._sparse_nms(boxes, scores, 0.5)
-    assert keep is not None and torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5))
+    with mock.patch.object(nms_module, "_suppressed_by", side_effect=AssertionError("the prefix steps ran")):
+        assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1 / 3, 0.5, 1.0])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_prefix_steps_match_torchvision_with_ties_duplicates_and_empty_boxes(threshold, clustered):
+    boxes, _, _ = make_boxes(600, seed=6, clustered=clustered)
+    boxes[::9] = boxes[1::9][: len(boxes[::9])]  # duplicates
+    boxes[5::11, 2] = boxes[5::11, 0]  # zero width
+    boxes[7::13, 2:] = boxes[7::13, :2] - 1  # inverted
+    scores = torch.randint(0, 5, (600,), generator=torch.Generator().manual_seed(7)).float()  # ties
+    expected = torchvision.ops.nms(boxes, scores, threshold)
+    with kernel_mode("prefix"), mock.patch.object(nms_module, "_suppressed_by", wraps=nms_module._suppressed_by) as spy:
+        keep = nms(boxes, scores, threshold)
+    assert spy.call_count > 10 and torch.equal(keep, expected)
 
 
 def test_long_suppression_chain_takes_the_sequential_finish():
@@ -239,6 +264,10 @@ def test_empty_and_single_inputs():
         (torch.zeros(3, 4), torch.zeros(3), True, "must be a number"),
         (torch.zeros(3, 4), torch.zeros(3), float("nan"), r"in \[0, 1\]"),
         (torch.zeros(3, 4), torch.zeros(3, device="meta"), 0.5, "expected one device"),
+        (torch.zeros(3, 4, dtype=torch.complex64), torch.zeros(3), 0.5, "boxes must be a floating-point"),
+        (torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool), 0.5, "scores must be a floating-point"),
+        (torch.zeros(3, 4), torch.tensor(0.0), 0.5, r"shape \[3\] \(one per box\), got \[\]"),
+        (torch.zeros(3, 4, 1), torch.zeros(3), 0.5, r"shape \[N, 4\], got \[3, 4, 1\]"),
         (torch.zeros(3, 4, device="meta"), torch.zeros(3), 0.5, "expected one device"),
     ],
 )
