@@ -20,7 +20,9 @@ size. Every value written, padding included, is the final value of its pixel.
 Memory: the output is ``K * H * W * itemsize`` bytes (unavoidable); the chunks' crop buffers stay
 within ``memory_bound_bytes`` (a box taller than the bound allows is cut into bands of rows), beside
 per-mask tap tables of ``K * (H + W) * (8 + itemsize)`` bytes (6.7 MB for 300 masks on 800 x 1066). The
-canvas is ``torch.zeros``: filling the whole output, not the interpolation, is what dominates a CPU paste.
+canvas is ``torch.zeros``: filling the whole output, not the interpolation, is what dominates a CPU paste
+(100 masks on 800 x 1066: the zeros alone take 0.40-0.44x of torchvision's whole paste, the crops 20 ms more;
+with PyTorch's ``THP_MEM_ALLOC_ENABLE=1``, huge pages, the zeros take a sixth of that; docs/benchmarks.md).
 A canvas from ``calloc`` (pages faulted in only where a box writes) was faster alone, in a loop that reuses
 the same memory, but about 10x slower inside a Mask R-CNN forward (800-1000 ms against 70-85 ms for 100
 masks on 480 x 640, docs/benchmarks.md): there every paste gets fresh pages, and faulting them in one
