@@ -46,17 +46,24 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
 
 
+SUPPORTED_DEVICE_TYPES = frozenset({"cpu", "cuda", "mps"})
+"""The device types the toolkit runs on; torch knows more (``meta``, ``xla``, ``xpu``, ``hpu`` ...)."""
+
+
 def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
     """``device`` as a ``torch.device`` (default: CUDA when available, else CPU); ``cuda`` becomes ``cuda:<local_rank>``.
 
-    A name torch does not know, CUDA (or MPS) where there is none, or a CUDA index beyond the visible
-    devices is a ``ValueError`` naming the device.
+    A name torch does not know, one of the devices the toolkit does not run on (``meta``, ``xla``, ``xpu``
+    ...), CUDA (or MPS) where there is none, or a CUDA index beyond the visible devices is a ``ValueError``
+    naming the device.
     """
     name = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         resolved = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:<index> or mps") from None
+        resolved = None
+    if resolved is None or resolved.type not in SUPPORTED_DEVICE_TYPES:
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:<index> or mps")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} requested but MPS is not available; use --device cpu")
     if resolved.type == "cuda":

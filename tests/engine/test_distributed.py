@@ -60,6 +60,9 @@ def test_a_device_that_is_not_there_is_one_sentence_naming_it(monkeypatch) -> No
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu'; expected cpu, cuda, cuda:<index> or mps"):
         resolve_device("gpu")
+    for known_to_torch_only in ("meta", "xla", "xpu", "hpu"):
+        with pytest.raises(ValueError, match=f"unknown device '{known_to_torch_only}'; expected cpu, cuda"):
+            resolve_device(known_to_torch_only)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available; use --device cpu"):
         resolve_device("cuda")
