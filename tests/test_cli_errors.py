@@ -4,6 +4,7 @@ and the torch import per case cost more than the cases); one case runs the tool 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -157,6 +158,33 @@ def test_a_bug_keeps_its_traceback() -> None:
 
     with pytest.raises(RuntimeError, match="a genuine bug"):
         main([])
+
+
+def test_the_system_refusing_a_path_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
+    @reports_usage_errors
+    def main(argv: list[str] | None = None) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "run" / "log.jsonl"))
+
+    assert main([]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'run' / 'log.jsonl'}: Read-only file system\n"
+
+
+def test_an_oserror_without_a_path_keeps_its_traceback() -> None:
+    @reports_usage_errors
+    def main(argv: list[str] | None = None) -> int:
+        raise OSError("a device failed")
+
+    with pytest.raises(OSError, match="a device failed"):
+        main([])
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys) -> None:
+    @reports_usage_errors
+    def main(argv: list[str] | None = None) -> int:
+        raise KeyboardInterrupt
+
+    assert main([]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
