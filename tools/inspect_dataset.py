@@ -11,7 +11,7 @@ import argparse
 import sys
 import warnings
 
-from structured.cli import reports_usage_errors
+from structured.cli import count_at_least, reports_usage_errors
 from structured.data.summary import (
     DATASET_FORMATS,
     format_summary,
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", default=None, help="image folder of a COCO file (default: guessed)")
     parser.add_argument("--split", default=None, help="VOC ImageSets/Main split (default: every XML) or data.yaml split (default: train)")
     parser.add_argument("--mosaic", default="mosaic.png", help="output PNG of annotated samples ('' for none)")
-    parser.add_argument("--samples", type=int, default=16, help="number of samples in the mosaic")
+    parser.add_argument("--samples", type=count_at_least(1), default=16, help="number of samples in the mosaic")
     return parser.parse_args(argv)
 
 

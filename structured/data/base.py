@@ -31,16 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from structured.data.loading import (
+    ImageReadError,
     collate_detection,
     collate_semantic,
     image_to_tensor,
     read_image,
     read_index_png,
 )
-from structured.data.validate import ValidationReport, check_images
+from structured.data.validate import ValidationReport
 from structured.types import PER_INSTANCE_DTYPES, select_instances
 
 BACKGROUND = "__background__"
@@ -61,6 +63,7 @@ def coco_image_id(record_id: int | str, index: int) -> int:
 def numbered_class_names(num_classes: int) -> list[str]:
     """``[BACKGROUND, "class1", ..., "classC"]`` for a model whose classes have no names."""
     return [BACKGROUND, *(f"class{label}" for label in range(1, num_classes + 1))]
+
 
 Transform = Callable[[np.ndarray, dict, np.random.Generator], tuple[np.ndarray, dict]]
 
@@ -89,6 +92,29 @@ class ImageRecord:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if self.iscrowd is None:
             self.iscrowd = np.zeros(len(self.labels), dtype=np.int64)
+
+
+def declared_size_mismatch(record: ImageRecord, height: int, width: int) -> str | None:
+    """The sentence saying that ``record``'s image decodes at ``height`` x ``width``, not at the size its
+    annotation declares (naming an EXIF rotation when that is the cause); None when the sizes agree or the
+    annotation declares none."""
+    if record.height is None or record.width is None or (record.height, record.width) == (height, width):
+        return None
+    message = (f"{record.path}: the image decodes as {width}x{height} (WxH) but its annotation declares "
+               f"{record.width}x{record.height}")
+    if (height, width) == (record.width, record.height) and _stored_size(record.path) == (record.height, record.width):
+        return (f"{message}: the file's EXIF orientation rotates it, and the labels were made on the unrotated "
+                "picture; remove the EXIF orientation tag from the file (or rotate its pixels and relabel it)")
+    return f"{message}; expected the image the labels were made on (restore it, or re-export the labels)"
+
+
+def _stored_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of the pixels as stored in ``path``, before any EXIF rotation (None if unreadable)."""
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except (OSError, SyntaxError):
+        return None
 
 
 def target_to_tensors(target: dict) -> dict:
@@ -187,9 +213,20 @@ class DetectionDataset(SampleCache, Dataset):
             self.drop_unreadable()
 
     def drop_unreadable(self) -> None:
-        """Remove the records whose image cannot be read, adding each problem to ``report``."""
-        readable = check_images([record.path for record in self.records], self.report)
-        self.records = [record for record, ok in zip(self.records, readable, strict=True) if ok]
+        """Remove the records whose image cannot be read (``bad_image``) or is not the size its annotation
+        declares (``size_mismatch``), adding each problem to ``report``."""
+        self.records = [record for record in self.records if self._image_is_usable(record)]
+
+    def _image_is_usable(self, record: ImageRecord) -> bool:
+        try:
+            image = read_image(record.path)
+        except ImageReadError as error:
+            self.report.add("bad_image", str(error))
+            return False
+        mismatch = declared_size_mismatch(record, image.shape[0], image.shape[1])
+        if mismatch is not None:
+            self.report.add("size_mismatch", mismatch)
+        return mismatch is None
 
     @property
     def num_classes(self) -> int:
@@ -216,6 +253,10 @@ class DetectionDataset(SampleCache, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def num_objects(self) -> int:
+        """The number of annotated objects over all samples (as parsed, before loading)."""
+        return sum(len(record.labels) for record in self.records)
+
     def to_category_ids(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
         """The dataset's own category ids (``category_ids``) of contiguous ``labels`` (``1..C``)."""
         labels = np.asarray(labels, dtype=np.int64)
@@ -237,10 +278,14 @@ class DetectionDataset(SampleCache, Dataset):
         return None
 
     def load_sample(self, index: int) -> tuple[np.ndarray, dict]:
-        """The un-augmented numpy ``(image, target)`` of sample ``index``."""
+        """The un-augmented numpy ``(image, target)`` of sample ``index``; ``ValueError`` naming the image when
+        it decodes at another size than its annotation declares (:func:`declared_size_mismatch`)."""
         record = self.records[index]
         image = read_image(record.path)
         height, width = image.shape[:2]
+        mismatch = declared_size_mismatch(record, height, width)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         target: dict[str, Any] = {"boxes": np.clip(record.boxes, 0, [width, height, width, height]),
                                   "labels": record.labels.copy(), "iscrowd": record.iscrowd.copy(),
                                   "image_id": record.image_id}

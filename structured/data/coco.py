@@ -15,6 +15,14 @@ Exports as Roboflow writes them carry a placeholder category (id 0, named after 
 all the others, with no annotation); such a category is left out of the classes and noted in
 ``dataset.report``. A ``bbox`` must hold four numbers; anything else is a ``ValueError`` naming the
 file, the annotation id and the image.
+
+Structure: ``images`` and ``categories`` are lists of objects, image and category ids integers (as
+pycocotools and the evaluation expect), annotation ids unique; ``annotations`` a list of objects, or absent:
+a file without it (as COCO's ``image_info_test`` files) holds unlabelled test images, which a training set
+refuses (``structured.data.recipes``) and ``inspect_dataset`` reports as ``no_objects``. Segmentations:
+a polygon needs at least 3 points (6 numbers); shorter ones are dropped (counted), and an annotation left
+without any polygon is dropped with them, as detectron2 does; an RLE ``size`` must be the ``[height, width]``
+of its image.
 """
 
 from __future__ import annotations
@@ -32,24 +40,53 @@ from structured.data.validate import ValidationReport, sanitize_boxes, unknown_c
 from structured.io import load_json
 
 
-def _require(entry: dict, keys: Sequence[str], where: str) -> None:
+def _require(entry: Any, keys: Sequence[str], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a JSON object with keys {list(keys)}, got {type(entry).__name__}")
     missing = [key for key in keys if key not in entry]
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing}; present: {sorted(entry)}")
 
 
+def _require_integer_id(value: Any, key: str, where: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}: '{key}' must be an integer (COCO ids are integers), got {value!r}")
+
+
+def _check_image_size(image: dict, where: str) -> None:
+    for key in ("height", "width"):
+        value = image.get(key)
+        if key in image and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{where}: '{key}' must be a positive integer (pixels), got {value!r}")
+
+
+def _list_of(content: dict, key: str, source: str) -> list:
+    """``content[key]`` when it is a list; ``ValueError`` naming the file and the key otherwise."""
+    value = content.get(key)
+    if not isinstance(value, list):
+        shown = "none" if key not in content else f"a {type(value).__name__}"
+        raise ValueError(f"{source}: '{key}' must be a list of objects, got {shown}")
+    return value
+
+
+def _annotation_list(content: dict, source: str) -> list:
+    """The ``annotations`` list; ``[]`` when the key is absent (a file of unlabelled test images)."""
+    return _list_of(content, "annotations", source) if "annotations" in content else []
+
+
 def _parse_categories(content: dict, source: str, report: ValidationReport) -> tuple[list[int], list[str]]:
-    categories = content.get("categories")
+    categories = _list_of(content, "categories", source)
     if not categories:
-        raise ValueError(f"{source}: no 'categories' list; a COCO instances file needs one")
+        raise ValueError(f"{source}: the 'categories' list is empty; a COCO instances file needs one")
     for index, category in enumerate(categories):
         _require(category, ("id", "name"), f"{source} categories[{index}]")
-    placeholders = _placeholder_categories(categories, content.get("annotations", []))
+        _require_integer_id(category["id"], "id", f"{source} categories[{index}]")
+    placeholders = _placeholder_categories(categories, _annotation_list(content, source))
     for category in placeholders:
         report.note(f"{source}: category id={category['id']} {category['name']!r} has no annotations and is the "
                     "supercategory of the others (a placeholder, as Roboflow exports write); not used as a class")
     categories = sorted((c for c in categories if c not in placeholders), key=lambda category: category["id"])
-    ids = [int(category["id"]) for category in categories]
+    ids = [category["id"] for category in categories]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{source}: duplicate category ids in {ids}")
     return ids, [str(category["name"]) for category in categories]
@@ -57,37 +94,76 @@ def _parse_categories(content: dict, source: str, report: ValidationReport) -> t
 
 def _placeholder_categories(categories: list[dict], annotations: list) -> list[dict]:
     """The categories no annotation uses whose name is the supercategory of other categories."""
-    used = {annotation.get("category_id") for annotation in annotations if isinstance(annotation, dict)}
+    used = {annotation.get("category_id") for annotation in annotations
+            if isinstance(annotation, dict) and isinstance(annotation.get("category_id"), int)}
     parents = {category.get("supercategory") for category in categories
-               if category.get("supercategory") != category["name"]}
+               if isinstance(category.get("supercategory"), str) and category.get("supercategory") != category["name"]}
     return [category for category in categories if category["id"] not in used and category["name"] in parents]
 
 
-def _parse_images(content: dict, source: str) -> dict[Any, dict]:
-    if not isinstance(content.get("images"), list):
-        raise ValueError(f"{source}: no 'images' list; a COCO instances file needs one")
-    images: dict[Any, dict] = {}
-    for index, image in enumerate(content["images"]):
+def _parse_images(content: dict, source: str) -> dict[int, dict]:
+    images: dict[int, dict] = {}
+    for index, image in enumerate(_list_of(content, "images", source)):
         _require(image, ("id", "file_name"), f"{source} images[{index}]")
+        _require_integer_id(image["id"], "id", f"{source} images[{index}]")
+        _check_image_size(image, f"{source} images[{index}]")
         if image["id"] in images:
             raise ValueError(f"{source}: duplicate image id {image['id']!r} (images[{index}])")
         images[image["id"]] = image
     return images
 
 
-def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int], source: str) -> dict:
+def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int], source: str,
+                       report: ValidationReport) -> dict:
     grouped = defaultdict(list)
-    for index, annotation in enumerate(content.get("annotations", [])):
-        where = f"{source} annotation id={annotation.get('id', f'[{index}]')}"
+    annotation_ids: dict[Any, int] = {}
+    for index, annotation in enumerate(_annotation_list(content, source)):
+        where = _annotation_where(annotation, index, source)
         _require(annotation, ("image_id", "category_id", "bbox"), where)
+        _check_annotation_ids(annotation, index, annotation_ids, where)
         if annotation["image_id"] not in images:
             raise ValueError(f"{where}: refers to image_id {annotation['image_id']!r}, which is not in 'images'")
         if annotation["category_id"] not in id_to_label:
             raise unknown_class_error(annotation["category_id"], id_to_label, where, "category id")
-        _check_bbox(annotation["bbox"], images[annotation["image_id"]], where)
-        _check_segmentation(annotation.get("segmentation"), images[annotation["image_id"]], where)
-        grouped[annotation["image_id"]].append(annotation)
+        image = images[annotation["image_id"]]
+        _check_bbox(annotation["bbox"], image, where)
+        _check_segmentation(annotation.get("segmentation"), image, where)
+        annotation = _without_short_polygons(annotation, _in_image(where, image), report)
+        if annotation is not None:
+            grouped[image["id"]].append(annotation)
     return grouped
+
+
+def _annotation_where(annotation: Any, index: int, source: str) -> str:
+    """``<file> annotation id=<id>`` for error messages (its position when it has no id)."""
+    has_id = isinstance(annotation, dict) and "id" in annotation
+    return f"{source} annotation id={annotation['id'] if has_id else f'[{index}]'}"
+
+
+def _check_annotation_ids(annotation: dict, index: int, seen: dict[Any, int], where: str) -> None:
+    """Integer ``image_id`` / ``category_id`` / ``id``, and an ``id`` no earlier annotation has."""
+    for key in ("image_id", "category_id", *(("id",) if "id" in annotation else ())):
+        _require_integer_id(annotation[key], key, where)
+    if "id" in annotation:
+        if annotation["id"] in seen:
+            raise ValueError(f"{where}: duplicate annotation id (annotations[{seen[annotation['id']]}] and "
+                             f"annotations[{index}]); annotation ids must be unique")
+        seen[annotation["id"]] = index
+
+
+def _without_short_polygons(annotation: dict, where: str, report: ValidationReport) -> dict | None:
+    """``annotation`` without its polygons of fewer than 3 points (counted once in ``report``); None when none
+    is left (the annotation is dropped)."""
+    segmentation = annotation.get("segmentation")
+    if not isinstance(segmentation, list) or not segmentation:
+        return annotation
+    rings = [ring for ring in segmentation if len(ring) >= 2 * MIN_POLYGON_POINTS]
+    if len(rings) == len(segmentation):
+        return annotation
+    dropped = "the annotation is dropped" if not rings else "that polygon is dropped"
+    report.add("short_polygon", f"{where}: segmentation polygon of fewer than {MIN_POLYGON_POINTS} points "
+                                f"(6 numbers); {dropped}")
+    return {**annotation, "segmentation": rings} if rings else None
 
 
 def _in_image(where: str, image: dict) -> str:
@@ -103,6 +179,7 @@ def _check_bbox(bbox: Any, image: dict, where: str) -> None:
 
 
 _NUMBER_TYPES = {int, float}
+MIN_POLYGON_POINTS = 3
 
 
 def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
@@ -116,6 +193,10 @@ def _check_segmentation(segmentation: Any, image: dict, where: str) -> None:
                 or not isinstance(segmentation.get("counts"), (str, bytes, list)):
             raise ValueError(f"{where}: RLE segmentation must have 'size' [height, width] and 'counts', "
                              f"got keys {sorted(segmentation)}")
+        declared = [image.get("height"), image.get("width")]
+        if None not in declared and size != declared:
+            raise ValueError(f"{where}: RLE segmentation 'size' is {size} but the image is {declared} "
+                             "[height, width]; expected the image's size")
         return
     if not isinstance(segmentation, list):
         raise ValueError(f"{where}: segmentation must be a list of polygons or an RLE dict, got "
@@ -133,7 +214,7 @@ def _image_record(image: dict, annotations: list[dict], image_root: Path, id_to_
     where = f"{source} image_id={image['id']} ({image['file_name']})"
     xywh = np.asarray([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
     xyxy = np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), axis=1)
-    size = (int(image["height"]), int(image["width"])) if "height" in image and "width" in image else None
+    size = (image["height"], image["width"]) if "height" in image and "width" in image else None
     boxes, keep = sanitize_boxes(xyxy, size, where, report)
     kept = [annotation for annotation, ok in zip(annotations, keep, strict=True) if ok]
     return ImageRecord(
@@ -160,7 +241,7 @@ def parse_coco(annotation_file: str | Path, image_root: str | Path, include_crow
     category_ids, class_names = _parse_categories(content, source, report)
     id_to_label = {category_id: label for label, category_id in enumerate(category_ids, start=1)}
     images = _parse_images(content, source)
-    grouped = _group_annotations(content, images, id_to_label, source)
+    grouped = _group_annotations(content, images, id_to_label, source, report)
     records = []
     for image_id, image in images.items():
         annotations = [a for a in grouped[image_id] if include_crowd or not a.get("iscrowd", 0)]
@@ -213,13 +294,20 @@ class CocoDetection(DetectionDataset):
         self.category_id_to_label = {category_id: label for label, category_id in enumerate(category_ids, start=1)}
         self.report.warn(str(annotation_file))
 
+    @property
+    def has_segmentations(self) -> bool:
+        """Whether any annotation has a segmentation (else masks are the boxes filled as rectangles)."""
+        return any(bool(segmentation) for record in self.records for segmentation in record.extra["segmentations"])
+
     def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
-        """Decode the instance masks of ``record`` at the decoded image's size."""
-        if (record.height, record.width) not in ((height, width), (None, None)):
-            raise ValueError(f"{record.path}: image is {height}x{width} (HxW) but {self.annotation_file} "
-                             f"declares {record.height}x{record.width}")
+        """Decode the instance masks of ``record`` at the decoded image's size (``load_sample`` has checked it
+        against the declared size; an RLE of another size is a ``ValueError`` naming the image)."""
         masks = [segmentation_to_mask(segmentation, box, height, width)
                  for segmentation, box in zip(record.extra["segmentations"], record.boxes, strict=True)]
+        for mask in masks:
+            if mask.shape != (height, width):
+                raise ValueError(f"{record.path}: an RLE segmentation in {self.annotation_file} is {mask.shape[1]}x"
+                                 f"{mask.shape[0]} (WxH) but the image is {width}x{height}; expected the image's size")
         return np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
 
     def load_polygons(self, record: ImageRecord) -> list[list[np.ndarray]] | None:

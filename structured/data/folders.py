@@ -3,11 +3,14 @@
 ``MaskFolderDataset`` reads the DSB2018 / BBBC038 layout, one folder per image::
 
     root/<id>/images/<id>.png        the image (any format OpenCV reads; RGBA becomes RGB)
-    root/<id>/masks/*.png            one binary mask per instance (any non-zero pixel is foreground)
+    root/<id>/masks/*.png            one binary mask per instance (0 and one foreground value, such as 255)
 
 Boxes are the tight boxes of the masks (a mask with several connected parts gets one box around all of
-them); all instances get label 1 (``class_name``). Empty mask files are dropped and counted (once per
-file) in ``dataset.report``. Masks are read when the sample is loaded; ``with_masks=False`` drops them from the
+them); all instances get label 1 (``class_name``). A mask file with several foreground values (an
+instance-label image, or soft edges) is a ``ValueError`` naming it: it is not split into instances, since
+nothing tells labels from grey levels. Empty mask files are dropped and counted (once per file) in
+``dataset.report``; so is, when the dataset is opened, a sample folder without ``masks/`` (read as an
+image without objects). Masks are read when the sample is loaded; ``with_masks=False`` drops them from the
 target after the boxes are derived.
 
 ``SemanticFolderDataset`` pairs ``image_dir/<stem>.*`` with ``mask_dir/<stem>.png`` class-index PNGs.
@@ -30,22 +33,32 @@ from structured.data.base import (
     Transform,
 )
 from structured.data.geometry import masks_to_boxes
-from structured.data.loading import ImageReadError, read_image
+from structured.data.loading import ImageReadError, read_image, read_index_png
+from structured.data.validate import ValidationReport
 from structured.data.voc import IMAGE_EXTENSIONS, natural_key
+from structured.types import IGNORE_INDEX
 
 
 def read_binary_mask(path: Path) -> np.ndarray:
-    """uint8 ``[H, W]`` 0/1 mask from an image file (non-zero = 1); ``ImageReadError`` naming the file."""
+    """uint8 ``[H, W]`` 0/1 mask from an image file (non-zero = 1); ``ImageReadError`` naming the file when it
+    cannot be read, ``ValueError`` when it holds more than one foreground value."""
     mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
     if mask is None:
         raise ImageReadError(f"cannot read mask file: {path}")
+    foreground = mask[mask != 0]
+    if foreground.size and foreground.min() != foreground.max():
+        values = np.unique(foreground).tolist()
+        raise ValueError(f"{path}: the mask holds {len(values)} different foreground values {values[:10]}; expected "
+                         "one binary mask per instance (0 and one other value), so save each instance as its own PNG")
     return cv2.threshold(mask, 0, 1, cv2.THRESH_BINARY)[1]
 
 
-def _sample_record(sample_dir: Path) -> ImageRecord:
+def _sample_record(sample_dir: Path, report: ValidationReport) -> ImageRecord:
     images = sorted(path for path in (sample_dir / "images").glob("*") if path.suffix in IMAGE_EXTENSIONS)
     if len(images) != 1:
         raise ValueError(f"{sample_dir / 'images'}: expected exactly one image file, found {[p.name for p in images]}")
+    if not (sample_dir / "masks").is_dir():
+        report.add("no_masks_folder", f"{sample_dir}: no masks/ folder; read as an image without objects")
     mask_paths = sorted((sample_dir / "masks").glob("*.png"))
     return ImageRecord(image_id=sample_dir.name, path=images[0], boxes=np.zeros((0, 4)), labels=[],
                        extra={"mask_paths": mask_paths})
@@ -67,10 +80,16 @@ class MaskFolderDataset(DetectionDataset):
                              key=lambda path: natural_key(path.name))
         if not sample_dirs:
             raise ValueError(f"{root}: no <id>/images/ folders; expected the layout <id>/images/<id>.png + <id>/masks/*.png")
-        records = [_sample_record(sample_dir) for sample_dir in sample_dirs]
-        super().__init__(records, [class_name], transforms, with_masks, seed, skip_bad)
+        report = ValidationReport()
+        records = [_sample_record(sample_dir, report) for sample_dir in sample_dirs]
+        super().__init__(records, [class_name], transforms, with_masks, seed, skip_bad, report)
         self.root = root
         self._empty_masks: set[Path] = set()
+        self.report.warn(str(root))
+
+    def num_objects(self) -> int:
+        """The number of instance mask files over all samples (empty ones included: they are found on loading)."""
+        return sum(len(record.extra["mask_paths"]) for record in self.records)
 
     def load_masks(self, record: ImageRecord, height: int, width: int) -> np.ndarray:
         """uint8 ``[N, H, W]`` masks of ``record``; a mask whose size differs from the image is an error."""
@@ -114,7 +133,9 @@ def _find_mask_pairs(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, P
 class SemanticFolderDataset(SemanticSegmentationDataset):
     """Images in ``image_dir`` paired by file stem with class-index PNGs in ``mask_dir`` (255 = ignore).
 
-    ``class_names`` excludes the background; ``dataset.class_names[0]`` is ``"__background__"``.
+    ``class_names`` excludes the background; ``dataset.class_names[0]`` is ``"__background__"``. Masks that
+    hold only 0 and 255 (binary masks saved as 0 / 255) are refused when the dataset is opened: 255 is
+    ignore, so no pixel would be foreground.
     """
 
     def __init__(self, image_dir: str | Path, mask_dir: str | Path, class_names: Sequence[str],
@@ -127,3 +148,19 @@ class SemanticFolderDataset(SemanticSegmentationDataset):
         if not pairs:
             raise ValueError(f"{image_dir}: no images with extensions {IMAGE_EXTENSIONS}")
         super().__init__(pairs, [BACKGROUND, *class_names], transforms, seed)
+        _refuse_ignore_as_foreground(mask_dir, [mask for _, _, mask in pairs], self.class_names)
+
+
+def _refuse_ignore_as_foreground(mask_dir: Path, mask_paths: Sequence[Path], class_names: Sequence[str]) -> None:
+    """``ValueError`` naming ``mask_dir`` when no mask holds a class besides the background and some hold
+    255 (ignore): binary masks saved as 0 / 255. Reads masks until one holds a class (the first, in a good set)."""
+    holds_ignore = False
+    for path in mask_paths:
+        class_map = read_index_png(path)
+        if ((class_map > 0) & (class_map != IGNORE_INDEX)).any():
+            return
+        holds_ignore = holds_ignore or bool((class_map == IGNORE_INDEX).any())
+    if holds_ignore:
+        raise ValueError(f"{mask_dir}: the masks hold only 0 and 255, and 255 means ignore here, so no pixel is of "
+                         f"class {class_names[1]!r}; save the foreground as its class index from labelmap.txt "
+                         "(1 for the first class) and keep 255 for pixels the loss should ignore")

@@ -8,6 +8,11 @@ Keys (the fields of :class:`DataConfig`; an unknown key is a ``ConfigError`` nam
       train: path             # COCO .json, VOC folder (VOCdevkit or flat), YOLO folder or data.yaml, mask folder
       val: null               # same forms; null: see val_split / val_fraction
       image_root: null        # COCO image folder (default: found next to the .json)
+      classes: null           # detection class names, in label order: VOC (default: the sorted names found
+                              # in the XML files, surrounding whitespace stripped) or mask folders (one name;
+                              # default: object); an object of another class is an error naming its file.
+                              # Give it when a split lacks a class. COCO / YOLO name their own classes: a
+                              # list given must equal theirs
       train_split: null       # VOC ImageSets/Main (or Segmentation) <split>.txt, or a data.yaml split
       val_split: null
       val_fraction: 0.0       # without a val set, hold out this fraction of train (at least one image)
@@ -46,6 +51,7 @@ the training set's class count; when it is given it must equal that count.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,7 @@ from torch.utils.data import Sampler
 
 from structured.config import Config, ConfigError, model_task, validate_keys
 from structured.data.base import DetectionDataset, SemanticDataset
+from structured.data.coco import CocoDetection
 from structured.data.loading import EpochDataLoader, build_dataloader
 from structured.data.semantic import detect_semantic_format, open_semantic_dataset
 from structured.data.summary import detect_format, locate_dataset, open_dataset
@@ -82,6 +89,7 @@ class DataConfig:
     train: str | None = None
     val: str | None = None
     image_root: str | None = None
+    classes: list[str] | None = None
     train_split: str | None = None
     val_split: str | None = None
     val_fraction: float = 0.0
@@ -116,6 +124,13 @@ def data_config(config: Config, require_train: bool = True) -> DataConfig:
         raise ConfigError(f"{config.source}: data.val_fraction must be in [0, 1), got {settings.val_fraction}")
     if settings.crop_size is not None and settings.crop_size < 1:
         raise ConfigError(f"{config.source}: data.crop_size must be null or >= 1 pixels, got {settings.crop_size}")
+    if settings.classes is not None and (not settings.classes or len(set(settings.classes)) != len(settings.classes)):
+        raise ConfigError(f"{config.source}: data.classes must be null or a list of distinct class names, got "
+                          f"{settings.classes}")
+    for key in ("image_size", "max_size"):
+        if getattr(settings, key) is not None and getattr(settings, key) < 1:
+            raise ConfigError(f"{config.origin(f'data.{key}')}: data.{key} must be null or >= 1 pixels, got "
+                              f"{getattr(settings, key)}")
     if settings.batch_size < 1 or settings.workers < 0:
         raise ConfigError(f"{config.source}: data.batch_size must be >= 1 and data.workers >= 0")
     return settings
@@ -187,13 +202,26 @@ def _open(path: Path, fmt: str, settings: DataConfig, split: str | None, task: s
     if task == "semantic":
         if settings.skip_bad:
             raise ConfigError("data.skip_bad applies to detection data; semantic datasets report a bad file when read")
+        if settings.classes is not None:
+            raise ConfigError("data.classes applies to detection data; semantic datasets name their classes in "
+                              "labelmap.txt")
         return open_semantic_dataset(path, fmt, settings.image_root, split)
-    dataset = open_dataset(path, fmt, settings.image_root, split)
+    dataset = open_dataset(path, fmt, settings.image_root, split, settings.classes)
     if settings.with_masks:
         dataset.with_masks = True
+        _warn_when_masks_are_boxes(dataset)
     if settings.skip_bad:
         dataset.drop_unreadable()
     return dataset
+
+
+def _warn_when_masks_are_boxes(dataset: DetectionDataset) -> None:
+    """One warning when a COCO dataset loaded with masks has objects but no segmentation at all (masks are
+    its boxes)."""
+    if isinstance(dataset, CocoDetection) and dataset.num_objects() and not dataset.has_segmentations:
+        warnings.warn(f"{dataset.annotation_file}: no annotation has a segmentation, so the instance masks are "
+                      "the boxes filled as rectangles; give polygons or RLE to train real masks", UserWarning,
+                      stacklevel=2)
 
 
 def open_evaluation_dataset(path: str | Path, settings: DataConfig, split: str | None = None,
@@ -274,10 +302,23 @@ def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyData
         val = _open(train_path, fmt, settings, train_split, task)
         _hold_out(train, val, settings, seed)
     if len(train) == 0:
-        raise ValueError(f"training set {settings.train} has no images")
+        held_out = f"; data.val_fraction {settings.val_fraction} held out all {len(val)} of them for validation " \
+            "(lower it, or give data.val)" if val is not None and settings.val is None and val_split is None else ""
+        raise ValueError(f"training set {settings.train} has no images{held_out}")
+    if isinstance(train, DetectionDataset) and train.num_objects() == 0:
+        raise ValueError(f"training set {_described(settings.train, train_split)}: none of its {len(train)} images "
+                         "has an object (a COCO file without 'annotations' is a test set); expected annotated objects")
     if val is not None and val.class_names != train.class_names:
-        raise ValueError(f"validation classes {val.class_names[1:]} differ from training classes {train.class_names[1:]}")
+        val_source = _described(settings.val or settings.train, settings.val_split if settings.val else val_split)
+        raise ValueError(f"the validation set {val_source} has the classes {val.class_names[1:]} but the training set "
+                         f"{_described(settings.train, train_split)} has {train.class_names[1:]}; give the full "
+                         "class list in data.classes so that both use the same labels")
     return train, val
+
+
+def _described(path: str, split: str | None) -> str:
+    """``path``, with `` (split <split>)`` when a split of it is meant, for messages."""
+    return path if split is None else f"{path} (split {split})"
 
 
 def build_train_loader(dataset: AnyDataset, settings: DataConfig, sampler: Sampler[int],

@@ -5,7 +5,7 @@
 - ``voc``: a VOC folder with ``SegmentationClass/`` palette PNGs (``VOCSegmentation``; the synthetic
   shapes data too); splits from ``ImageSets/Segmentation`` or ``ImageSets/Main``;
 - ``masks``: ``images/`` + ``masks/``, a class-index PNG per image, paired by file stem
-  (``SemanticFolderDataset``);
+  (``SemanticFolderDataset``; masks holding only 0 and 255 are refused: 255 is ignore, not foreground);
 - ``folders``: the DSB2018 mask-folder layout (``<id>/images/`` + ``<id>/masks/``) as foreground /
   background: the union of an image's instance masks is class 1;
 - ``coco``: a COCO instances file, each image's instances painted into one class map.

@@ -9,7 +9,7 @@ decodes every image once, so unreadable files show up as problems instead of fai
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +82,12 @@ def coco_image_root(annotation_file: Path) -> Path:
 
 
 def open_dataset(path: str | Path, fmt: str = "auto", image_root: str | Path | None = None,
-                 split: str | None = None) -> DetectionDataset:
+                 split: str | None = None, class_names: Sequence[str] | None = None) -> DetectionDataset:
     """Open ``path`` as a detection dataset (masks not loaded), guessing the format when ``fmt="auto"``.
 
     ``split`` is a VOC ``ImageSets/Main`` split or a ``data.yaml`` split (``train``, ``val``; default ``train``).
+    ``class_names`` (the recipe's ``data.classes``) fixes the classes and their order where the format
+    discovers them (VOC; mask folders: one name); COCO and YOLO name their own, which must equal it.
     """
     path = Path(path)
     if fmt not in DATASET_FORMATS:
@@ -93,14 +95,27 @@ def open_dataset(path: str | Path, fmt: str = "auto", image_root: str | Path | N
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "coco":
-        return CocoDetection(path, image_root if image_root is not None else coco_image_root(path))
     if fmt == "voc":
-        return VOCDetection(path, split=split)
-    if fmt == "yolo":
+        return VOCDetection(path, split=split, class_names=class_names)
+    if fmt == "folders":
+        return _mask_folders(path, class_names)
+    if fmt == "coco":
+        dataset = CocoDetection(path, image_root if image_root is not None else coco_image_root(path))
+    else:
         annotations = read_yolo(path, split=split)
-        return DetectionDataset(annotations.records, annotations.class_names, report=annotations.report)
-    return MaskFolderDataset(path, with_masks=False)
+        dataset = DetectionDataset(annotations.records, annotations.class_names, report=annotations.report)
+    if class_names is not None and list(class_names) != dataset.class_names[1:]:
+        raise ValueError(f"{path}: data.classes {list(class_names)} differ from the classes the {fmt} data names, "
+                         f"{dataset.class_names[1:]}; leave data.classes out for {fmt} data or make it equal")
+    return dataset
+
+
+def _mask_folders(path: Path, class_names: Sequence[str] | None) -> MaskFolderDataset:
+    if class_names is None:
+        return MaskFolderDataset(path, with_masks=False)
+    if len(class_names) != 1:
+        raise ValueError(f"{path}: a mask folder dataset has one class; data.classes must name one, got {list(class_names)}")
+    return MaskFolderDataset(path, class_name=class_names[0], with_masks=False)
 
 
 @dataclass
@@ -116,22 +131,32 @@ class DatasetSummary:
 
 
 def summarize_dataset(dataset: DetectionDataset) -> DatasetSummary:
-    """Decode every sample of ``dataset`` and count images, boxes per class, sizes and problems."""
+    """Decode every sample of ``dataset`` and count images, boxes per class, sizes and problems.
+
+    The problems are the dataset's ``report`` (parse-time findings and those made while loading, such as
+    empty mask files), each sample that fails to load (``bad_sample``), and ``no_objects`` when no image has
+    an object at all (nothing to train on).
+    """
     summary = DatasetSummary(num_images=len(dataset))
-    summary.problems.counts.update(dataset.report.counts)
-    summary.problems.messages.extend(dataset.report.messages)
-    summary.problems.notes.extend(dataset.report.notes)
+    load_problems = ValidationReport()
     for index in range(len(dataset)):
         try:
             image, target = dataset.load_sample(index)
         except (ImageReadError, ValueError) as error:
-            summary.problems.add("bad_sample", str(error))
+            load_problems.add("bad_sample", str(error))
             continue
         summary.image_sizes[image.shape[:2]] += 1
         summary.num_empty_images += int(len(target["labels"]) == 0)
         summary.boxes_per_class.update(dataset.class_names[label] for label in target["labels"].tolist())
         sides = target["boxes"][:, 2:] - target["boxes"][:, :2]
         summary.box_sides.extend(np.sqrt(sides.prod(axis=1)).tolist())
+    if len(dataset) and not summary.boxes_per_class:
+        load_problems.add("no_objects", f"none of the {len(dataset)} images has an object; a training set needs "
+                                        "annotated objects")
+    for report in (dataset.report, load_problems):
+        summary.problems.counts.update(report.counts)
+        summary.problems.messages.extend(report.messages)
+        summary.problems.notes.extend(report.notes)
     return summary
 
 
@@ -163,15 +188,21 @@ def _tile(image: np.ndarray, target: dict, class_names: list[str], size: int) ->
 
 def write_mosaic(dataset: DetectionDataset, path: str | Path, count: int = 16, columns: int = 4, tile_size: int = 256,
                  seed: int = 0) -> Path:
-    """Write a PNG grid of ``count`` randomly chosen annotated samples (drawn at load time) to ``path``."""
+    """Write a PNG grid of ``count`` randomly chosen annotated samples (drawn at load time) to ``path``; samples
+    that fail to load are left out."""
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; nothing to draw")
     rng = np.random.default_rng(seed)
     indices = rng.choice(len(dataset), size=min(count, len(dataset)), replace=False)
     tiles = []
     for index in sorted(indices.tolist()):
-        image, target = dataset.load_sample(index)
+        try:
+            image, target = dataset.load_sample(index)
+        except (ImageReadError, ValueError):
+            continue  # summarize_dataset lists it as a bad sample
         tiles.append(_tile(image, target, dataset.class_names, tile_size))
+    if not tiles:
+        raise ValueError(f"none of the {len(indices)} samples chosen for the mosaic could be loaded; nothing to draw")
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
     return save_image(np.vstack(rows), path)

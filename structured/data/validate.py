@@ -5,8 +5,10 @@ Documented outcomes, shared by every loader:
 - zero-area, inverted (``x2 < x1`` / ``y2 < y1``) or non-finite boxes: dropped, counted as a warning;
 - boxes reaching outside the image: clipped to it, counted;
 - an unknown category id or class name: ``ValueError`` listing the known ones;
-- a missing or undecodable image: ``ValueError`` naming the file (``read_image``), or skipped and
-  reported when the dataset is built with ``skip_bad=True``;
+- a missing or undecodable image, or one whose decoded size is not the size its annotation declares (a
+  resized file, or an EXIF rotation the labels were not made with): ``ValueError`` naming the file when
+  the sample is loaded, or skipped and reported when the dataset is built with ``skip_bad=True``
+  (``DetectionDataset.drop_unreadable``);
 - malformed JSON or XML: ``ValueError`` with the file and the line / column;
 - an image without objects: valid (a negative), not a problem.
 
@@ -24,8 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from structured.data.loading import ImageReadError, read_image
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -102,17 +102,3 @@ def _clip_and_count(boxes: np.ndarray, finite: np.ndarray, image_size: tuple[int
 def unknown_class_error(name: object, known: Iterable[object], where: str, what: str = "class name") -> ValueError:
     """The error for an unknown class name / category id: names ``where`` and lists the known values."""
     return ValueError(f"{where}: unknown {what} {name!r}; known: {sorted(known)}")
-
-
-def check_images(paths: Iterable, report: ValidationReport) -> list[bool]:
-    """Decode every image; return which ones are readable and add the others to ``report``."""
-    readable = []
-    for path in paths:
-        try:
-            read_image(path)
-        except ImageReadError as error:
-            report.add("bad_image", str(error))
-            readable.append(False)
-        else:
-            readable.append(True)
-    return readable

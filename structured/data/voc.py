@@ -8,10 +8,14 @@ Two layouts are recognised under ``root``:
 
 VOC coordinates are 1-based inclusive pixel indices; they become continuous ``xyxy`` as
 ``(xmin - 1, ymin - 1, xmax, ymax)``. XML is parsed with defusedxml: DTDs, entity declarations and
-external references are refused with a ``ValueError`` naming the file (``xml.etree`` only writes). The class list is given or
-discovered (sorted names found in the files); an object with a name outside a given list raises a
-``ValueError`` listing the known names. ``difficult`` objects are kept with ``target["difficult"]``
-unless ``keep_difficult=False``.
+external references are refused with a ``ValueError`` naming the file (``xml.etree`` only writes).
+
+The class list is given (the recipe's ``data.classes``) or discovered (sorted names found in the files).
+Names are stripped of surrounding whitespace (a trailing space is a labelling slip); an object with a name
+outside a given list raises a ``ValueError`` naming its file and listing the known names. Discovered names
+that differ only in letter case (``Raccoon``, ``raccoon``) are counted in ``dataset.report``
+(``similar_class_names``): giving the class list makes the stray ones errors. ``difficult`` objects are
+kept with ``target["difficult"]`` unless ``keep_difficult=False``.
 """
 
 from __future__ import annotations
@@ -202,11 +206,21 @@ def discover_classes(annotations: Sequence[VocAnnotation]) -> list[str]:
     return sorted({obj.name for annotation in annotations for obj in annotation.objects})
 
 
+def _report_similar_names(class_names: Sequence[str], where: str, report: ValidationReport) -> None:
+    """Add to ``report`` each group of ``class_names`` that differ only in letter case."""
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        groups.setdefault(name.casefold(), []).append(name)
+    for names in (group for group in groups.values() if len(group) > 1):
+        report.add("similar_class_names", f"{where}: class names {names} differ only in letter case; give the "
+                                          "intended classes (data.classes) to make the others errors naming their file")
+
+
 class VOCDetection(DetectionDataset):
     """Pascal VOC boxes as a dataset of ``(image, Target)`` with ``target["difficult"]``.
 
     ``split`` selects ``ImageSets/Main/<split>.txt`` (VOCdevkit layout); None takes every XML file.
-    ``class_names`` fixes the label order (default: discovered, sorted).
+    ``class_names`` fixes the classes and their order (default: discovered, sorted; see the module docstring).
     """
 
     def __init__(self, root: str | Path, split: str | None = None, class_names: Sequence[str] | None = None,
@@ -215,9 +229,11 @@ class VOCDetection(DetectionDataset):
         root = Path(root)
         image_dir, annotation_dir = voc_layout(root)
         annotations = [parse_voc_xml(path) for path in _annotation_files(root, annotation_dir, split)]
-        class_names = list(class_names) if class_names is not None else discover_classes(annotations)
-        class_to_label = {name: label for label, name in enumerate(class_names, start=1)}
         report = ValidationReport()
+        if class_names is None:
+            class_names = discover_classes(annotations)
+            _report_similar_names(class_names, str(root), report)
+        class_to_label = {name: label for label, name in enumerate(class_names, start=1)}
         records = [_voc_record(a, image_dir, class_to_label, keep_difficult, report) for a in annotations]
         if skip_empty:
             records = [record for record in records if len(record.labels)]

@@ -147,11 +147,67 @@ def test_missing_image_is_an_error_naming_the_file_or_skipped_with_skip_bad(
     assert "does_not_exist.jpg" in skipping.report.messages[0]
 
 
-def test_mask_size_mismatch_is_an_error(tmp_path: Path, content: dict, synthetic_root: Path) -> None:
+def test_an_image_not_the_declared_size_is_a_bad_sample_or_skipped_with_skip_bad(
+        tmp_path: Path, content: dict, synthetic_root: Path) -> None:
     content["images"][0]["height"] = 64
-    dataset = CocoDetection(_write(tmp_path, content), synthetic_root / "JPEGImages", with_masks=True)
-    with pytest.raises(ValueError, match="declares 64x128"):
+    path = _write(tmp_path, content)
+    dataset = CocoDetection(path, synthetic_root / "JPEGImages")
+    with pytest.raises(ValueError, match=r"000001\.jpg: the image decodes as 128x128 \(WxH\) but its annotation "
+                                         r"declares 128x64; expected the image the labels were made on"):
         dataset[0]
+    summary = summarize_dataset(dataset)
+    assert summary.problems.counts["bad_sample"] == 1 and summary.num_images == len(content["images"])
+    skipping = CocoDetection(path, synthetic_root / "JPEGImages", skip_bad=True)
+    assert len(skipping) == len(dataset) - 1 and skipping.report.counts["size_mismatch"] == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c.update(annotations={}), "instances.json: 'annotations' must be a list of objects, got a dict"),
+    (lambda c: c.update(images=None), "instances.json: 'images' must be a list of objects, got a NoneType"),
+    (lambda c: c["images"][0].update(id=[1]), "instances.json images[0]: 'id' must be an integer (COCO ids are "
+                                              "integers), got [1]"),
+    (lambda c: c["images"][0].update(id="1"), "images[0]: 'id' must be an integer (COCO ids are integers), got '1'"),
+    (lambda c: c["images"][0].update(height="128"), "images[0]: 'height' must be a positive integer (pixels), got '128'"),
+    (lambda c: c["categories"][0].update(id="3"), "categories[0]: 'id' must be an integer"),
+    (lambda c: c["annotations"][1].update(category_id=[3]), "'category_id' must be an integer"),
+    (lambda c: c["annotations"].insert(1, 7), "instances.json annotation id=[1]: expected a JSON object with keys"),
+    (lambda c: c["annotations"][1].update(id=c["annotations"][0]["id"]),
+     "duplicate annotation id (annotations[0] and annotations[1]); annotation ids must be unique"),
+])
+def test_a_malformed_structure_is_one_sentence_naming_the_file_and_key(tmp_path: Path, content: dict, change,
+                                                                       message: str) -> None:
+    change(content)
+    with pytest.raises(ValueError) as error:
+        CocoDetection(_write(tmp_path, content), tmp_path)
+    assert message in str(error.value)
+
+
+def test_a_file_without_annotations_opens_as_test_images(tmp_path: Path, content: dict, synthetic_root: Path) -> None:
+    del content["annotations"]
+    dataset = CocoDetection(_write(tmp_path, content), synthetic_root / "JPEGImages")
+    assert len(dataset) == len(content["images"]) and dataset.num_objects() == 0
+
+
+def test_polygons_of_fewer_than_three_points_are_dropped_and_counted(tmp_path: Path, content: dict,
+                                                                     synthetic_root: Path) -> None:
+    first, second = content["annotations"][0], content["annotations"][1]
+    first["segmentation"] = [[10, 10, 20, 20]]  # 2 points: pycocotools would read it as a box
+    second["segmentation"] = [[10, 10], [10, 10, 30, 10, 20, 25]]  # one short ring beside a good one
+    dataset = CocoDetection(_write(tmp_path, content), synthetic_root / "JPEGImages", with_masks=True)
+    assert dataset.report.counts["short_polygon"] == 2
+    assert f"annotation id={first['id']} (image_id={first['image_id']}" in dataset.report.messages[0]
+    assert "the annotation is dropped" in dataset.report.messages[0]
+    assert dataset.num_objects() == len(content["annotations"]) - 1
+    index = next(i for i, r in enumerate(dataset.records) if r.image_id == second["image_id"])
+    assert dataset[index][1]["masks"].shape[0] == len(dataset.records[index].labels)
+
+
+def test_an_rle_of_another_size_than_its_image_names_the_annotation(tmp_path: Path, content: dict) -> None:
+    annotation = content["annotations"][2]
+    annotation["segmentation"] = {"size": [256, 256], "counts": "abc"}
+    with pytest.raises(ValueError, match=rf"annotation id={annotation['id']} \(image_id=.*RLE segmentation 'size' "
+                                         r"is \[256, 256\] but the image is \[128, 128\] \[height, width\]"):
+        CocoDetection(_write(tmp_path, content), tmp_path)
 
 
 def test_a_bbox_that_is_not_four_numbers_names_the_file_annotation_and_image(tmp_path: Path, content: dict) -> None:
@@ -198,3 +254,16 @@ def test_roboflow_export_images_beside_the_json_and_placeholder_supercategory(tm
     assert dataset.records[0].path.parent == split and not dataset.report
     summary = format_summary(summarize_dataset(dataset), "export")
     assert "problems: none" in summary and "not used as a class" in summary
+
+
+def test_an_rle_of_another_size_than_an_undeclared_image_names_it_when_loaded(tmp_path: Path, content: dict,
+                                                                             synthetic_root: Path) -> None:
+    annotation = content["annotations"][0]
+    annotation["segmentation"] = {"size": [64, 64], "counts": [0, 4096]}
+    image = next(image for image in content["images"] if image["id"] == annotation["image_id"])
+    del image["height"], image["width"]
+    dataset = CocoDetection(_write(tmp_path, content), synthetic_root / "JPEGImages", with_masks=True)
+    index = next(i for i, record in enumerate(dataset.records) if record.image_id == image["id"])
+    with pytest.raises(ValueError, match=rf"{image['file_name']}: an RLE segmentation in .*instances\.json is 64x64 "
+                                         r"\(WxH\) but the image is 128x128"):
+        dataset[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from structured.data.folders import MaskFolderDataset, SemanticFolderDataset
+from structured.data.summary import format_summary, summarize_dataset
 from structured.data.synthetic import iter_samples, semantic_map
 
 
@@ -73,3 +75,40 @@ def test_semantic_folder_pairs(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "img" / "s9.png"), samples[0].image)
     with pytest.raises(ValueError, match=r"s9\.png"):
         SemanticFolderDataset(tmp_path / "img", tmp_path / "lbl", class_names=["a"])
+
+
+def test_summary_lists_the_empty_masks_found_while_loading(tmp_path: Path) -> None:
+    _write_instance_folders(tmp_path, 1)
+    cv2.imwrite(str(tmp_path / "id0" / "masks" / "zzz_empty.png"), np.zeros((96, 96), np.uint8))
+    summary = summarize_dataset(MaskFolderDataset(tmp_path))
+    assert summary.problems.counts["empty_mask"] == 1 and "zzz_empty.png" in format_summary(summary, "masks")
+
+
+def test_a_mask_of_several_instance_labels_is_refused_naming_it(tmp_path: Path) -> None:
+    _write_instance_folders(tmp_path, 1)
+    labels = np.zeros((96, 96), np.uint8)
+    labels[:10, :10], labels[50:60, 50:60] = 1, 2
+    cv2.imwrite(str(tmp_path / "id0" / "masks" / "labels.png"), labels)
+    with pytest.raises(ValueError, match=r"labels\.png: the mask holds 2 different foreground values \[1, 2\]; "
+                                         "expected one binary mask per instance"):
+        MaskFolderDataset(tmp_path)[0]
+
+
+def test_a_sample_without_a_masks_folder_is_counted(tmp_path: Path) -> None:
+    _write_instance_folders(tmp_path, 2)
+    shutil.rmtree(tmp_path / "id1" / "masks")
+    with pytest.warns(UserWarning, match="1 no_masks_folder"):
+        dataset = MaskFolderDataset(tmp_path)
+    assert "id1: no masks/ folder; read as an image without objects" in dataset.report.messages[0]
+    assert len(dataset[1][1]["boxes"]) == 0
+
+
+def test_semantic_masks_of_only_0_and_255_are_refused_saying_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    for index, sample in enumerate(iter_samples(2, seed=2, image_size=64)):
+        cv2.imwrite(str(tmp_path / "img" / f"s{index}.png"), sample.image[..., ::-1])
+        cv2.imwrite(str(tmp_path / "lbl" / f"s{index}.png"), (semantic_map(sample) > 0).astype(np.uint8) * 255)
+    with pytest.raises(ValueError, match=r"lbl: the masks hold only 0 and 255, and 255 means ignore here, so no "
+                                         r"pixel is of class 'object'; save the foreground as its class index"):
+        SemanticFolderDataset(tmp_path / "img", tmp_path / "lbl", class_names=["object"])

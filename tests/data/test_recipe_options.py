@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,26 @@ def test_crop_size_crops_training_samples_at_their_own_scale(synthetic_root: Pat
     assert uncropped.shape[:2] == (128, 128) and val[0][0].shape[1:] == (128, 128)  # validation keeps its size
 
 
+@pytest.mark.parametrize("key", ["image_size", "max_size"])
+def test_a_resize_below_one_pixel_names_the_key_and_the_set(key: str) -> None:
+    config = Config({"model": {"name": "faster_rcnn_r18_fpn"}, "data": {"train": "x", key: 0}}, "r.yaml")
+    config.overrides[f"data.{key}"] = f"data.{key}=0"
+    with pytest.raises(ConfigError, match=rf"^r\.yaml \(--set data\.{key}=0\): data\.{key} must be null or >= 1"):
+        data_config(config)
+
+
+def test_a_training_set_that_validation_took_whole_says_so(tmp_path: Path, synthetic_root: Path) -> None:
+    content = json.loads((synthetic_root / "annotations/instances_val.json").read_text())
+    first = content["images"][0]["id"]
+    content["images"] = content["images"][:1]
+    content["annotations"] = [entry for entry in content["annotations"] if entry["image_id"] == first]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(content))
+    settings = _detection_settings(train=str(path), image_root=str(synthetic_root / "JPEGImages"), val_fraction=0.2)
+    with pytest.raises(ValueError, match=r"one\.json has no images; data\.val_fraction 0\.2 held out all 1 of them"):
+        build_datasets(settings)
+
+
 def test_a_crop_size_below_one_pixel_is_a_config_error() -> None:
     config = Config({"model": {"name": "unet_original"}, "data": {"train": "x", "crop_size": 0}})
     with pytest.raises(ConfigError, match=r"data\.crop_size must be null or >= 1 pixels, got 0"):
@@ -104,3 +125,67 @@ def test_data_path_replaces_the_recipes_own_data_but_keeps_what_the_command_line
     use_data_path(given, "new.json")
     assert given.data["data"] == {"format": "coco", "train": "new.json", "val": "mine.json", "val_fraction": 0.1}
     assert given.data["model"]["num_classes"] == 5
+
+
+def _detection_settings(**section):
+    return data_config(Config({"model": {"name": "faster_rcnn_r18_fpn"}, "data": {"augment": "none", **section}}))
+
+
+def _devkit_without_dog_in_val(root: Path, image: Path) -> Path:
+    """A VOCdevkit whose train split has a cat and a dog, its val split only a cat."""
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for stem, names in (("a", ("cat", "dog")), ("b", ("cat",))):
+        (root / "JPEGImages" / f"{stem}.jpg").symlink_to(image)
+        objects = "".join(f"<object><name>{name}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>40</xmax>"
+                          "<ymax>40</ymax></bndbox></object>" for name in names)
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><size><width>128</width><height>128</height></size>{objects}</annotation>")
+    (root / "ImageSets/Main/train.txt").write_text("a\n")
+    (root / "ImageSets/Main/val.txt").write_text("b\n")
+    return root
+
+
+def test_data_classes_give_both_splits_the_same_labels(tmp_path: Path, synthetic_root: Path) -> None:
+    root = _devkit_without_dog_in_val(tmp_path / "voc", synthetic_root / "JPEGImages" / "000001.jpg")
+    with pytest.raises(ValueError, match=r"the validation set .*voc \(split val\) has the classes \['cat'\] but the "
+                                         r"training set .*voc \(split train\) has \['cat', 'dog'\]; give the full "
+                                         r"class list in data\.classes"):
+        build_datasets(_detection_settings(train=str(root)))
+    train, val = build_datasets(_detection_settings(train=str(root), classes=["dog", "cat"]))
+    assert train.class_names == val.class_names == ["__background__", "dog", "cat"]
+    assert train.records[0].labels.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("classes", [[], ["cat", "cat"], "cat"])
+def test_data_classes_must_be_a_list_of_distinct_names(classes) -> None:
+    with pytest.raises(ConfigError, match="classes"):
+        _detection_settings(train="x", classes=classes)
+
+
+def test_data_classes_for_coco_must_equal_its_categories(synthetic_root: Path) -> None:
+    settings = _detection_settings(train=str(synthetic_root / "annotations/instances_val.json"), classes=["a"])
+    with pytest.raises(ValueError, match=r"data\.classes \['a'\] differ from the classes the coco data names"):
+        build_datasets(settings)
+
+
+def test_a_training_set_without_any_object_is_refused_naming_the_file(tmp_path: Path, synthetic_root: Path) -> None:
+    content = json.loads((synthetic_root / "annotations/instances_val.json").read_text())
+    del content["annotations"]
+    path = tmp_path / "test_images.json"
+    path.write_text(json.dumps(content))
+    settings = _detection_settings(train=str(path), image_root=str(synthetic_root / "JPEGImages"))
+    with pytest.raises(ValueError, match=r"training set .*test_images\.json: none of its 4 images has an object"):
+        build_datasets(settings)
+
+
+def test_masks_from_a_coco_file_without_segmentations_are_announced(tmp_path: Path, synthetic_root: Path) -> None:
+    content = json.loads((synthetic_root / "annotations/instances_val.json").read_text())
+    for annotation in content["annotations"]:
+        del annotation["segmentation"]
+    path = tmp_path / "boxes_only.json"
+    path.write_text(json.dumps(content))
+    settings = _detection_settings(train=str(path), image_root=str(synthetic_root / "JPEGImages"), with_masks=True)
+    with pytest.warns(UserWarning, match=r"boxes_only\.json: no annotation has a segmentation, so the instance masks "
+                                         "are the boxes filled as rectangles"):
+        build_datasets(settings)

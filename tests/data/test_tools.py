@@ -89,3 +89,27 @@ def test_convert_cli_detects_the_source_format_and_finds_a_coco_files_images(
     assert convert([str(tmp_path / "masks"), str(tmp_path / "out"), "--to", "coco"]) == 2
     assert "is a mask folder dataset (<id>/images + <id>/masks); box annotations convert between coco, voc, yolo" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_inspect_refuses_a_sample_count_below_one(synthetic_root: Path, count: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _tool("inspect_dataset").main([str(synthetic_root / "annotations" / "instances_val.json"), "--samples", count])
+    assert exit_info.value.code == 2
+    assert f"argument --samples: must be an integer >= 1, got '{count}'" in capsys.readouterr().err
+
+
+def test_inspect_says_loudly_that_no_image_has_an_object_and_draws_around_bad_samples(
+        tmp_path: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+    content = json.loads((synthetic_root / "annotations" / "instances_val.json").read_text())
+    del content["annotations"]
+    content["images"][0]["width"] = 64  # not the size of the file: a bad sample, left out of the mosaic
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(content))
+    mosaic = tmp_path / "mosaic.png"
+    status = _tool("inspect_dataset").main([str(path), "--images", str(synthetic_root / "JPEGImages"),
+                                            "--mosaic", str(mosaic)])
+    output = capsys.readouterr().out
+    assert status == 1 and "1 bad_sample, 1 no_objects" in output
+    assert "none of the 4 images has an object; a training set needs annotated objects" in output
+    assert read_image(mosaic).shape == (256, 4 * 256, 3)

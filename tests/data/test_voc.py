@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from structured.data.loading import write_palette_png
 from structured.data.synthetic import SHAPE_CLASSES
@@ -141,3 +142,45 @@ def test_asking_voc_for_instance_masks_is_a_clear_error(synthetic_root):
     dataset.with_masks = True
     with pytest.raises(ValueError, match=r"VOCDetection has no instance masks \(.*\.jpg\)"):
         dataset[0]
+
+
+def _exif_rotated_dataset(root: Path) -> Path:
+    """A flat VOC set of one 40x20 (WxH) JPEG whose EXIF orientation 6 turns it to 20x40, its XML saying 40x20."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (90, 120, 30)).save(root / "images" / "a.jpg", exif=exif)
+    (root / "annotations" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>20</height></size>"
+        f"{_object('cat', (5, 5, 35, 15))}</annotation>")
+    return root
+
+
+def test_an_exif_rotated_image_is_a_bad_sample_saying_the_labels_are_for_the_unrotated_picture(tmp_path: Path) -> None:
+    dataset = VOCDetection(_exif_rotated_dataset(tmp_path / "voc"))
+    with pytest.raises(ValueError, match=r"a\.jpg: the image decodes as 20x40 \(WxH\) but its annotation declares "
+                                         r"40x20: the file's EXIF orientation rotates it, and the labels were made "
+                                         r"on the unrotated picture"):
+        dataset[0]
+    skipping = VOCDetection(tmp_path / "voc", skip_bad=True)
+    assert len(skipping) == 0 and skipping.report.counts["size_mismatch"] == 1
+
+
+def test_given_classes_fix_the_order_and_an_object_of_another_class_names_its_file(
+        tmp_path: Path, synthetic_root: Path) -> None:
+    root = _flat_dataset(tmp_path / "flat", synthetic_root, {
+        "a": _object("raccoon ", (1, 1, 5, 5)), "b": _object("dog", (1, 1, 5, 5))})
+    dataset = VOCDetection(root, class_names=["raccoon", "dog", "cat"])
+    assert dataset.class_names == ["__background__", "raccoon", "dog", "cat"]
+    assert [record.labels.tolist() for record in dataset.records] == [[1], [2]]
+    with pytest.raises(ValueError, match=r"b\.xml: unknown class name 'dog'; known: \['raccoon'\]"):
+        VOCDetection(root, class_names=["raccoon"])
+
+
+def test_discovered_names_differing_only_in_case_are_reported(tmp_path: Path, synthetic_root: Path) -> None:
+    root = _flat_dataset(tmp_path / "flat", synthetic_root, {
+        "a": _object("Raccoon", (1, 1, 5, 5)), "b": _object("raccoon", (1, 1, 5, 5))})
+    with pytest.warns(UserWarning, match=r"class names \['Raccoon', 'raccoon'\] differ only in letter case"):
+        dataset = VOCDetection(root)
+    assert dataset.report.counts["similar_class_names"] == 1
