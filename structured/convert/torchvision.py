@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from torch import Tensor
+from torch.nn import Module
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from structured.backbones.torchvision_keys import torchvision_backbone_key
@@ -50,7 +51,7 @@ from structured.data.base import numbered_class_names
 from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
 from structured.detection.mask_rcnn import RECIPES as MASK_RCNN_RECIPES
 from structured.detection.ssd import RECIPES as SSD_RECIPES
-from structured.engine.checkpoint import save_checkpoint
+from structured.engine.checkpoint import mismatches, save_checkpoint
 from structured.io import load_torch_file
 from structured.registry import MODELS
 
@@ -199,7 +200,7 @@ def num_classes_of(state_dict: Mapping[str, Tensor]) -> int:
         boxes_per_cell = state_dict[last_weights[0]].shape[0] // 4
         classification = state_dict[last_weights[0].replace("regression", "classification")]
         return int(classification.shape[0]) // boxes_per_cell - 1
-    raise KeyError(f"not a torchvision Faster R-CNN or SSD state dict: no {key!r} or {ssd_key!r}")
+    raise ValueError(f"not a torchvision Faster R-CNN or SSD state dict: no {key!r} or {ssd_key!r}")
 
 
 def recipe_name(name: str) -> str:
@@ -214,33 +215,76 @@ def convert_checkpoint_file(
 ) -> dict:
     """Convert a torchvision Faster R-CNN, Mask R-CNN or SSD checkpoint file into ours, checked by loading it into the model.
 
-    Writes a checkpoint in the training format, ``{"model": state_dict, "config": {"model": {"name": ...,
-    "num_classes": ...}}, "class_names": [...], "task": ...}``, atomically to ``destination``, so that
-    ``Detector.from_checkpoint``, ``tools/eval.py --weights`` and ``tools/train_det.py --weights`` take
-    it as it is. ``norm_eps`` overrides the recipe's batch-norm eps (0.0 for torchvision's COCO
-    ``fasterrcnn_resnet50_fpn`` weights), written as the recipe's ``backbone: {norm_eps: ...}`` (merged
-    over the registered recipe's backbone). Returns the written dict.
+    ``source`` holds a state dict, or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}`` (as training
+    scripts save them). Writes a checkpoint in the training format, ``{"model": state_dict, "config": {"model":
+    {"name": ..., "num_classes": ...}}, "class_names": [...], "task": ...}``, atomically to the file
+    ``destination`` (a folder, or ``source`` itself, is refused), so that ``Detector.from_checkpoint``,
+    ``tools/eval.py --weights`` and ``tools/train_det.py --weights`` take it as it is. ``norm_eps`` (>= 0)
+    overrides the recipe's batch-norm eps (0.0 for torchvision's COCO ``fasterrcnn_resnet50_fpn`` weights),
+    written as the recipe's ``backbone: {norm_eps: ...}`` (merged over the registered recipe's backbone).
+    A state dict of another model, our own checkpoint, or keys that do not fit raise ``ValueError`` naming
+    ``source`` and the keys. Returns the written dict.
     """
     name = recipe_name(model_name)
-    state_dict = load_torch_file(source, "torchvision checkpoint")
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(
-            f"{source}: expected a state dict (mapping of tensors), got {type(state_dict).__name__}"
-        )
-    model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
+    _check_destination(Path(source), Path(destination))
+    if norm_eps is not None and not norm_eps >= 0:
+        raise ValueError(f"norm_eps must be a number >= 0 (0 for torchvision's COCO ResNet-50 weights), got {norm_eps}")
+    state_dict = _torchvision_state_dict(load_torch_file(source, "torchvision checkpoint"), source)
+    unmapped = [key for key in state_dict if not _maps(key, name)]
+    if unmapped:
+        hint = "; it looks like a state dict of another model" if 2 * len(unmapped) > len(state_dict) else ""
+        raise ValueError(f"{source}: {len(unmapped)} of its {len(state_dict)} keys have no counterpart in {model_name} "
+                         f"(e.g. {', '.join(unmapped[:5])}){hint}")
+    try:
+        model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     if norm_eps is not None:
         model_section["backbone"] = {"norm_eps": float(norm_eps)}
-    converted = convert_state_dict(state_dict, name)
     model = MODELS.build(name, **{key: value for key, value in model_section.items() if key != "name"})
-    try:
-        model.load_state_dict(converted)
-    except RuntimeError as error:
-        raise ValueError(f"{source}: does not fit {name} after conversion: {error}") from error
+    _load_converted(model, convert_state_dict(state_dict, name), f"{source} does not fit {model_name}")
     checkpoint = {"model": model.state_dict(), "config": {"model": model_section},
                   "class_names": class_names_for(model_section["num_classes"]),
                   "task": model_task({"model": model_section})}
     save_checkpoint(checkpoint, destination)
     return checkpoint
+
+
+def _check_destination(source: Path, destination: Path) -> None:
+    if destination.is_dir():
+        raise IsADirectoryError(f"destination {destination} is a folder; give the checkpoint file to write "
+                                f"(e.g. {destination / 'converted.pt'})")
+    if destination.exists() and source.exists() and destination.samefile(source):
+        raise ValueError(f"destination {destination} is the source checkpoint; give another file to write")
+
+
+def _torchvision_state_dict(loaded: object, source: str | Path) -> Mapping[str, Tensor]:
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{source}: expected a state dict (mapping of tensors), got {type(loaded).__name__}")
+    if "config" in loaded and "model" in loaded:
+        raise ValueError(f"{source} is already a structured checkpoint; use it as it is (Detector.from_checkpoint, "
+                         "tools/eval.py --weights, tools/train_det.py --weights)")
+    for wrapper in ("model", "state_dict"):
+        if isinstance(loaded.get(wrapper), Mapping):
+            return loaded[wrapper]
+    return loaded
+
+
+def _maps(key: str, model_name: str) -> bool:
+    try:
+        convert_state_dict({key: Tensor()}, model_name)
+    except KeyError:
+        return False
+    return True
+
+
+def _load_converted(model: Module, converted: Mapping[str, Tensor], failure: str) -> None:
+    expected = model.state_dict()
+    dropped = {key for key in converted if key.endswith("num_batches_tracked") and key not in expected}
+    problems = mismatches(expected, {key: value for key, value in converted.items() if key not in dropped})
+    if problems:
+        raise ValueError(f"{failure} after conversion: " + "; ".join(problems))
+    model.load_state_dict(converted)
 
 
 def class_names_for(num_classes: int) -> list[str]:

@@ -14,6 +14,12 @@ VOC stores integer pixels (1-based inclusive), so its boxes are rounded to whole
 decimals of the normalised coordinates (within 1e-3 px for images under 1000 px); only COCO keeps category
 ids and ``iscrowd``; only VOC keeps ``difficult``. Segmentations are not converted. Integer-pixel boxes
 make lossless round trips between all three formats.
+
+Crowd regions (COCO ``iscrowd=1``: one box over many objects, ignored by COCO evaluation) are left out of VOC
+and YOLO, which have no such flag; they are not written as VOC ``difficult``, a flag for one hard object that
+training keeps. ``crowd_count`` says how many a conversion leaves out. Boxes the reader clips or drops are in
+``AnnotationSet.report``. The destination must be a new or empty folder, so that no labels of an earlier
+conversion mix in, and with images placed (``symlink``, ``copy``) every image must exist.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +37,28 @@ from structured.data.base import ImageRecord, coco_image_id
 from structured.data.coco import parse_coco
 from structured.data.loading import read_image_size
 from structured.data.summary import coco_image_root, locate_dataset
+from structured.data.validate import ValidationReport
 from structured.data.voc import VOCDetection, write_voc_xml
 from structured.data.yolo import read_yolo
 from structured.io import save_json
 
 ANNOTATION_FORMATS = ("coco", "voc", "yolo")
 IMAGE_MODES = ("symlink", "copy", "none")
+CROWD_FORMATS = ("coco",)
+"""The formats that keep crowd regions; the others leave them out."""
 
 
 @dataclass
 class AnnotationSet:
-    """Images with boxes in a format-neutral form; ``class_names`` excludes the background."""
+    """Images with boxes in a format-neutral form; ``class_names`` excludes the background.
+
+    ``report`` holds what the reader clipped, dropped or noted (``structured.data.validate``).
+    """
 
     records: list[ImageRecord]
     class_names: list[str]
     category_ids: list[int] | None = None
+    report: ValidationReport = field(default_factory=ValidationReport)
 
 
 def _check_choice(value: str, choices: Sequence[str], argument: str) -> None:
@@ -73,13 +86,32 @@ def read_annotations(fmt: str, source: str | Path, image_root: str | Path | None
     _check_choice(fmt, ANNOTATION_FORMATS, "format")
     if fmt == "coco":
         image_root = coco_image_root(Path(source)) if image_root is None else image_root
-        records, names, category_ids = parse_coco(source, image_root)
-        return AnnotationSet(records, names, category_ids)
+        report = ValidationReport()
+        records, names, category_ids = parse_coco(source, image_root, report=report)
+        report.warn(str(source))
+        return AnnotationSet(records, names, category_ids, report)
     if fmt == "voc":
         dataset = VOCDetection(source, split=split, class_names=class_names)
-        return AnnotationSet(dataset.records, dataset.class_names[1:])
+        return AnnotationSet(dataset.records, dataset.class_names[1:], report=dataset.report)
     yolo = read_yolo(source, class_names, split)
-    return AnnotationSet(yolo.records, yolo.class_names)
+    return AnnotationSet(yolo.records, yolo.class_names, report=yolo.report)
+
+
+def crowd_count(annotations: AnnotationSet, fmt: str) -> int:
+    """How many crowd regions writing ``annotations`` in ``fmt`` leaves out (0 for the ``CROWD_FORMATS``)."""
+    if fmt in CROWD_FORMATS:
+        return 0
+    return int(sum(record.iscrowd.astype(bool).sum() for record in annotations.records))
+
+
+def _without_crowd(annotations: AnnotationSet) -> AnnotationSet:
+    records = []
+    for record in annotations.records:
+        keep = ~record.iscrowd.astype(bool)
+        difficult = record.difficult[keep] if record.difficult is not None else None
+        records.append(replace(record, boxes=record.boxes[keep], labels=record.labels[keep],
+                               iscrowd=record.iscrowd[keep], difficult=difficult))
+    return replace(annotations, records=records)
 
 
 def _place_image(source: Path, target: Path, image_mode: str) -> None:
@@ -91,11 +123,27 @@ def _place_image(source: Path, target: Path, image_mode: str) -> None:
         os.symlink(source.resolve(), target)
 
 
-def _place_images(records: Sequence[ImageRecord], folder: Path, image_mode: str) -> None:
+def _check_images(records: Sequence[ImageRecord], image_mode: str) -> None:
     counts = Counter(record.path.name for record in records)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise ValueError(f"image file names must be unique to share one folder; repeated: {duplicates[:5]}")
+    missing = [record.path for record in records if not record.path.is_file()]
+    if missing and image_mode != "none":
+        listed = ", ".join(str(path) for path in missing[:5])
+        raise FileNotFoundError(f"{len(missing)} annotated image(s) not found, e.g. {listed}; fix the file names "
+                                "or the image folder, or convert with image_mode='none' (--image-mode none)")
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"destination {out} is a file; expected a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"destination {out} is not empty; convert into a new or empty folder so that no "
+                              "earlier labels mix in")
+
+
+def _place_images(records: Sequence[ImageRecord], folder: Path, image_mode: str) -> None:
     if image_mode != "none":
         folder.mkdir(parents=True, exist_ok=True)
         for record in records:
@@ -124,8 +172,10 @@ def write_coco(annotations: AnnotationSet, out: str | Path, image_mode: str = "s
 
 
 def write_voc(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
-    """Write a VOCdevkit-layout folder (``Annotations``, ``JPEGImages``, ``ImageSets/Main/all.txt``)."""
+    """Write a VOCdevkit-layout folder (``Annotations``, ``JPEGImages``, ``ImageSets/Main/all.txt``), without
+    crowd regions."""
     out = Path(out)
+    annotations = _without_crowd(annotations)
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
     (out / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     _place_images(annotations.records, out / "JPEGImages", image_mode)
@@ -138,8 +188,9 @@ def write_voc(annotations: AnnotationSet, out: str | Path, image_mode: str = "sy
 
 
 def write_yolo(annotations: AnnotationSet, out: str | Path, image_mode: str = "symlink") -> Path:
-    """Write ``out/labels/*.txt``, ``out/classes.txt`` (+ ``out/images``)."""
+    """Write ``out/labels/*.txt``, ``out/classes.txt`` (+ ``out/images``), without crowd regions."""
     out = Path(out)
+    annotations = _without_crowd(annotations)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     _place_images(annotations.records, out / "images", image_mode)
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in annotations.class_names))
@@ -178,7 +229,13 @@ WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}
 
 
 def write_annotations(annotations: AnnotationSet, fmt: str, out: str | Path, image_mode: str = "symlink") -> Path:
-    """Write ``annotations`` in ``fmt`` under the folder ``out`` (layouts in the module docstring)."""
+    """Write ``annotations`` in ``fmt`` into the new or empty folder ``out`` (layouts in the module docstring).
+
+    Before anything is written: a non-empty ``out`` raises ``FileExistsError``, an image that is missing
+    while ``image_mode`` places images ``FileNotFoundError``, repeated image file names ``ValueError``.
+    """
     _check_choice(fmt, ANNOTATION_FORMATS, "format")
     _check_choice(image_mode, IMAGE_MODES, "image_mode")
+    _check_destination(Path(out))
+    _check_images(annotations.records, image_mode)
     return WRITERS[fmt](annotations, out, image_mode)

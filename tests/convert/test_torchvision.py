@@ -127,3 +127,55 @@ def test_a_mask_rcnn_checkpoint_converts_into_an_instance_detector(tmp_path):
                        reference.roi_heads.mask_predictor.mask_fcn_logits.weight)
     result = detector.predict(np.zeros((60, 80, 3), dtype=np.uint8))
     assert result.masks is not None and result.masks.shape[1:] == (60, 80)
+
+
+@pytest.fixture(scope="module")
+def small_state_dict():
+    """A torchvision ``fasterrcnn_mobilenet_v3_large_320_fpn`` state dict with 3 classes."""
+    torch.manual_seed(0)
+    return fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=4).state_dict()
+
+
+SMALL_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+@pytest.mark.parametrize("wrapper", ["model", "state_dict"])
+def test_a_wrapped_state_dict_is_unwrapped(tmp_path, small_state_dict, wrapper):
+    torch.save({wrapper: small_state_dict, "epoch": 3}, tmp_path / "tv.pth")
+    checkpoint = convert_checkpoint_file(tmp_path / "tv.pth", tmp_path / "ours.pt", SMALL_MODEL)
+    assert checkpoint["config"]["model"]["num_classes"] == 3
+
+
+def test_our_own_checkpoint_is_recognised(tmp_path, small_state_dict):
+    torch.save(small_state_dict, tmp_path / "tv.pth")
+    convert_checkpoint_file(tmp_path / "tv.pth", tmp_path / "ours.pt", SMALL_MODEL)
+    with pytest.raises(ValueError, match="ours.pt is already a structured checkpoint"):
+        convert_checkpoint_file(tmp_path / "ours.pt", tmp_path / "again.pt", SMALL_MODEL)
+
+
+def test_keys_of_another_model_or_extra_keys_are_named(tmp_path, small_state_dict):
+    torch.save({"head.classification_head.module_list.0.weight": torch.zeros(1)}, tmp_path / "ssd.pth")
+    with pytest.raises(ValueError, match=rf"ssd.pth: 1 of its 1 keys have no counterpart in {SMALL_MODEL} "
+                                         r"\(e.g. head.classification_head.module_list.0.weight\); it looks like"):
+        convert_checkpoint_file(tmp_path / "ssd.pth", tmp_path / "out.pt", SMALL_MODEL)
+    torch.save({**small_state_dict, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match=r"extra.pth: 1 of its \d+ keys .* \(e.g. extra.weight\)$"):
+        convert_checkpoint_file(tmp_path / "extra.pth", tmp_path / "out.pt", SMALL_MODEL)
+    missing = dict(small_state_dict)
+    del missing["roi_heads.box_head.fc6.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match=r"missing.pth does not fit .* missing \(1\): roi_heads.box_head.fc6.weight"):
+        convert_checkpoint_file(tmp_path / "missing.pth", tmp_path / "out.pt", SMALL_MODEL)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_destination_and_norm_eps_are_checked_before_converting(tmp_path, small_state_dict):
+    source = tmp_path / "tv.pth"
+    torch.save(small_state_dict, source)
+    with pytest.raises(IsADirectoryError, match="is a folder; give the checkpoint file to write"):
+        convert_checkpoint_file(source, tmp_path, SMALL_MODEL)
+    with pytest.raises(ValueError, match="is the source checkpoint"):
+        convert_checkpoint_file(source, source, SMALL_MODEL)
+    with pytest.raises(ValueError, match="norm_eps must be a number >= 0"):
+        convert_checkpoint_file(source, tmp_path / "out.pt", SMALL_MODEL, norm_eps=-1.0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tv.pth"]

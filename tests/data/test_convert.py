@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +12,10 @@ import pytest
 from pycocotools.coco import COCO
 
 from structured.data.coco import CocoDetection
-from structured.data.convert import read_annotations, write_annotations
+from structured.data.convert import crowd_count, read_annotations, write_annotations
 from structured.data.synthetic import SHAPE_CLASSES
 from tests.data.conftest import CATEGORY_IDS
+from tools import convert_dataset
 
 
 def _source(synthetic_root: Path):
@@ -90,3 +94,82 @@ def test_bad_yolo_lines_and_arguments_are_explained(tmp_path: Path, synthetic_ro
         read_annotations("coco", tmp_path / "x.json")
     with pytest.raises(ValueError, match="image_mode"):
         write_annotations(_source(synthetic_root), "voc", tmp_path / "v", image_mode="hardlink")
+
+
+def _edited_coco(tmp_path: Path, synthetic_root: Path, edit) -> Path:
+    """A copy of the synthetic training JSON changed by ``edit(content)``."""
+    content = json.loads((synthetic_root / "annotations" / "instances_train.json").read_text())
+    edit(content)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _convert(*args: str) -> tuple[int, str, str]:
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        status = convert_dataset.main(list(args))
+    return status, output.getvalue(), errors.getvalue()
+
+
+def test_cli_lists_the_boxes_the_reader_dropped_or_clipped(tmp_path: Path, synthetic_root: Path) -> None:
+    def break_two_boxes(content: dict) -> None:
+        content["annotations"][0]["bbox"] = [10, 10, 0, 0]
+        content["annotations"][1]["bbox"] = [100, 100, 50, 10]
+
+    source = _edited_coco(tmp_path, synthetic_root, break_two_boxes)
+    total = len(json.loads(source.read_text())["annotations"])
+    status, output, errors = _convert(str(source), str(tmp_path / "out"), "--to", "yolo",
+                                      "--images", str(synthetic_root / "JPEGImages"))
+    assert status == 0 and f"{total - 1} boxes" in output
+    assert "1 clipped_box, 1 degenerate_box" in errors and "has zero area" in errors
+
+
+@pytest.mark.parametrize(("target", "kept"), [("coco", 1), ("voc", 0), ("yolo", 0)])
+def test_crowd_regions_are_kept_only_by_coco(tmp_path: Path, synthetic_root: Path, target: str, kept: int) -> None:
+    source = _source(synthetic_root)
+    record = source.records[0]
+    record.iscrowd = np.zeros(len(record.labels), dtype=np.int64)
+    record.iscrowd[0] = 1
+    before = sum(len(r.labels) for r in source.records)
+    write_annotations(source, target, tmp_path / target)
+    if target == "coco":
+        back = read_annotations("coco", tmp_path / target / "annotations.json", image_root=tmp_path / target / "images")
+    else:
+        back = read_annotations(target, tmp_path / target, class_names=source.class_names)
+    assert sum(len(r.labels) for r in back.records) == before - 1 + kept
+    assert crowd_count(source, target) == 1 - kept
+
+
+def test_cli_says_how_many_crowd_regions_it_left_out(tmp_path: Path, synthetic_root: Path) -> None:
+    source = _edited_coco(tmp_path, synthetic_root, lambda content: content["annotations"][0].update(iscrowd=1))
+    total = len(json.loads(source.read_text())["annotations"])
+    status, output, errors = _convert(str(source), str(tmp_path / "out"), "--to", "yolo",
+                                      "--images", str(synthetic_root / "JPEGImages"))
+    assert status == 0 and f"{total - 1} boxes" in output
+    assert "left out 1 crowd region(s) (iscrowd=1): yolo has no crowd flag" in errors
+
+
+def test_a_missing_image_is_named_before_anything_is_written(tmp_path: Path, synthetic_root: Path) -> None:
+    source = _edited_coco(tmp_path, synthetic_root,
+                          lambda content: content["images"][0].update(file_name="does_not_exist.jpg"))
+    annotations = read_annotations("coco", source, image_root=synthetic_root / "JPEGImages")
+    with pytest.raises(FileNotFoundError, match=r"1 annotated image\(s\) not found, e.g. .*does_not_exist\.jpg"):
+        write_annotations(annotations, "yolo", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    write_annotations(annotations, "coco", tmp_path / "labels_only", image_mode="none")
+
+
+def test_a_non_empty_destination_is_refused(tmp_path: Path, synthetic_root: Path) -> None:
+    source = _source(synthetic_root)
+    write_annotations(source, "yolo", tmp_path / "out")
+    stale = tmp_path / "out" / "labels" / "stale.txt"
+    stale.write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(FileExistsError, match="destination .*out is not empty"):
+        write_annotations(source, "yolo", tmp_path / "out")
+    assert stale.exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        write_annotations(source, "voc", tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    write_annotations(source, "voc", tmp_path / "empty")
