@@ -15,7 +15,9 @@ sections that name a registered part hold that builder's keyword arguments::
       epochs: 12
       lr: 0.02
 
-``load_config`` reads the file and applies overrides; ``validate_section`` checks every key of a
+``load_config`` reads the file and applies overrides; a top-level section other than ``SECTIONS`` (``model``,
+``data``, ``train``), in the file or a ``--set``, and a key given twice in one YAML mapping are errors naming
+the file (and the ``--set``, or the line). ``validate_section`` checks every key of a
 section against the registered builder's signature, so a misspelt key is an error that names the key,
 the file and the valid keys instead of being silently ignored. Values are checked against the
 parameter's annotation before anything is built (``float``, ``int | None``, ``Sequence[int]``, ``bool``,
@@ -70,8 +72,29 @@ class ConfigError(ValueError):
     """A recipe that cannot be used as written; the message names the file and the key."""
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (YAML would silently keep the last value)."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"key {key!r} given twice")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 needs ``1.0e-3``)."""
+    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 needs ``1.0e-3``) and refuses a key
+    given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping of ``node``; ``_DuplicateKeyError`` for a scalar key it holds twice (merge keys aside)."""
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first_lines:
+                raise _DuplicateKeyError(key, first_lines[key], line)
+            first_lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _FLOAT_PATTERN = re.compile(
@@ -131,6 +154,10 @@ class Config:
         """The ``--set`` texts of the keys directly inside ``section``, by key (``{"lr": "train.lr=abc"}``)."""
         return overrides_under(self.overrides, section)
 
+    def origin(self, dotted_key: str) -> str:
+        """Where the value of ``dotted_key`` came from, for errors: the file, and the ``--set`` that overrode it."""
+        return _origin(self.source, self.overrides, dotted_key)
+
     def to_yaml(self) -> str:
         """The resolved recipe as YAML text."""
         return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
@@ -145,13 +172,20 @@ class Config:
 
 _MISSING = object()
 
+SECTIONS = ("model", "data", "train")
+"""The top-level sections of a recipe: the model, its data (``structured.data.recipes``) and its training
+(``structured.engine.trainer.TrainConfig``)."""
+
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML recipe (or take a dict) and apply ``a.b=value`` overrides."""
+    """Read a YAML recipe (or take a dict) and apply ``a.b=value`` overrides; a section or an override
+    outside ``SECTIONS`` is a ``ConfigError``."""
     if isinstance(source, Mapping):
         config = Config(source)
     else:
         config = Config(_read_yaml(Path(source)), str(source))
+    for section in config.data:
+        check_section(section, config.source)
     for override in overrides:
         apply_override(config, override)
     return config
@@ -162,6 +196,9 @@ def _read_yaml(path: Path) -> Any:
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         data = yaml.load(path.read_text(), Loader=_RecipeLoader)
+    except _DuplicateKeyError as error:
+        raise ConfigError(f"{path}, line {error.line}: key {error.key!r} is given a second time (first on line "
+                          f"{error.first_line}) in the same mapping; keep one") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     return {} if data is None else data
@@ -173,12 +210,20 @@ def apply_override(config: Config, override: str) -> None:
     if not separator or not key.strip():
         raise ConfigError(f"override {override!r} must look like section.key=value")
     key = key.strip()
+    check_section(key.split(".")[0], f"{config.source} (--set {override})")
     value = parse_value(text.strip())
     current = config.get(key)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     config.set(key, value)
     config.overrides[key] = f"{key}={text.strip()}"
+
+
+def check_section(name: Any, origin: str) -> None:
+    """Raise ``ConfigError`` naming ``origin`` (the file, or the ``--set``) when ``name`` is not in ``SECTIONS``."""
+    if name not in SECTIONS:
+        raise ConfigError(f"{origin}: unknown section {name!r}; valid sections: {', '.join(SECTIONS)}."
+                          + _unknown_key_hint(str(name), list(SECTIONS), set()))
 
 
 def overrides_under(overrides: Mapping[str, str], section: str) -> dict[str, str]:
@@ -295,7 +340,8 @@ def validate_keys(
     ]
     for key in arguments:
         if key not in accepted:
-            raise ConfigError(f"{source}: unknown key {key!r} in {where}; valid keys: {', '.join(accepted)}."
+            raise ConfigError(f"{_origin(source, overrides or {}, key)}: unknown key {key!r} in {where}; "
+                              f"valid keys: {', '.join(accepted)}."
                               + _unknown_key_hint(key, accepted, filled))
     missing = [
         name
@@ -378,13 +424,18 @@ Settings = TypeVar("Settings")
 
 def settings_from(settings_class: type[Settings], value: Settings | Mapping[str, Any], where: str) -> Settings:
     """``value`` as a ``settings_class`` instance: itself, or built from a mapping of its fields (checked by
-    ``validate_keys``; an unknown key or a wrong type is a ``ConfigError`` naming ``where`` and the key)."""
+    ``validate_keys``; an unknown key or a wrong type is a ``ConfigError`` naming ``where`` and the key). A
+    ``ValueError`` of the class's own checks (``__post_init__``, its message starting with the field's name)
+    becomes a ``ConfigError`` under ``where``: ``roi_heads.score_thresh must be in [0, 1], got 2``."""
     if isinstance(value, settings_class):
         return value
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a mapping of {settings_class.__name__} fields, got {value!r}")
     validate_keys(settings_class, value, where)
-    return settings_class(**value)
+    try:
+        return settings_class(**value)
+    except ValueError as error:
+        raise ConfigError(f"{where}.{error}") from None
 
 
 _SEQUENCE_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
@@ -534,10 +585,14 @@ class Recipe:
 
 def build_from_section(section: Mapping[str, Any], registry: Registry, where: str, source: str = "<dict>",
                        overrides: Mapping[str, str] | None = None) -> Any:
-    """Validate a ``{name: ..., **kwargs}`` section (see ``validate_section``) and call its builder."""
+    """Validate a ``{name: ..., **kwargs}`` section (see ``validate_section``) and call its builder; a
+    ``ValueError`` of the builder (values that do not fit together) becomes a ``ConfigError`` naming ``source``."""
     validate_section(section, registry, where, source, overrides)
     arguments = {key: copy.deepcopy(value) for key, value in section.items() if key != "name"}
-    return registry.build(section["name"], **arguments)
+    try:
+        return registry.build(section["name"], **arguments)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {where} ({section['name']}): {error}") from error
 
 
 def build_model(config: Config | Mapping[str, Any]) -> Any:

@@ -117,6 +117,35 @@ def test_override_through_a_value_is_an_error(recipe_file):
         load_config(recipe_file, ["train.lr.x=1"])
 
 
+def test_an_unknown_section_in_the_file_or_a_set_names_it_and_the_valid_sections(tmp_path, recipe_file):
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text(RECIPE + "trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"misspelt.yaml: unknown section 'trian'; valid sections: model, data, "
+                                          r"train. Did you mean 'train'\?"):
+        load_config(misspelt)
+    with pytest.raises(ConfigError, match=r"toy.yaml \(--set trian.lr=0.1\): unknown section 'trian'.*"
+                                          r"Did you mean 'train'\?"):
+        load_config(recipe_file, ["trian.lr=0.1"])
+
+
+def test_a_key_given_twice_names_the_file_the_line_and_the_key(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(RECIPE + "  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml, line 13: key 'lr' is given a second time \(first on "
+                                          r"line 10\)"):
+        load_config(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("model: &base {name: a, depth: 18}\ndata: {<<: *base, depth: 50}\n")
+    assert load_config(merged).get("data.depth") == 50
+
+
+def test_an_unknown_key_given_with_set_names_the_set(recipe_file):
+    config = load_config(recipe_file, ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"toy.yaml \(--set train.lrr=0.1\): unknown key 'lrr' in train"):
+        validate_keys(lambda lr=0.1, epochs=1, milestones=(): None, config["train"], "train", config.source,
+                      config.overrides_under("train"))
+
+
 def test_validation_accepts_recipe_and_builds(recipe_file, registries):
     models, _ = registries
     config = load_config(recipe_file)
@@ -142,6 +171,18 @@ def test_unknown_nested_key_is_found(recipe_file, registries):
     config = load_config(recipe_file, ["model.backbone.frozen=1"])
     with pytest.raises(ConfigError, match=r"unknown key 'frozen' in model.backbone \(toy_backbone\)"):
         validate_section(config["model"], models, "model", config.source)
+
+
+def test_a_value_error_of_the_builder_names_the_file_and_the_model():
+    models = Registry("model")
+
+    @models.register("levels")
+    def levels(sizes: Sequence[int] = (1, 2), ratios: Sequence[float] = (1.0, 1.0)):
+        raise ValueError(f"sizes and ratios must have one entry per level, got {len(sizes)} and {len(ratios)}")
+
+    with pytest.raises(ConfigError, match=r"^anchors.yaml: model \(levels\): sizes and ratios must have one entry "
+                                          r"per level, got 2 and 3$"):
+        build_from_section({"name": "levels", "ratios": [1.0, 2.0, 0.5]}, models, "model", "anchors.yaml")
 
 
 def test_unknown_name_and_missing_keys(registries):
@@ -300,7 +341,8 @@ def test_unknown_key_in_a_settings_part_names_the_part_and_its_valid_keys(groupe
     with pytest.raises(ConfigError) as error:
         build_model(config)
     valid = ", ".join(RPNSettings.__dataclass_fields__)
-    assert str(error.value) == (f"{grouped_recipe}: unknown key 'nms_tresh' in model.rpn; valid keys: {valid}. "
+    assert str(error.value) == (f"{grouped_recipe} (--set model.rpn.nms_tresh=0.6): unknown key 'nms_tresh' in "
+                                f"model.rpn; valid keys: {valid}. "
                                 "Did you mean 'nms_thresh'?")
 
 

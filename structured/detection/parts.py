@@ -7,6 +7,10 @@ boxes, the input sizes, and the preparation for inference (batch norms folded, c
 ``optimize_for_inference()`` does: eval mode, every frozen or eval-mode batch norm that follows a
 convolution folded into it (``fold_frozen_batch_norms``), and optionally the channels-last memory layout.
 
+``check_fractions`` / ``check_counts`` are the range checks of the parts' settings dataclasses (their
+``__post_init__``): a ``ValueError`` whose message starts with the field's name, which
+``structured.config.settings_from`` puts under the part's name (``roi_heads.score_thresh must be in [0, 1]``).
+
 ``InferenceModel`` is the base of every model family: ``optimize_for_inference()`` and what
 ``structured.export`` traces (``export_outputs``, ``EXPORT_OUTPUTS``, ``export_dynamic_axes``), which a family
 overrides where its exported graph differs.
@@ -37,6 +41,22 @@ def check_part_section(section: Mapping[str, Any], part: str) -> None:
     """Raise ``ValueError`` unless ``section`` is a mapping with a registered part's ``name``."""
     if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
         raise ValueError(f"{part} must be a mapping with a registered 'name' and its options, got {section!r}")
+
+
+def check_fractions(settings: Any, *fields: str) -> None:
+    """``ValueError`` naming the first of ``fields`` of ``settings`` that is not in [0, 1] (a score or an IoU)."""
+    for field in fields:
+        value = getattr(settings, field)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{field} must be in [0, 1], got {value!r}")
+
+
+def check_counts(settings: Any, *fields: str) -> None:
+    """``ValueError`` naming the first of ``fields`` of ``settings`` below 1 (a number kept, a size in pixels)."""
+    for field in fields:
+        value = getattr(settings, field)
+        if value < 1:
+            raise ValueError(f"{field} must be >= 1, got {value!r}")
 
 
 def build_backbone_and_neck(

@@ -36,6 +36,7 @@ from structured.boxes.formats import box_area, clip_boxes, remove_small_boxes
 from structured.boxes.iou import box_iou
 from structured.boxes.matcher import BELOW_LOW_THRESHOLD, BalancedSampler, IoUMatcher
 from structured.boxes.nms import batched_nms
+from structured.detection.parts import check_counts, check_fractions
 from structured.types import Prediction, Target
 
 CANONICAL_SIZE = 224
@@ -61,7 +62,8 @@ class RoIHeadSettings:
         fg_iou_thresh, bg_iou_thresh: proposal matching thresholds.
         batch_size_per_image, positive_fraction: the balanced sample of proposals per image.
         bbox_reg_weights: weights of the box coder.
-        score_thresh, nms_thresh, detections_per_img: post-processing.
+        score_thresh, nms_thresh, detections_per_img: post-processing (the two thresholds in [0, 1], at least
+            one detection per image).
     """
 
     features: Sequence[str] = ("p2", "p3", "p4", "p5")
@@ -79,6 +81,10 @@ class RoIHeadSettings:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        check_fractions(self, "score_thresh", "nms_thresh")
+        check_counts(self, "detections_per_img")
 
 
 def threaded_roi_align(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,

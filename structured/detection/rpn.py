@@ -32,6 +32,7 @@ from structured.boxes.formats import clip_boxes, remove_small_boxes
 from structured.boxes.iou import box_iou
 from structured.boxes.matcher import BalancedSampler, IoUMatcher
 from structured.boxes.nms import batched_nms
+from structured.detection.parts import check_counts, check_fractions
 from structured.detection.transform import ImageBatch
 from structured.types import Target
 
@@ -93,11 +94,12 @@ class RPNSettings:
         anchor_sizes, aspect_ratios: the anchors of each level, one entry per feature (the same number of
             anchors on every level).
         pre_nms_top_n_train, pre_nms_top_n_test: proposals kept per level before NMS, in training / eval mode.
-        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS, in training / eval mode.
-        nms_thresh: IoU threshold of the NMS applied per level.
+        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS, in training / eval mode
+            (each at least 1).
+        nms_thresh: IoU threshold of the NMS applied per level, in [0, 1].
         fg_iou_thresh, bg_iou_thresh: anchors with IoU >= fg are positive, < bg negative, others ignored.
         batch_size_per_image, positive_fraction: the balanced sample of anchors per image for the loss.
-        score_thresh: proposals with a lower objectness probability are dropped.
+        score_thresh: proposals with a lower objectness probability are dropped, in [0, 1].
         conv_depth: 3x3 convolutions (+ ReLU) of the head before its predictors (2 in torchvision's ``_v2``).
     """
 
@@ -115,6 +117,10 @@ class RPNSettings:
     positive_fraction: float = 0.5
     score_thresh: float = 0.0
     conv_depth: int = 1
+
+    def __post_init__(self) -> None:
+        check_fractions(self, "nms_thresh", "score_thresh")
+        check_counts(self, "pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test")
 
 
 class RegionProposalNetwork(nn.Module):
@@ -253,7 +259,10 @@ def build_rpn(settings: RPNSettings, in_channels: int) -> RegionProposalNetwork:
     Raises ``ValueError`` when the anchors do not give one level per feature with the same number of
     anchors on every level.
     """
-    anchors = AnchorGenerator(settings.anchor_sizes, settings.aspect_ratios)
+    try:
+        anchors = AnchorGenerator(settings.anchor_sizes, settings.aspect_ratios)
+    except ValueError as error:
+        raise ValueError(f"rpn.anchor_sizes / rpn.aspect_ratios: {error}") from None
     per_location = anchors.num_anchors_per_location()
     if anchors.num_levels != len(settings.features) or len(set(per_location)) != 1:
         raise ValueError(

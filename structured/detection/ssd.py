@@ -57,6 +57,8 @@ from structured.detection.parts import (
     InferenceModel,
     NeckSection,
     build_backbone_and_neck,
+    check_counts,
+    check_fractions,
     check_part_section,
     extract_features,
     original_sizes_of,
@@ -132,16 +134,20 @@ class SSDPostprocessSettings:
     """Turning scores and deltas into detections: a recipe's ``model.postprocess`` (torchvision's SSD300).
 
     Attributes:
-        score_thresh: class probability a detection must exceed.
-        topk_candidates: best scores kept per class before NMS.
-        nms_thresh: IoU above which NMS suppresses a box of the same class.
-        detections_per_img: detections kept per image after NMS.
+        score_thresh: class probability a detection must exceed, in [0, 1].
+        topk_candidates: best scores kept per class before NMS, at least 1.
+        nms_thresh: IoU above which NMS suppresses a box of the same class, in [0, 1].
+        detections_per_img: detections kept per image after NMS, at least 1.
     """
 
     score_thresh: float = 0.01
     topk_candidates: int = 400
     nms_thresh: float = 0.45
     detections_per_img: int = 200
+
+    def __post_init__(self) -> None:
+        check_fractions(self, "score_thresh", "nms_thresh")
+        check_counts(self, "topk_candidates", "detections_per_img")
 
 
 def _xavier_init(module: nn.Module) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structured.detection.parts import check_counts
 from structured.types import Prediction, Target
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,8 +42,8 @@ class TransformSettings:
     """The image transform's settings: a recipe's ``model.transform`` section. Defaults are torchvision's.
 
     Attributes:
-        min_size: target short side; a list gives training-time choices (eval uses the last).
-        max_size: bound on the long side after resizing.
+        min_size: target short side; a list gives training-time choices (eval uses the last). At least 1.
+        max_size: bound on the long side after resizing, at least 1.
         image_mean, image_std: per-channel normalisation of the [0, 1] RGB input (ImageNet's by default).
     """
 
@@ -51,19 +52,28 @@ class TransformSettings:
     image_mean: Sequence[float] = IMAGENET_MEAN
     image_std: Sequence[float] = IMAGENET_STD
 
+    def __post_init__(self) -> None:
+        sizes = [self.min_size] if isinstance(self.min_size, (int, float)) else list(self.min_size)
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"min_size must be >= 1 (or a non-empty list of sizes >= 1), got {self.min_size!r}")
+        check_counts(self, "max_size")
+
 
 @dataclass(frozen=True)
 class FixedSizeTransformSettings:
     """A fixed-size transform's settings (SSD's ``model.transform``): the side every image is resized to.
 
     Attributes:
-        size: output height and width in pixels (300 for SSD300, 512 for SSD512, 320 for SSDlite320).
+        size: output height and width in pixels (300 for SSD300, 512 for SSD512, 320 for SSDlite320), at least 1.
         image_mean, image_std: per-channel normalisation of the [0, 1] RGB input (ImageNet's by default).
     """
 
     size: int = 300
     image_mean: Sequence[float] = IMAGENET_MEAN
     image_std: Sequence[float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        check_counts(self, "size")
 
 
 class ImageBatch(NamedTuple):

@@ -43,8 +43,17 @@ otherwise). ``weights=PATH`` (or ``train.init_from``) only loads model weights b
 ``structured.engine.transfer``: a checkpoint with other classes re-initialises the class-specific layers,
 keeping the rows of classes of the same name, and the report goes to the console and ``log.jsonl``).
 
-A non-finite loss (on any rank) raises :class:`NonFiniteLossError` before the backward pass, naming the
-step, epoch, batch and loss term; nothing is saved, so ``last.pt`` stays the last good checkpoint.
+A resume whose recipe builds a model the checkpoint does not fit (other classes, another architecture) is a
+``CheckpointError`` saying what differs from the run's ``config.yaml``; one on other data (``data.train``,
+``data.val``, ...) goes on, with a warning line.
+
+Divergence stops training with :class:`NonFiniteLossError` (on any rank; the tools exit with status 1),
+naming the step, epoch and batch: a non-finite loss, before the backward pass (and the loss term); an update
+that makes a weight NaN or infinite, right after it (one norm over the weights per step); a ``ValueError`` of
+the forward (the detectors' box checks) that NaN or infinite activations caused (and the first such layer).
+Nothing is saved, so ``last.pt`` stays the last good checkpoint. Ctrl-C prints the step it stopped at and the
+last checkpoint ``--resume`` continues from; a ``ValueError`` or ``OSError`` raised in a ``DataLoader`` worker
+keeps the message it had there (torch's wrapper adds the worker's traceback to it).
 """
 
 from __future__ import annotations
@@ -55,8 +64,8 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +77,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from structured.backbones.transfer import freeze, parameter_groups
+from structured.cli import USAGE_ERRORS
 from structured.config import Config, ConfigError, build_model, model_task, validate_keys
 from structured.data.base import DetectionDataset, SemanticDataset
 from structured.data.loading import ResumableSampler
@@ -82,6 +92,7 @@ from structured.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
+    mismatches,
     restore_rng_state,
     save_checkpoint,
 )
@@ -105,11 +116,13 @@ FUSED_OPTIMIZER_DEVICES = {"cpu", "cuda"}
 """Device types whose parameters get torch's fused optimizer kernels."""
 AnyDataset = DetectionDataset | SemanticDataset
 LAST_CHECKPOINT = "last.pt"
+DIVERGENCE_ADVICE = "lower train.lr, lengthen train.warmup_iters or set train.clip_grad_norm"
 BEST_CHECKPOINT = "best.pt"
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN or infinite loss; the message names the step and the loss term."""
+    """Training diverged: a NaN or infinite loss, weights or activations; the message names the step and what
+    became non-finite (the loss term, or the first layer)."""
 
 
 @dataclass(frozen=True)
@@ -176,32 +189,44 @@ def train_config(config: Config) -> TrainConfig:
         raise ConfigError(f"{config.source}: 'train' must be a mapping, got {type(section).__name__}")
     validate_keys(TrainConfig, section, "train", config.source, config.overrides_under("train"))
     settings = TrainConfig(**section)
-    checks = (
-        (settings.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {settings.optimizer!r}"),
-        (settings.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {settings.schedule!r}"),
-        (settings.epochs >= 1, f"train.epochs must be >= 1, got {settings.epochs}"),
-        (settings.accumulate_steps >= 1, f"train.accumulate_steps must be >= 1, got {settings.accumulate_steps}"),
-        (settings.log_every >= 1, f"train.log_every must be >= 1, got {settings.log_every}"),
-        (settings.lr > 0, f"train.lr must be > 0, got {settings.lr}"),
-        (0 <= settings.min_lr_factor <= 1, f"train.min_lr_factor must be in [0, 1], got {settings.min_lr_factor}"),
-        (settings.time_limit is None or settings.time_limit > 0,
-         f"train.time_limit must be None or > 0 minutes, got {settings.time_limit}"),
-        (settings.backbone_lr_factor > 0, f"train.backbone_lr_factor must be > 0, got {settings.backbone_lr_factor}"),
-    )
-    for ok, message in checks:
+    for key, ok, requirement in _requirements(settings):
         if not ok:
-            raise ConfigError(f"{config.source}: {message}")
+            raise ConfigError(f"{config.origin(f'train.{key}')}: train.{key} {requirement}, "
+                              f"got {getattr(settings, key)!r}")
     return _with_best_metric(settings, config)
 
 
+def _requirements(settings: TrainConfig) -> tuple[tuple[str, bool, str], ...]:
+    """``(key, whether its value is valid, what is expected)`` for each ranged or enumerated train setting."""
+    return (
+        ("optimizer", settings.optimizer in OPTIMIZERS, f"must be one of {OPTIMIZERS}"),
+        ("schedule", settings.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
+        ("epochs", settings.epochs >= 1, "must be >= 1"),
+        ("max_iters", settings.max_iters is None or settings.max_iters >= 1, "must be None (all epochs) or >= 1"),
+        ("accumulate_steps", settings.accumulate_steps >= 1, "must be >= 1"),
+        ("warmup_iters", settings.warmup_iters >= 0, "must be >= 0 (0: no warm-up)"),
+        ("eval_every_epochs", settings.eval_every_epochs >= 0, "must be >= 0 (0: never validate)"),
+        ("checkpoint_every_iters", settings.checkpoint_every_iters >= 0, "must be >= 0 (0: only at epoch ends)"),
+        ("log_every", settings.log_every >= 1, "must be >= 1"),
+        ("lr", settings.lr > 0, "must be > 0"),
+        ("min_lr_factor", 0 <= settings.min_lr_factor <= 1, "must be in [0, 1]"),
+        ("time_limit", settings.time_limit is None or settings.time_limit > 0, "must be None or > 0 minutes"),
+        ("backbone_lr_factor", settings.backbone_lr_factor > 0, "must be > 0"),
+    )
+
+
 def _with_best_metric(settings: TrainConfig, config: Config) -> TrainConfig:
-    """``settings`` with ``best_metric`` checked against the model task's metrics (its default when None)."""
+    """``settings`` with ``best_metric`` checked against the metrics the validation will give (the task's; the
+    ``segm_`` ones only for an instance model with masks in the data), its default when None."""
     task = evaluation_task(model_task(config))
     if settings.best_metric is None:
         return replace(settings, best_metric=task.default_best_metric)
-    if settings.best_metric not in task.metric_names:
-        raise ConfigError(f"{config.source}: train.best_metric must be one of {task.metric_names} (the {task.name} "
-                          f"metrics), got {settings.best_metric!r}")
+    with_masks = task.name == "instance" and config.get("data.with_masks") is not False
+    available = tuple(name for name in task.metric_names if with_masks or not name.startswith("segm_"))
+    if settings.best_metric not in available:
+        masks = "" if available == task.metric_names else "; segm_ metrics need an instance model and masks in the data"
+        raise ConfigError(f"{config.origin('train.best_metric')}: train.best_metric must be one of {available} "
+                          f"(the {task.name} metrics{masks}), got {settings.best_metric!r}")
     return settings
 
 
@@ -328,6 +353,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds so far (rank 0's), as of the last step, validation or save
         self.validation_seconds: float | None = None  # how long the last validation took
         self.validated_iteration: int | None = None  # the step of the last validation in this process
+        self.saved_iteration: int | None = None  # the step of the run folder's last.pt (None: none yet)
         self.resumed = resume
         self._epoch_losses: dict[str, float] = {}
         self.best: dict[str, Any] = {"metric": self.settings.best_metric, "value": None, "epoch": None}
@@ -376,10 +402,13 @@ class Trainer:
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.run_dir / LAST_CHECKPOINT)
         self._check_world_size(checkpoint)
+        self._check_same_model(checkpoint)
+        self._warn_of_other_data(checkpoint)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.position = Position(checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["iteration"])
+        self.saved_iteration = self.position.iteration
         self.best = dict(checkpoint["best"])
         self.elapsed_before = self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
         restore_rng_state(checkpoint["rng"][self.context.rank])
@@ -392,6 +421,35 @@ class Trainer:
                 f"--resume: {self.run_dir / LAST_CHECKPOINT} was saved by a run of world size {saved} but this "
                 f"run has world size {self.context.world_size}; resume with {saved} processes, or start a new "
                 f"run from its weights with --weights")
+
+    def _check_same_model(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this recipe's model, saying what differs."""
+        problems = mismatches(self.model.state_dict(), checkpoint["model"])
+        if not problems:
+            return
+        saved = _flat_items(checkpoint.get("config", {}).get("model", {}), "model")
+        given = _flat_items(self.config.data.get("model", {}), "model")
+        keys = [key for key in {**saved, **given} if saved.get(key, _UNSET) != given.get(key, _UNSET)]
+        if checkpoint.get("class_names", self.class_names) != self.class_names:
+            saved["classes"], given["classes"] = _class_list(checkpoint["class_names"]), _class_list(self.class_names)
+            keys.append("classes")
+        if keys:
+            trained, recipe = _describe_items(saved, keys), _describe_items(given, keys)
+        else:
+            trained, recipe = "other weights", "a model they do not fit (" + "; ".join(problems) + ")"
+        raise CheckpointError(
+            f"--resume: {self.run_dir / LAST_CHECKPOINT} was trained with {trained}; this recipe has {recipe}. "
+            f"Resume with the run's own recipe ({self.run_dir / 'config.yaml'}) or start a new run in another --out")
+
+    def _warn_of_other_data(self, checkpoint: dict[str, Any]) -> None:
+        """Say so when the resumed run trains on other data than its checkpoint was trained on."""
+        saved = _flat_items(checkpoint.get("config", {}).get("data", {}), "data")
+        given = _flat_items(self.config.data.get("data", {}), "data")
+        changed = [key for key in DATA_PATH_KEYS if saved.get(key) != given.get(key)]
+        if changed:
+            self._echo(f"warning: --resume continues {self.run_dir / LAST_CHECKPOINT} on other data: "
+                       + _describe_items(given, changed) + " (it was trained with "
+                       + _describe_items(saved, changed) + ")")
 
     # ------------------------------------------------------------------------------------- checkpoints
 
@@ -425,7 +483,15 @@ class Trainer:
             for name in names[1:]:  # the same state again: copy the file instead of serialising twice
                 with atomic_output(self.run_dir / name) as temporary:
                     shutil.copyfile(first, temporary)
+        if LAST_CHECKPOINT in names:
+            self.saved_iteration = self.position.iteration
         barrier()
+
+    def _last_checkpoint(self) -> str:
+        """The run folder's last checkpoint and its step, for messages (or that there is none yet)."""
+        if self.saved_iteration is None:
+            return "no checkpoint was saved yet"
+        return f"last checkpoint {self.run_dir / LAST_CHECKPOINT} (iteration {self.saved_iteration})"
 
     # ---------------------------------------------------------------------------------------- training
 
@@ -453,7 +519,19 @@ class Trainer:
         return settings.lr * factor
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end of the schedule, ``max_iters`` or ``time_limit``; return the best metric record."""
+        """Train to the end of the schedule, ``max_iters`` or ``time_limit``; return the best metric record.
+
+        Ctrl-C (``KeyboardInterrupt``) prints where training stopped and what ``--resume`` continues from, and
+        propagates; the run folder keeps its last checkpoint.
+        """
+        try:
+            return self._train_to_end()
+        except KeyboardInterrupt:
+            resume = "; continue with --resume" if self.saved_iteration is not None else ""
+            self._echo(f"interrupted at iteration {self.position.iteration}; {self._last_checkpoint()}{resume}")
+            raise
+
+    def _train_to_end(self) -> dict[str, Any]:
         self._start_records()
         while (self.position.epoch < self.settings.epochs and not self._reached_max_iters()
                and not self._time_is_up()):
@@ -542,6 +620,11 @@ class Trainer:
         show = self.context.is_main and self.verbose and sys.stderr.isatty()
         progress = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                         disable=not show, dynamic_ncols=True, leave=False)
+        with progress:
+            self._train_steps(progress)
+
+    def _train_steps(self, progress: tqdm) -> None:
+        """The steps of ``_train_epoch``, each counted on ``progress``."""
         batches = iter(self.loader)
         window = _LossWindow()
         epoch_totals = _LossWindow()
@@ -552,7 +635,7 @@ class Trainer:
             lr = self.current_lr()
             if self.clock_start is None:
                 self.clock_start = window_start = self.clock()
-            losses = self._step([next(batches) for _ in range(count)], lr)
+            losses = self._step([_next_batch(batches) for _ in range(count)], lr)
             self._update_elapsed()
             window.add(losses)
             epoch_totals.add(losses)
@@ -566,7 +649,6 @@ class Trainer:
             if (every and self.position.iteration % every == 0 and self.position.batch_in_epoch < self.batches_per_epoch
                     and not self._reached_max_iters() and not self._time_is_up()):  # fit() saves at both anyway
                 self.save(LAST_CHECKPOINT)
-        progress.close()
         if len(window):
             self._log_train(window, self.current_lr(), len(window) / max(self.clock() - window_start, 1e-9))
         self._epoch_losses = epoch_totals.means()
@@ -589,8 +671,7 @@ class Trainer:
             last = index == len(batches) - 1
             sync = nullcontext() if last or not self.context.is_distributed else self.network.no_sync()
             with sync:
-                with torch.autocast(self.context.device.type, enabled=self.autocast_enabled):
-                    loss_dict = self.network(images, targets)
+                loss_dict = self._forward(images, targets, index)
                 names = sorted(loss_dict)
                 values = torch.stack([loss_dict[name].detach().float() for name in names])
                 reduced = all_reduce_sum(values) / self.context.world_size
@@ -603,12 +684,29 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        means = (summed / len(batches)).tolist()
+        self._check_finite_weights(names, means)
         self.position.iteration += 1
         self.position.batch_in_epoch += len(batches)
-        means = (summed / len(batches)).tolist()
         result = dict(zip(names, means, strict=True))
         result["loss"] = sum(means)
         return result
+
+    def _forward(self, images: list[torch.Tensor], targets: list[dict], batch_offset: int) -> dict[str, torch.Tensor]:
+        """The losses of one batch. A ``ValueError`` that NaN or infinite activations caused (the model's own
+        boxes checked as NaN: weights that diverged, finite but too large) is a ``NonFiniteLossError``."""
+        with torch.autocast(self.context.device.type, enabled=self.autocast_enabled):
+            try:
+                return self.network(images, targets)
+            except ValueError as error:
+                layer = _first_non_finite_layer(self.model, lambda: self.model(images, targets))
+                if layer is None:
+                    raise
+                raise NonFiniteLossError(
+                    f"training diverged: at iteration {self.position.iteration + 1} (epoch {self.position.epoch + 1}, "
+                    f"batch {self.position.batch_in_epoch + batch_offset + 1} of the epoch) the output of layer "
+                    f"{layer!r} became NaN or infinite ({error}); {DIVERGENCE_ADVICE}. Training stopped and nothing "
+                    f"was saved; {self._last_checkpoint()}") from error
 
     def _check_finite(self, reduced: torch.Tensor, names: list[str], batch_offset: int) -> None:
         finite = torch.isfinite(reduced)
@@ -620,6 +718,19 @@ class Trainer:
             f"non-finite loss at iteration {self.position.iteration + 1} (epoch {self.position.epoch + 1}, "
             f"batch {batch + 1} of the epoch): loss term {term!r} = {reduced[names.index(term)].item()}; "
             f"training stopped and nothing was saved, {self.run_dir / LAST_CHECKPOINT} is the last good checkpoint"
+        )
+
+    def _check_finite_weights(self, names: list[str], losses: list[float]) -> None:
+        """Raise ``NonFiniteLossError`` when the update just made left a weight NaN or infinite: training
+        diverged (the next forward would fail on NaN boxes or losses, and a checkpoint would keep NaN weights)."""
+        weights = [parameter.detach() for group in self.optimizer.param_groups for parameter in group["params"]]
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm(weights, foreach=True))):
+            return
+        terms = ", ".join(f"{name} {value:.4g}" for name, value in zip(names, losses, strict=True))
+        raise NonFiniteLossError(
+            f"training diverged: the update of iteration {self.position.iteration + 1} (epoch "
+            f"{self.position.epoch + 1}; its loss terms {terms}) made weights NaN or infinite; {DIVERGENCE_ADVICE}. "
+            f"Training stopped and nothing was saved; {self._last_checkpoint()}"
         )
 
     def _log_train(self, window: _LossWindow, lr: float, it_per_s: float) -> None:
@@ -707,6 +818,77 @@ class _LossWindow:
 
     def __len__(self) -> int:
         return self.count
+
+
+_UNSET = "unset"
+DATA_PATH_KEYS = ("data.train", "data.val", "data.image_root", "data.train_split", "data.val_split")
+"""The recipe keys that say which data a run trains and validates on (a resume on other data is warned of)."""
+
+
+def _flat_items(section: Any, prefix: str) -> dict[str, Any]:
+    """The values of a nested recipe section by dotted key (``{"model.rpn.nms_thresh": 0.7, ...}``)."""
+    if not isinstance(section, dict):
+        return {prefix: section}
+    items: dict[str, Any] = {}
+    for key, value in section.items():
+        items.update(_flat_items(value, f"{prefix}.{key}"))
+    return items
+
+
+def _class_list(class_names: Sequence[str], limit: int = 6) -> str:
+    """``[circle, square, ...] (12)``: the first ``limit`` class names (background excluded) and their count."""
+    names = list(class_names[1:])
+    return f"[{', '.join(names[:limit])}{', ...' if len(names) > limit else ''}] ({len(names)})"
+
+
+def _describe_items(items: dict[str, Any], keys: Sequence[str], limit: int = 5) -> str:
+    """``key=value`` for the first ``limit`` of ``keys`` (``unset`` for a key ``items`` lacks)."""
+    shown = ", ".join(f"{key}={items.get(key, _UNSET)}" for key in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _first_non_finite_layer(model: nn.Module, run: Callable[[], Any]) -> str | None:
+    """The name of the first layer (module without children) of ``model`` whose output holds a NaN or an
+    infinity while ``run()`` runs without gradients, else None. What ``run()`` raises is ignored: it re-runs a
+    forward that failed, only to see where the numbers broke."""
+    found: list[str] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            floating = isinstance(output, torch.Tensor) and output.is_floating_point()
+            if not found and floating and not bool(torch.isfinite(output).all()):
+                found.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules()
+               if not list(module.children())]
+    try:
+        with suppress(Exception), torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _next_batch(batches: Iterator[Any]) -> Any:
+    """The next batch of a loader; unusable input found in a worker process is raised with its own message."""
+    try:
+        return next(batches)
+    except USAGE_ERRORS as error:
+        message = _worker_error_message(error)
+        if message is None:
+            raise
+        raise type(error)(message) from error
+
+
+def _worker_error_message(error: Exception) -> str | None:
+    """The message a DataLoader worker's error had there (None for an error of the main process): torch re-raises
+    it as the same type with ``Caught <type> in DataLoader worker process <n>. Original Traceback ...``."""
+    text, name = str(error), type(error).__name__
+    if not text.startswith(f"Caught {name} in DataLoader worker") or f"{name}: " not in text:
+        return None
+    return text[text.rindex(f"{name}: ") + len(name) + 2:].strip()
 
 
 def evaluate_shared(model: nn.Module, dataset: AnyDataset, task: EvaluationTask, context: DistributedContext,

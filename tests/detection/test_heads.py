@@ -22,6 +22,7 @@ from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from structured.boxes.anchors import AnchorGenerator
+from structured.config import ConfigError, build_model
 from structured.detection.roi_heads import (
     BoxPredictor,
     MultiLevelRoIAlign,
@@ -276,3 +277,38 @@ def test_conv_fc_head_rejects_bad_settings():
         ConvFCHead(CHANNELS, 7, (16,), 64, "layer")
     with pytest.raises(ValueError, match="at least one convolution"):
         ConvFCHead(CHANNELS, 7, (), 64)
+
+
+@pytest.mark.parametrize(("recipe", "part", "key", "value", "message"), [
+    ("faster_rcnn_r18_fpn", "roi_heads", "score_thresh", 2, r"roi_heads.score_thresh must be in \[0, 1\], got 2"),
+    ("faster_rcnn_r18_fpn", "roi_heads", "score_thresh", -1, r"roi_heads.score_thresh must be in \[0, 1\], got -1"),
+    ("faster_rcnn_r18_fpn", "roi_heads", "nms_thresh", 5, r"roi_heads.nms_thresh must be in \[0, 1\], got 5"),
+    ("faster_rcnn_r18_fpn", "roi_heads", "detections_per_img", 0, "roi_heads.detections_per_img must be >= 1, got 0"),
+    ("faster_rcnn_r18_fpn", "roi_heads", "detections_per_img", -5, "roi_heads.detections_per_img must be >= 1"),
+    ("faster_rcnn_r18_fpn", "rpn", "post_nms_top_n_test", 0, "rpn.post_nms_top_n_test must be >= 1, got 0"),
+    ("faster_rcnn_r18_fpn", "rpn", "pre_nms_top_n_train", 0, "rpn.pre_nms_top_n_train must be >= 1, got 0"),
+    ("faster_rcnn_r18_fpn", "rpn", "nms_thresh", 1.5, r"rpn.nms_thresh must be in \[0, 1\], got 1.5"),
+    ("faster_rcnn_r18_fpn", "rpn", "score_thresh", -0.1, r"rpn.score_thresh must be in \[0, 1\], got -0.1"),
+    ("faster_rcnn_r18_fpn", "transform", "min_size", 0, "transform.min_size must be >= 1"),
+    ("faster_rcnn_r18_fpn", "transform", "min_size", [640, 0], "transform.min_size must be >= 1"),
+    ("faster_rcnn_r18_fpn", "transform", "max_size", 0, "transform.max_size must be >= 1, got 0"),
+    ("mask_rcnn_r18_fpn", "roi_heads", "score_thresh", 2, r"roi_heads.score_thresh must be in \[0, 1\], got 2"),
+    ("ssd300_vgg16", "postprocess", "score_thresh", 2, r"postprocess.score_thresh must be in \[0, 1\], got 2"),
+    ("ssd300_vgg16", "postprocess", "nms_thresh", 5, r"postprocess.nms_thresh must be in \[0, 1\], got 5"),
+    ("ssd300_vgg16", "postprocess", "detections_per_img", 0, "postprocess.detections_per_img must be >= 1"),
+    ("ssd300_vgg16", "postprocess", "topk_candidates", 0, "postprocess.topk_candidates must be >= 1"),
+    ("ssd300_vgg16", "transform", "size", 0, "transform.size must be >= 1, got 0"),
+])
+def test_part_settings_out_of_range_name_the_part_and_key(recipe, part, key, value, message):
+    """Checked when the model is built, before any prediction: NMS would refuse an IoU threshold only once
+    it runs, and a zero count or an impossible score threshold would silently leave no detections."""
+    with pytest.raises(ConfigError, match=message):
+        build_model({"model": {"name": recipe, "num_classes": 2, part: {key: value}}})
+
+
+def test_anchors_that_do_not_pair_up_name_the_rpn_keys() -> None:
+    from structured.detection.rpn import RPNSettings, build_rpn
+
+    settings = RPNSettings(anchor_sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+    with pytest.raises(ValueError, match=r"^rpn\.anchor_sizes / rpn\.aspect_ratios: sizes and aspect_ratios must have"):
+        build_rpn(settings, in_channels=8)

@@ -4,7 +4,7 @@ weights-only loading, recipe errors, channels-last training."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -12,8 +12,10 @@ import pytest
 import torch
 import yaml
 
+from structured.boxes.formats import check_boxes
 from structured.config import ConfigError, load_config
 from structured.data.base import DetectionDataset
+from structured.data.loading import ImageReadError
 from structured.data.recipes import build_datasets, data_config
 from structured.engine import (
     CheckpointError,
@@ -27,7 +29,7 @@ from structured.engine.trainer import train_config
 from structured.registry import MODELS
 from tests.conftest import REPO_ROOT
 from tests.engine.conftest import toy_recipe, train_det_tool
-from tests.engine.toy import TOY_NAME, build_toy_detector, register_toy
+from tests.engine.toy import TOY_NAME, ToyDetector, build_toy_detector, register_toy
 
 
 class SimulatedKill(RuntimeError):
@@ -35,19 +37,22 @@ class SimulatedKill(RuntimeError):
 
 
 class FaultyDataset(DetectionDataset):
-    """A view of a dataset that kills the run at its ``kill_at``-th fetch or poisons one sample in one epoch."""
+    """A view of a dataset that kills the run at its ``kill_at``-th fetch (raising ``kill_with(message)``) or
+    poisons one sample in one epoch."""
 
     def __init__(self, dataset: DetectionDataset, kill_at: int | None = None,
-                 poison: tuple[int, int] | None = None) -> None:
+                 poison: tuple[int, int] | None = None,
+                 kill_with: Callable[[str], BaseException] = SimulatedKill) -> None:
         super().__init__(dataset.records, dataset.class_names[1:], dataset.transforms, seed=dataset.seed)
         self.kill_at = kill_at
         self.poison = poison
+        self.kill_with = kill_with
         self.fetches = 0
 
     def __getitem__(self, index: int):
         self.fetches += 1
         if self.kill_at is not None and self.fetches >= self.kill_at:
-            raise SimulatedKill(f"killed at fetch {self.fetches}")
+            raise self.kill_with(f"killed at fetch {self.fetches}")
         image, target = super().__getitem__(index)
         if self.poison == (self.epoch, index):
             image = torch.full_like(image, float("nan"))
@@ -228,6 +233,13 @@ def test_accumulating_two_batches_of_one_equals_one_batch_of_two(toy_model: str,
     ("train", "epoch", 3, r"unknown key 'epoch' in train.*Did you mean 'epochs'"),
     ("train", "optimizer", "adam", r"train.optimizer must be one of \('sgd', 'adamw'\), got 'adam'"),
     ("train", "best_metric", "mAP", r"train.best_metric must be one of"),
+    ("train", "best_metric", "segm_AP50", r"best_metric must be one of \('AP', .*'ARl'\) \(the detection metrics; "
+                                          r"segm_ metrics need an instance model and masks in the data\)"),
+    ("train", "max_iters", 0, r"train.max_iters must be None \(all epochs\) or >= 1, got 0"),
+    ("train", "max_iters", -3, r"train.max_iters must be None \(all epochs\) or >= 1, got -3"),
+    ("train", "eval_every_epochs", -1, r"train.eval_every_epochs must be >= 0 \(0: never validate\), got -1"),
+    ("train", "checkpoint_every_iters", -1, r"train.checkpoint_every_iters must be >= 0 \(0: only at epoch ends\)"),
+    ("train", "warmup_iters", -1, r"train.warmup_iters must be >= 0 \(0: no warm-up\), got -1"),
     ("data", "batchsize", 2, r"unknown key 'batchsize' in data.*Did you mean 'batch_size'"),
     ("data", "augment", "heavy", r"data.augment must be one of"),
 ])
@@ -279,3 +291,95 @@ def test_channels_last_on_a_model_without_the_layout_is_a_config_error(toy_model
     config = load_config(toy_recipe(tiny_shapes, channels_last=True))
     with pytest.raises(ConfigError, match=r"train.channels_last needs a model with use_channels_last\(\); \w+ has none"):
         Trainer(config, tmp_path / "run", verbose=False)
+
+
+def test_a_range_error_of_a_set_value_names_the_set(registered_toy: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(toy_recipe(tiny_shapes)))
+    config = load_config(tmp_path / "recipe.yaml", ["train.max_iters=-3"])
+    with pytest.raises(ConfigError, match=r"recipe.yaml \(--set train.max_iters=-3\): train.max_iters must be"):
+        train_config(config)
+
+
+def test_resume_with_another_model_says_what_differs_and_another_dataset_is_warned_of(
+        toy_model: str, tiny_shapes: Path, tmp_path: Path, capsys) -> None:
+    Trainer(load_config(toy_recipe(tiny_shapes, max_iters=1, eval_every_epochs=0)), tmp_path, verbose=False).fit()
+    other = toy_recipe(tiny_shapes, max_iters=2, eval_every_epochs=0)
+    other["model"]["width"] = 4
+    with pytest.raises(CheckpointError) as raised:
+        Trainer(load_config(other), tmp_path, resume=True, verbose=False)
+    assert str(raised.value) == (
+        f"--resume: {tmp_path / 'last.pt'} was trained with model.width=unset; this recipe has model.width=4. "
+        f"Resume with the run's own recipe ({tmp_path / 'config.yaml'}) or start a new run in another --out")
+
+    elsewhere = toy_recipe(tiny_shapes, max_iters=2, eval_every_epochs=0)
+    elsewhere["data"]["train"] = elsewhere["data"]["val"]
+    Trainer(load_config(elsewhere), tmp_path, resume=True).fit()
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: --resume continues {tmp_path / 'last.pt'} on other data: data.train="
+                        f"{elsewhere['data']['val']} (it was trained with data.train={other['data']['train']})"]
+
+
+def test_ctrl_c_says_where_training_stopped_and_what_resume_continues_from(
+        toy_model: str, tiny_shapes: Path, tmp_path: Path, capsys) -> None:
+    config = load_config(toy_recipe(tiny_shapes, checkpoint_every_iters=2, eval_every_epochs=0))
+    train, _ = build_datasets(data_config(config), seed=7)
+    # batch 2: fetch 7 is inside step 4, after the step-2 checkpoint (step 3 has none)
+    trainer = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, kill_at=7, kill_with=KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"interrupted at iteration 3; last checkpoint {tmp_path / 'last.pt'} (iteration 2); continue with --resume")
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
+
+
+def test_an_update_that_makes_weights_non_finite_stops_before_anything_is_saved(
+        toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    config = load_config(toy_recipe(tiny_shapes, optimizer="sgd", lr=1e39, warmup_iters=0, eval_every_epochs=0,
+                                    checkpoint_every_iters=1))
+    with pytest.raises(NonFiniteLossError, match=r"training diverged: the update of iteration 1 \(epoch 1; its "
+                                                 r"loss terms loss_box [0-9.]+, loss_cls [0-9.]+\) made weights NaN "
+                                                 r"or infinite; lower train.lr.*no checkpoint was saved yet"):
+        Trainer(config, tmp_path, verbose=False).fit()
+    assert not (tmp_path / "last.pt").exists()
+
+
+class BoxCheckingToy(ToyDetector):
+    """The toy, checking its predicted boxes as the detectors' box coder does (NaN is a ValueError)."""
+
+    def _losses(self, images, boxes, logits, targets) -> dict[str, torch.Tensor]:
+        check_boxes(boxes, "deltas")
+        return super()._losses(images, boxes, logits, targets)
+
+
+def test_a_box_check_that_nan_activations_fail_is_a_non_finite_loss_error(
+        monkeypatch: pytest.MonkeyPatch, tiny_shapes: Path, tmp_path: Path) -> None:
+    monkeypatch.setitem(MODELS._builders, TOY_NAME, lambda num_classes=5: BoxCheckingToy(num_classes))
+    config = load_config(toy_recipe(tiny_shapes, epochs=1, checkpoint_every_iters=1, eval_every_epochs=0))
+    train, _ = build_datasets(data_config(config), seed=7)
+    trainer = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, poison=(0, 5)), verbose=False)
+    bad_batch = trainer.sampler.epoch_order(0).index(5) // 2
+    with pytest.raises(NonFiniteLossError, match=rf"at iteration {bad_batch + 1} \(epoch 1, batch {bad_batch + 1} of "
+                                                 r"the epoch\) the output of layer 'features.0' became NaN or infinite "
+                                                 r"\(deltas contains NaN coordinates"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == bad_batch
+
+    def fails_on_its_input(images, targets):
+        raise ValueError("target 0 has no 'boxes'")
+
+    trainer.network = fails_on_its_input
+    with pytest.raises(ValueError, match="target 0 has no 'boxes'"):
+        trainer._forward([torch.zeros(3, 8, 8)], [{}], 0)
+
+
+def test_unusable_data_found_in_a_worker_process_keeps_its_own_message(
+        toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
+    recipe = toy_recipe(tiny_shapes, eval_every_epochs=0)
+    recipe["data"]["workers"] = 2
+    config = load_config(recipe)
+    train, _ = build_datasets(data_config(config), seed=7)
+    trainer = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, kill_at=1, kill_with=ImageReadError),
+                      verbose=False)
+    with pytest.raises(ImageReadError) as raised:
+        trainer.fit()
+    assert str(raised.value) == "killed at fetch 1"
