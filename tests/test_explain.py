@@ -252,3 +252,20 @@ def test_gradcam_tool_errors(checkpoints: Path, capsys, weights: str, option: li
                  str(checkpoints / "errors"), *option]
     assert gradcam_tool.main(arguments) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score_thr", ["1.5", "-1"])
+def test_gradcam_tool_refuses_a_score_threshold_outside_0_1(checkpoints: Path, capsys, score_thr: str) -> None:
+    arguments = [str(checkpoints / "picture.png"), "--weights", str(checkpoints / "detector.pt"), "--out",
+                 str(checkpoints / "errors"), "--score-thr", score_thr]
+    assert gradcam_tool.main(arguments) == 2
+    assert f"score_threshold (--score-thr) must be a number in [0, 1], got {float(score_thr)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_gradcam_tool_refuses_a_limit_below_one(checkpoints: Path, capsys, limit: str) -> None:
+    arguments = [str(checkpoints / "picture.png"), "--weights", str(checkpoints / "detector.pt"), "--limit", limit]
+    with pytest.raises(SystemExit) as exit_info:
+        gradcam_tool.main(arguments)
+    assert exit_info.value.code == 2
+    assert f"argument --limit: must be an integer >= 1, got '{limit}'" in capsys.readouterr().err

@@ -10,7 +10,8 @@ foreground/background, COCO instances). Without --data, the recipe's own validat
 validated on (data.val, a val split, or the data.val_fraction held out with train.seed: a run folder's
 config.yaml gives that run's split). Both print the time of each stage a user pays for (decode,
 network, post-processing) and write metrics.json to --out (with the recipe, checkpoint and dataset it scored:
-structured.evaluation.metrics_file).
+structured.evaluation.metrics_file). A dataset without images is refused; detection ground truth without
+objects (an unlabelled split, scored for predictions.json) is a warning: every AP and AR is then -1.
 
 - detection: the pycocotools-style summary (box, and mask when the model has masks) and a per-class table;
   predictions.json (COCO results with the dataset's own image and category ids: pycocotools on the
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dataset = open_evaluation_dataset(args.data, settings, args.split, task.name)
         data_label = str(args.data)
+    if len(dataset) == 0:
+        raise ValueError(f"{data_label} has no images to evaluate on; expected a dataset with at least one image")
     checkpoint_classes = checkpoint.get("class_names")
     if checkpoint_classes and list(checkpoint_classes) != list(dataset.class_names):
         raise ValueError(f"the weights {args.weights} were trained on classes {list(checkpoint_classes)[1:]}, "

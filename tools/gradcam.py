@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import structured
-from structured.cli import reports_usage_errors
+from structured.api import check_score_threshold
+from structured.cli import count_at_least, reports_usage_errors
 from structured.data.loading import read_image
 from structured.explain import save_explanations
 
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen.add_argument("--detection", type=int, help="index of the detection to explain (detectors)")
     chosen.add_argument("--class", dest="class_name", help="class to explain (its detections, or its pixels)")
     parser.add_argument("--score-thr", type=float, default=0.25, help="detections scoring less are not explained")
-    parser.add_argument("--limit", type=int, default=8, help="at most this many detections or classes")
+    parser.add_argument("--limit", type=count_at_least(1), default=8, help="at most this many detections or classes")
     parser.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
 
@@ -44,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Write the overlays; exit status 1 when there is nothing to explain, 2 for unusable input."""
     args = parse_args(argv)
+    check_score_threshold(args.score_thr)
     predictor = structured.load(args.weights, device=args.device)
     image = read_image(args.image)
     explanations = predictor.explain(image, args.level, args.detection, args.class_name, args.score_thr, args.limit)

@@ -21,7 +21,7 @@ Semantics reproduced from pycocotools:
   without any non-ignored ground truth are ``-1`` and left out of the means.
 
 Deliberate differences: inconsistent input (results on unknown images or categories, annotations of
-unknown images or categories, NaN scores) raises ``ValueError`` where pycocotools silently drops data or
+unknown images or categories, image ids that are not integers, NaN scores) raises ``ValueError`` where pycocotools silently drops data or
 crashes; an empty results list gives zeros (``-1`` where a setting has no ground truth) where
 ``COCO.loadRes`` fails; a ground-truth annotation with ``id`` 0 is matched like any other (pycocotools
 takes id 0 for "unmatched" and counts its match as a false positive).
@@ -174,9 +174,10 @@ def evaluate_coco(
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    gt = _parse_ground_truth(load_json(ground_truth, "ground truth"), iou_type)
+    source = str(ground_truth) if isinstance(ground_truth, (str, Path)) else "COCO ground truth"
+    gt = _parse_ground_truth(load_json(ground_truth, "ground truth"), iou_type, source)
     results_list = load_json(results, "results") if isinstance(results, (str, Path)) else results
-    dets = _parse_results(results_list, gt, iou_type)
+    dets = _parse_results(results_list, gt, iou_type, source)
     num_categories = len(gt.category_ids)
     gt_ignore = _gt_ignore_flags(gt)
     matched_gt = _match_detections(gt, dets, gt_ignore, iou_type)
@@ -283,17 +284,28 @@ def encode_masks(masks: Tensor, threshold: float = 0.5) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------- parsing
 
 
-def _parse_ground_truth(dataset: Mapping[str, Any], iou_type: str) -> _GroundTruth:
+def _check_image_ids(images: Sequence[Mapping[str, Any]], source: str) -> None:
+    """``ValueError`` naming ``source`` and the first image whose ``id`` is not an integer (a string id would
+    otherwise be read as a number, or match no result)."""
+    for index, image in enumerate(images):
+        image_id = image.get("id")
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
+            raise ValueError(f"{source} images[{index}]: 'id' must be an integer (COCO ids are integers), "
+                             f"got {image_id!r}")
+
+
+def _parse_ground_truth(dataset: Mapping[str, Any], iou_type: str, source: str) -> _GroundTruth:
     for key in ("images", "annotations", "categories"):
         if key not in dataset:
-            raise ValueError(f"COCO ground truth lacks the {key!r} list")
+            raise ValueError(f"{source} lacks the {key!r} list")
+    _check_image_ids(dataset["images"], source)
     image_ids = np.unique(np.array([image["id"] for image in dataset["images"]], dtype=np.int64))
     categories = sorted(dataset["categories"], key=lambda category: category["id"])
     category_ids = np.array([category["id"] for category in categories], dtype=np.int64)
     if len(category_ids) == 0:
-        raise ValueError("COCO ground truth has no categories")
+        raise ValueError(f"{source} has no categories")
     annotations = dataset["annotations"]
-    group = _group_index(annotations, image_ids, category_ids, "ground-truth annotation")
+    group = _group_index(annotations, image_ids, category_ids, "ground-truth annotation", source)
     order = np.argsort(group, kind="stable")
     segmentations = None
     if iou_type == "segm":
@@ -323,10 +335,11 @@ def _image_sizes(images: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, in
     return sizes
 
 
-def _parse_results(results: Sequence[Mapping[str, Any]], gt: _GroundTruth, iou_type: str) -> _Detections:
+def _parse_results(results: Sequence[Mapping[str, Any]], gt: _GroundTruth, iou_type: str,
+                   source: str) -> _Detections:
     if not isinstance(results, Sequence):
         raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
-    group = _group_index(results, gt.image_ids, gt.category_ids, "result")
+    group = _group_index(results, gt.image_ids, gt.category_ids, "result", source)
     scores = _number_column(results, "score", "result", np.float64)
     if np.isnan(scores).any():
         raise ValueError(f"result {int(np.flatnonzero(np.isnan(scores))[0])} has a NaN score")
@@ -348,15 +361,14 @@ def _parse_results(results: Sequence[Mapping[str, Any]], gt: _GroundTruth, iou_t
 
 
 def _group_index(
-    records: Sequence[Mapping[str, Any]], image_ids: np.ndarray, category_ids: np.ndarray, what: str
+    records: Sequence[Mapping[str, Any]], image_ids: np.ndarray, category_ids: np.ndarray, what: str, source: str
 ) -> np.ndarray:
-    """``image_index * K + category_index`` of each record, checking both ids exist in the ground truth."""
+    """``image_index * K + category_index`` of each record, checking both ids exist in the ground truth
+    ``source``."""
     record_images = _number_column(records, "image_id", what, np.int64)
     record_categories = _number_column(records, "category_id", what, np.int64)
-    image_index = _index_in(record_images, image_ids, f"{what} image_id", "images of the ground truth")
-    category_index = _index_in(
-        record_categories, category_ids, f"{what} category_id", "ground-truth categories"
-    )
+    image_index = _index_in(record_images, image_ids, f"{what} image_id", f"images of {source}")
+    category_index = _index_in(record_categories, category_ids, f"{what} category_id", f"categories of {source}")
     return image_index * len(category_ids) + category_index
 
 

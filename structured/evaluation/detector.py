@@ -24,6 +24,7 @@ truth has segmentations), a per-class table, the speed line, and ``metrics.json`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,11 @@ def coco_categories(class_names: Sequence[str], category_ids: Sequence[int] | No
     return [{"id": int(category_id), "name": name} for category_id, name in zip(ids, class_names[1:], strict=True)]
 
 
+def _has_objects(ground_truth: dict[str, Any]) -> bool:
+    """Whether a COCO ground truth has an annotation that is not a crowd region (something AP can be scored on)."""
+    return any(not annotation.get("iscrowd", 0) for annotation in ground_truth["annotations"])
+
+
 def evaluate_results(ground_truth: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict[str, CocoEvalResult]:
     """COCO evaluation of ``results``: ``bbox``, and ``segm`` when the results carry masks and the ground truth
     has segmentations."""
@@ -230,10 +236,18 @@ def evaluate_detector_on_dataset(
     batch_size: int = 2, workers: int = 0, speed_iterations: int = 20, evaluated: EvaluatedModel | None = None,
 ) -> DetectorEvaluation:
     """COCO metrics of ``model`` on every image of ``dataset``, speed on its first image, report files
-    (``metrics.json`` records ``evaluated``, what was scored)."""
+    (``metrics.json`` records ``evaluated``, what was scored).
+
+    Ground truth without objects (an unlabelled split such as COCO test-dev, scored for its ``predictions.json``)
+    is a ``UserWarning``: every AP and AR is then -1, pycocotools' "undefined".
+    """
     out_dir = Path(out_dir)
     samples, results = predict_dataset(model, dataset, range(len(dataset)), device, batch_size, workers)
     ground_truth = coco_ground_truth(dataset, samples)
+    if not _has_objects(ground_truth):
+        scored = "the dataset" if evaluated is None else evaluated.dataset
+        warnings.warn(f"{scored} has no ground-truth objects on its {len(dataset)} images: AP and AR are undefined "
+                      "(reported as -1); predictions.json still holds the detections", UserWarning, stacklevel=2)
     evaluations = evaluate_results(ground_truth, results)
     speed = measure_pipeline(model, dataset.image_path(0), device, speed_iterations) \
         if speed_iterations > 0 and len(dataset) else None

@@ -86,4 +86,8 @@ def headline_metrics(metrics: Any, path: Path) -> dict[str, float]:
     missing = [name for name, value in headline.items() if not isinstance(value, int | float) or math.isnan(value)]
     if missing:
         raise ValueError(f"{path}: metrics {missing} are missing or not numbers")
+    undefined = [name for name, value in headline.items() if value < 0]
+    if undefined:
+        raise ValueError(f"{path}: metrics {undefined} are -1, undefined: the evaluation data had no ground-truth "
+                         "objects; evaluate on labelled data")
     return {name: float(value) for name, value in headline.items()}

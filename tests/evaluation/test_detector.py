@@ -27,6 +27,7 @@ from structured.data.coco import CocoDetection
 from structured.data.synthetic import generate_dataset
 from structured.data.voc import VOCDetection
 from structured.engine.checkpoint import save_checkpoint
+from structured.evaluation.coco import evaluate_coco
 from structured.evaluation.detector import (
     coco_ground_truth,
     converted_ground_truth,
@@ -295,3 +296,57 @@ def test_eval_tool_rejects_weights_of_other_classes(toy_mask_model, official_coc
     weights = _checkpoint(tmp_path, recipe, ["__background__", "cat"])
     assert eval_tool.main([str(recipe), "--weights", str(weights), "--data", str(official_coco)]) == 2
     assert "trained on classes ['cat']" in capsys.readouterr().err
+
+
+def _edited_copy(official_coco: Path, name: str, **changes) -> Path:
+    """The official-style file with top-level entries replaced, written beside it (same image folder)."""
+    path = official_coco.with_name(name)
+    path.write_text(json.dumps({**json.loads(official_coco.read_text()), **changes}))
+    return path
+
+
+def test_eval_tool_refuses_a_dataset_without_images(toy_mask_model, official_coco, tmp_path, capsys):
+    empty = _edited_copy(official_coco, "instances_no_images.json", images=[], annotations=[])
+    recipe = _eval_recipe(tmp_path, toy_mask_model)
+    weights = _checkpoint(tmp_path, recipe, CocoDetection(empty, official_coco.parent.parent / "JPEGImages").class_names)
+    code = eval_tool.main([str(recipe), "--weights", str(weights), "--data", str(empty), "--out", str(tmp_path / "e"),
+                           "--speed-iters", "1", "--device", "cpu"])
+    assert code == 2
+    assert f"error: {empty} has no images to evaluate on" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_tool_warns_that_ground_truth_without_objects_leaves_ap_undefined(toy_mask_model, official_coco,
+                                                                               tmp_path, capsys):
+    unlabelled = _edited_copy(official_coco, "instances_unlabelled.json", annotations=[])
+    recipe = _eval_recipe(tmp_path, toy_mask_model)
+    dataset = CocoDetection(unlabelled, official_coco.parent.parent / "JPEGImages")
+    weights = _checkpoint(tmp_path, recipe, dataset.class_names)
+    with pytest.warns(UserWarning, match=f"{unlabelled} has no ground-truth objects on its {len(dataset)} images: "
+                                         r"AP and AR are undefined \(reported as -1\)"):
+        code = eval_tool.main([str(recipe), "--weights", str(weights), "--data", str(unlabelled),
+                               "--out", str(tmp_path / "e"), "--speed-iters", "1", "--device", "cpu"])
+    assert code == 0
+    assert "speed:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e" / "predictions.json").read_text())
+
+
+def test_coco_evaluation_names_the_file_whose_image_ids_are_strings(official_coco, tmp_path):
+    """A string id such as "61" would be read as the number 61, and the error would blame the results."""
+    content = json.loads(official_coco.read_text())
+    results = [{"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                "bbox": annotation["bbox"], "score": 0.9} for annotation in content["annotations"]]
+    first = content["images"][0]
+    for image in content["images"]:
+        image["id"] = str(image["id"])
+    path = tmp_path / "string_ids.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=rf"{path} images\[0\]: 'id' must be an integer \(COCO ids are integers\), "
+                                         rf"got '{first['id']}'"):
+        evaluate_coco(path, results)
+
+
+def test_coco_evaluation_names_the_ground_truth_a_result_image_is_missing_from(official_coco):
+    result = {"image_id": 5, "category_id": CATEGORY_IDS[0], "bbox": [1.0, 1.0, 4.0, 4.0], "score": 0.5}
+    with pytest.raises(ValueError, match=f"result image_id 5 \\(record 0\\) is not among the images of {official_coco}"):
+        evaluate_coco(official_coco, [result])

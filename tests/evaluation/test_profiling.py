@@ -67,6 +67,8 @@ def test_read_accuracy_takes_the_headline_metrics(tmp_path) -> None:
     assert (semantic.recipe, semantic.metrics) == ("unet", {"mIoU": 0.5})
     with pytest.raises(ValueError, match="neither detection stats"):
         read_accuracy(_metrics_file(tmp_path, "other", {"accuracy": 0.9}))
+    with pytest.raises(ValueError, match=r"metrics \['AP', 'AP50'\] are -1, undefined: the evaluation data had no"):
+        read_accuracy(_metrics_file(tmp_path, "unlabelled", _detection_metrics(-1.0, -1.0)))
 
 
 def test_models_table_fills_the_accuracy_of_the_right_rows(tmp_path, capsys) -> None:
