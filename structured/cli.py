@@ -13,9 +13,11 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 from structured.registry import MissingExtraError, UnknownNameError
 
@@ -47,6 +49,23 @@ def is_usage_error(error: BaseException) -> bool:
     return isinstance(error, USAGE_ERRORS) or (isinstance(error, OSError) and error.filename is not None)
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """A block where each warning is shown as ``warning: <message>`` (the data readers report skipped or repaired
+    annotations as warnings; Python's default format adds the file, line and source line of the call)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
 def reports_usage_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Wrap a tool's ``main(argv)`` so unusable input prints ``error: <sentence>`` and returns status 2, and Ctrl-C
     prints ``interrupted`` and returns 130."""
@@ -54,7 +73,8 @@ def reports_usage_errors(main: Callable[[list[str] | None], int]) -> Callable[[l
     @functools.wraps(main)
     def guarded(argv: list[str] | None = None) -> int:
         try:
-            return main(argv)
+            with one_line_warnings():
+                return main(argv)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return INTERRUPTED_STATUS

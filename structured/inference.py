@@ -12,8 +12,10 @@ its entries of ``out_dir/predictions.json``:
   pixels of each class.
 
 ``out_dir/images.json`` maps image ids to file names and lists the categories (``predictor.categories()``).
-An unreadable input is reported by name and skipped; it never stops the run. Nothing here depends on the
-kind of predictor: what differs lives in the predictor and result classes of ``structured.api``.
+An unreadable input, or one whose outputs cannot be written, is reported by name and skipped; it never stops
+the run. No output replaces an input: a run that would write over one is refused before it starts
+(``check_inputs_are_kept``). Nothing here depends on the kind of predictor: what differs lives in the
+predictor and result classes of ``structured.api``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import glob
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,12 @@ import cv2
 import numpy as np
 
 from structured.api import DetectionResult, Predictor, SegmentationResult
+from structured.cli import one_line
 from structured.data.loading import ImageReadError, read_image
 from structured.io import save_json
+from structured.visualize import can_write_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
@@ -84,7 +88,8 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     """A distinct output file name per input, with distinct stems (masks and label files are named by the
     stem): the input's own name, or where stems repeat (``a/img.png`` and ``b/img.png``) its path below the
     repeated inputs' common folder joined by ``_`` (``a_img.png``, ``b_img.png``), then ``_2``, ``_3`` ... on a
-    stem still taken (``img.jpg`` and ``img.png`` give ``img.jpg`` and ``img_2.png``)."""
+    stem still taken (``img.jpg`` and ``img.png`` give ``img.jpg`` and ``img_2.png``). An image whose extension
+    OpenCV does not write (``.jfif``, ``.heic``, none) gets ``.jpg`` (``photo.jfif`` gives ``photo.jpg``)."""
     stem_counts = Counter(path.stem for path in paths)
     repeated = [path.absolute() for path in paths if stem_counts[path.stem] > 1]
     common = Path(os.path.commonpath(repeated)) if repeated else None
@@ -92,12 +97,33 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     taken: set[str] = set()
     for path in paths:
         name = "_".join(path.absolute().relative_to(common).parts) if stem_counts[path.stem] > 1 else path.name
-        stem, suffix, number = Path(name).stem, Path(name).suffix, 2
+        stem, number = Path(name).stem, 2
         while stem in taken:
             stem, number = f"{Path(name).stem}_{number}", number + 1
         taken.add(stem)
-        names[path] = stem + suffix
+        names[path] = stem + _output_suffix(path)
     return names
+
+
+def _output_suffix(path: Path) -> str:
+    is_video = path.suffix.lower() in VIDEO_SUFFIXES
+    return path.suffix if is_video or can_write_image(path) else ".jpg"
+
+
+def check_inputs_are_kept(paths: Sequence[Path], names: Mapping[Path, str], out_dir: Path) -> None:
+    """Refuse a run that would write over one of its inputs (``--out`` the source folder): ``ValueError``
+    naming the inputs, before anything is written."""
+    inputs = {path.resolve(): path for path in paths}
+    outputs = [out_dir / "predictions.json", out_dir / "images.json"]
+    for name in names.values():
+        stem = Path(name).stem
+        outputs += [out_dir / name, out_dir / f"{stem}_annotated.mp4", out_dir / "masks" / f"{stem}.png",
+                    out_dir / "labels" / f"{stem}.txt"]
+    overwritten = [str(inputs[output.resolve()]) for output in outputs if output.resolve() in inputs]
+    if overwritten:
+        listed = ", ".join(overwritten[:3]) + (f" and {len(overwritten) - 3} more" if len(overwritten) > 3 else "")
+        raise ValueError(f"the output folder {out_dir} (--out) holds inputs that the outputs would overwrite "
+                         f"({listed}); write the outputs to another folder")
 
 
 def iter_frames(video: Path) -> Iterator[np.ndarray]:
@@ -132,27 +158,46 @@ def run_inference(
     ``output_names``. ``score_threshold`` and ``classes`` go to ``predictor.predict``."""
     predictor.check_request(score_threshold, classes)  # one error for the run, not one skip per image
     out_dir = Path(out_dir)
+    paths = list_sources(source)
+    names = output_names(paths)
+    check_inputs_are_kept(paths, names, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = InferenceSummary()
     results_json: list[dict] = []
     images_json: list[dict] = []
-    paths = list_sources(source)
-    names = output_names(paths)
     for path in paths:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         frames = _predict_source(predictor, path, names[path], is_video, out_dir, score_threshold, classes,
                                  summary, report)
         for name, result in frames:
             image_id = len(images_json) + 1
-            height, width = result.image.shape[:2]
-            images_json.append({"id": image_id, "file_name": name, "height": height, "width": width})
-            results_json.extend(result.write_outputs(out_dir, Path(name).stem, image_id, save_txt))
-            if not is_video:
-                summary.outputs.append(result.save(out_dir / name))
+            entries = _write_result(result, out_dir, name, not is_video, image_id, save_txt, summary, report)
+            if entries is not None:
+                height, width = result.image.shape[:2]
+                images_json.append({"id": image_id, "file_name": name, "height": height, "width": width})
+                results_json.extend(entries)
     summary.outputs.append(save_json(results_json, out_dir / "predictions.json"))
     catalogue = {"images": images_json, "categories": predictor.categories()}
     summary.outputs.append(save_json(catalogue, out_dir / "images.json"))
     return summary
+
+
+def _write_result(
+    result: Result, out_dir: Path, name: str, with_picture: bool, image_id: int, save_txt: bool,
+    summary: InferenceSummary, report: Callable[[str], None],
+) -> list[dict] | None:
+    """Write the files of one result named ``name`` (with ``with_picture`` its picture, then ``write_outputs``)
+    and return its entries of ``predictions.json``; None when a file cannot be written: reported and counted
+    as a skip, so one failed write loses no other output."""
+    try:
+        if with_picture:
+            summary.outputs.append(result.save(out_dir / name))
+        entries = result.write_outputs(out_dir, Path(name).stem, image_id, save_txt)
+    except (OSError, ValueError) as error:
+        summary.skipped.append((result.source, one_line(error)))
+        report(f"skipped {result.source}: {one_line(error)}")
+        return None
+    return entries
 
 
 def _predict_source(

@@ -7,6 +7,7 @@ same colour in every picture; labels sit on a filled tab in the box colour, kept
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ from torch import Tensor
 from structured.io import atomic_output
 
 ArrayLike = np.ndarray | Tensor
+
+WRITTEN_SUFFIXES_HINT = ".jpg, .png, .bmp, .tif, .webp or another format OpenCV writes"
+"""The image extensions ``save_image`` takes, as error messages name them."""
 
 _PALETTE = np.array(
     [
@@ -183,13 +187,33 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], gap: int =
     return sheet
 
 
+def can_write_image(path: str | os.PathLike[str]) -> bool:
+    """Whether ``save_image`` writes ``path``: its extension names a format this OpenCV build encodes."""
+    return bool(Path(path).suffix) and cv2.haveImageWriter(str(path))
+
+
 def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an RGB ``uint8`` image atomically (format by extension); an error names the path on failure."""
-    with atomic_output(path) as temporary:
-        try:
-            written = cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        except cv2.error as error:
-            raise OSError(f"could not write image {path}: {error.msg or error}") from None
-        if not written:
-            raise OSError(f"could not write image {path} (is the extension an image format?)")
+    """Write an RGB ``uint8`` image atomically, in the format its extension names (``can_write_image``).
+
+    A path that cannot name an image (a folder, no extension or one OpenCV does not write) or an image
+    OpenCV refuses raises ``ValueError``, a failed write ``OSError`` carrying the path; each in one sentence
+    naming the path.
+    """
+    _check_image_path(Path(path))
+    try:
+        with atomic_output(path) as temporary:
+            if not cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                raise OSError(errno.EIO, "OpenCV could not write the image", str(path))
+    except cv2.error as error:
+        raise ValueError(f"cannot write image {path}: {' '.join(error.err.split())}") from None
     return Path(path)
+
+
+def _check_image_path(path: Path) -> None:
+    expected = f"expected a file name ending in {WRITTEN_SUFFIXES_HINT}"
+    if path.is_dir():
+        raise ValueError(f"cannot write image {path}: it is a folder; {expected}")
+    if not path.suffix:
+        raise ValueError(f"cannot write image {path}: the name has no extension; {expected}")
+    if not can_write_image(path):
+        raise ValueError(f"cannot write image {path}: OpenCV writes no format of extension {path.suffix}; {expected}")

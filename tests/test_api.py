@@ -296,3 +296,154 @@ def test_progress_lines_count_in_the_right_number():
     assert one_class.describe() == "1 class (circle 6.2%)"
     mask[1, 1] = 2
     assert structured.api.SegmentationResult(mask, None, names, image).describe() == "2 classes (circle 6.2%, star 6.2%)"
+
+
+TINY_UNET = ["model.num_classes=2", "model.encoder.width=4", "model.encoder.depth=2", "model.decoder.channels=[8,4]"]
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    torch.manual_seed(0)
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "unet" / "unet_original.yaml"
+    return Segmenter.from_config(recipe, class_names=["__background__", "a", "b"], overrides=TINY_UNET)
+
+
+@pytest.mark.parametrize("predictor_name", ["detector", "segmenter"])
+def test_images_without_an_unambiguous_picture_are_refused(predictor_name, request):
+    predictor = request.getfixturevalue(predictor_name)
+    image = images(1)[0]
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
+    with pytest.raises(ValueError, match=r"the image has float values 0 to 254; floats must be in \[0, 1\] "
+                                         r"\(pass uint8 for 0-255 values\)"):
+        predictor.predict(tensor)
+    with pytest.raises(ValueError, match=r"image 1 of the list has float values 0 to 254; floats must be in \[0, 1\]"):
+        predictor.predict([image, image.astype(np.float32)])
+    with pytest.raises(ValueError, match=r"the image has float values -0.5 to 0.496; floats must be in \[0, 1\]"):
+        predictor.predict(tensor / 255 - 0.5)
+    with pytest.raises(ValueError, match=r"the image has non-finite pixel values \(NaN or infinity\)"):
+        predictor.predict(torch.full((3, 40, 50), float("nan")))
+    with pytest.raises(ValueError, match=r"the image is a boolean array; expected uint8 \(0-255\) or floats in \[0, 1\]"):
+        predictor.predict(image > 128)
+    for item, kind in ((None, "NoneType"), (5, "int"), (b"\xff\xd8", "bytes")):
+        with pytest.raises(ValueError, match=f"the image must be a path, a PIL image, a numpy array or a torch "
+                                             f"tensor, got {kind}"):
+            predictor.predict(item)
+    assert predictor.predict([]) == []
+
+
+def test_channels_first_uint8_arrays_are_read_as_such(detector):
+    image = images(1)[0]
+    from_channels_first = detector.predict(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    assert np.array_equal(from_channels_first.image, image)
+    assert torch.equal(from_channels_first.boxes, detector.predict(image).boxes)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_pil_images_give_the_picture_of_their_file(detector, tmp_path, mode):
+    from PIL import Image
+
+    gray = images(1)[0][:, :, 0].astype(np.uint16) * 257  # 8-bit levels, which both 16-bit scalings keep exactly
+    path = tmp_path / "gray16.png"
+    cv2.imwrite(str(path), gray)
+    from_path = detector.predict(path)
+    with Image.open(path) as opened:
+        pil = opened if mode == "I;16" else Image.fromarray(np.asarray(opened).astype(np.int32))
+        assert pil.mode == mode
+        from_pil = detector.predict(pil)
+    assert np.array_equal(from_pil.image, from_path.image)
+    assert torch.equal(from_pil.boxes, from_path.boxes) and torch.equal(from_pil.labels, from_path.labels)
+
+
+def test_a_checkpoint_of_an_unknown_task_is_refused_in_one_sentence(checkpoint, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    state["task"] = "bogus"
+    torch.save(state, tmp_path / "bogus.pt")
+    message = r"bogus.pt: the checkpoint's task 'bogus' is unknown; the known tasks are detection, instance, semantic"
+    for load in (structured.load, Detector.from_checkpoint, Segmenter.from_checkpoint):
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path / "bogus.pt")
+
+
+def test_class_names_or_category_ids_that_do_not_fit_the_model_are_refused_at_load(checkpoint, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({**state, "class_names": ["a"]}, tmp_path / "few_names.pt")
+    expected = (r"class_names has 1 name but the model has 3 classes \(model.num_classes\); expected 4 names: "
+                r"the background \('__background__'\) first, then one per class")
+    with pytest.raises(ValueError, match="few_names.pt: " + expected):
+        Detector.from_checkpoint(tmp_path / "few_names.pt")
+    with pytest.raises(ValueError, match="^" + expected):
+        Detector.from_config(RECIPE, class_names=["a"])
+    torch.save({**state, "category_ids": [3, 7]}, tmp_path / "few_ids.pt")
+    with pytest.raises(ValueError, match=r"few_ids.pt: category_ids has 2 ids but the model has 3 classes; "
+                                         r"expected one id per class, none for the background"):
+        structured.load(tmp_path / "few_ids.pt")
+
+
+def test_from_config_takes_the_classes_of_a_weights_checkpoint(detector, checkpoint, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({**state, "category_ids": [3, 7, 11]}, tmp_path / "coco_ids.pt")
+    loaded = Detector.from_config(RECIPE, weights=tmp_path / "coco_ids.pt", optimize=False)
+    assert loaded.class_names == CLASS_NAMES and loaded.category_ids == [3, 7, 11]
+    renamed = Detector.from_config(RECIPE, weights=tmp_path / "coco_ids.pt", class_names=["bg", "x", "y", "z"])
+    assert renamed.class_names == ["bg", "x", "y", "z"] and renamed.category_ids is None
+    torch.save(detector.model.state_dict(), tmp_path / "state_dict.pt")
+    plain = Detector.from_config(RECIPE, weights=tmp_path / "state_dict.pt")
+    assert plain.class_names == ["__background__", "class1", "class2", "class3"] and plain.category_ids is None
+
+
+def test_explain_on_a_list_explains_each_image(detector, segmenter):
+    first, second = images(2)
+    for predictor, options in ((detector, {"limit": 1}), (segmenter, {"class_name": "a"})):
+        explained = predictor.explain([first, second], **options)
+        assert isinstance(explained, list) and len(explained) == 2
+        for image, explanations in zip((first, second), explained, strict=True):
+            single = predictor.explain(image, **options)
+            assert len(explanations) == len(single) == 1
+            assert explanations[0].value == pytest.approx(single[0].value)
+        assert predictor.explain([], **options) == []
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"score_threshold": 1.5}, r"score_threshold \(--score-thr\) must be a number in \[0, 1\], got 1.5"),
+    ({"limit": 0}, r"limit \(--limit\) must be an integer >= 1, got 0"),
+])
+def test_explain_checks_its_threshold_and_limit(detector, segmenter, options, message):
+    for predictor in (detector, segmenter):
+        with pytest.raises(ValueError, match=message):
+            predictor.explain(images(1)[0], **options)
+
+
+def test_thresholds_classes_and_image_ids_of_any_natural_kind_are_taken(detector, segmenter):
+    image = images(1)[0]
+    expected = detector.predict(image, score_threshold=0.3, classes=["disc"])
+    for threshold in (np.float32(0.3), torch.tensor(0.3)):
+        kept = detector.predict(image, score_threshold=threshold, classes="disc")
+        assert torch.equal(kept.boxes, expected.boxes) and set(kept.names) <= {"disc"}
+    assert torch.equal(detector.predict(image, classes=1).labels.unique(), torch.tensor([1]))
+    background = r"classes: '__background__' \(index 0\) is the background, which predictions do not hold; " \
+                 r"choose among the classes 1 to 3 \(disc, block, wedge\)"
+    for classes in ([0], ["__background__"], 0):
+        with pytest.raises(ValueError, match=background):
+            detector.predict(image, classes=classes)
+    with pytest.raises(ValueError, match=r"'__background__' \(index 0\) is the background"):
+        segmenter.predict(image, classes=[0])
+    result = detector.predict(image)
+    with pytest.raises(ValueError, match=r"score_threshold \(--score-thr\) must be a number in \[0, 1\], got 2.0"):
+        result.filter(2.0)
+    with pytest.raises(ValueError, match=background):
+        result.filter(classes=["__background__"])
+    with pytest.raises(ValueError, match=r"image_id must be an integer \(the COCO image id\), got 'a'"):
+        result.to_coco(image_id="a")
+    assert {entry["image_id"] for entry in result.to_coco(image_id=np.int64(4))} == {4}
+    assert repr(result.filter(classes=[])) == "DetectionResult(<ndarray>: 0 detections: nothing)"
+
+
+def test_save_txt_gives_a_detection_whose_mask_has_no_contour_its_box(tmp_path):
+    masks = torch.zeros(2, 40, 50)
+    masks[0, 5:20, 10:30] = 1.0  # a real mask; the second is empty
+    result = structured.api.DetectionResult(torch.tensor([[10.0, 5, 30, 20], [0, 10, 25, 30]]), torch.ones(2),
+                                            torch.tensor([1, 2]), ["__background__", "a", "b"],
+                                            np.zeros((40, 50, 3), np.uint8), masks)
+    lines = result.save_txt(tmp_path / "x.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("0 ")
+    assert lines[1] == "1 0.000000 0.250000 0.500000 0.250000 0.500000 0.750000 0.000000 0.750000"

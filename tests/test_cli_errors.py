@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -187,6 +188,19 @@ def test_ctrl_c_is_one_line_and_status_130(capsys) -> None:
     assert capsys.readouterr().err == "interrupted\n"
 
 
+def test_a_tools_warnings_read_warning_then_the_message() -> None:
+    shown = []
+
+    @reports_usage_errors
+    def main(argv: list[str] | None = None) -> int:
+        shown.append(warnings.formatwarning(UserWarning("3 boxes clipped"), UserWarning, "coco.py", 1, "code"))
+        return 0
+
+    default_format = warnings.formatwarning
+    assert main([]) == 0 and shown == ["warning: 3 boxes clipped\n"]
+    assert warnings.formatwarning is default_format
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
     (["--speed-iters", "two"], "argument --speed-iters: must be an integer >= 0, got 'two'"),
@@ -197,3 +211,84 @@ def test_counts_on_the_command_line_are_checked_by_the_parser(inputs: Path, caps
     with pytest.raises(SystemExit) as stopped:
         eval_tool.main([str(SMOKE_RECIPE), "--weights", str(inputs / "good.pt"), *arguments])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+# infer outputs
+
+
+def run_infer(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Status, stdout and stderr of ``tools/infer.py`` run in this process."""
+    from tools import infer as infer_tool
+
+    status = infer_tool.main(arguments)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def copy_images(inputs: Path, folder: Path, names: list[str]) -> list[Path]:
+    """The first picture of the tiny set copied under ``folder`` once per name."""
+    picture = sorted((inputs / "shapes" / "JPEGImages").glob("*.jpg"))[0].read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(picture)
+    return [folder / name for name in names]
+
+
+def test_infer_refuses_to_write_over_its_inputs(inputs: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "pictures"
+    first, second = copy_images(inputs, folder, ["a.jpg", "b.jpg"])
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    status, out, err = run_infer([str(folder), "--weights", str(inputs / "good.pt"), "--out", str(folder)], capsys)
+    check_one_error_line(status, out, err, f"the output folder {folder} (--out) holds inputs that the outputs would "
+                                           f"overwrite ({first}, {second}); write the outputs to another folder")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+def test_infer_writes_pictures_of_extensions_opencv_cannot_write_as_jpg(inputs: Path, tmp_path: Path, capsys) -> None:
+    sources = copy_images(inputs, tmp_path / "in", ["photo.jfif", "noext"])
+    out = tmp_path / "out"
+    status, _, _ = run_infer([*map(str, sources), "--weights", str(inputs / "good.pt"), "--out", str(out)], capsys)
+    assert status == 0
+    assert sorted(path.name for path in out.iterdir()) == ["images.json", "noext.jpg", "photo.jpg", "predictions.json"]
+    catalogue = json.loads((out / "images.json").read_text())
+    assert [entry["file_name"] for entry in catalogue["images"]] == ["photo.jpg", "noext.jpg"]
+
+
+def test_an_output_that_cannot_be_written_loses_no_other(inputs: Path, tmp_path: Path, capsys) -> None:
+    sources = copy_images(inputs, tmp_path / "in", ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    (out / "a.jpg").mkdir(parents=True)
+    status, printed, _ = run_infer([*map(str, sources), "--weights", str(inputs / "good.pt"), "--out", str(out),
+                                    "--score-thr", "0", "--save-txt"], capsys)
+    assert status == 1
+    assert f"skipped {sources[0]}: cannot write image {out / 'a.jpg'}: it is a folder;" in printed
+    assert "2 images, median" in printed and "; 1 skipped;" in printed
+    assert (out / "b.jpg").is_file() and sorted(path.name for path in (out / "labels").iterdir()) == ["b.txt"]
+    catalogue = json.loads((out / "images.json").read_text())
+    assert [entry["file_name"] for entry in catalogue["images"]] == ["b.jpg"]
+    assert {entry["image_id"] for entry in json.loads((out / "predictions.json").read_text())} == {1}
+
+
+def test_infer_finds_in_a_folder_the_gif_and_jfif_files_it_takes_by_name(inputs: Path, tmp_path: Path) -> None:
+    from structured.inference import list_sources
+
+    listed = copy_images(inputs, tmp_path, ["a.gif", "b.jfif", "c.jpg"])
+    (tmp_path / "notes.txt").write_text("not a picture")
+    assert list_sources(tmp_path) == listed
+
+
+def test_infer_says_when_no_image_was_predicted(inputs: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    status, printed, _ = run_infer([str(tmp_path / "broken.jpg"), "--weights", str(inputs / "good.pt"), "--out",
+                                    str(tmp_path / "out")], capsys)
+    assert status == 1 and f"no image predicted; 1 skipped; results in {tmp_path / 'out'}" in printed
+    assert "nan" not in printed
+
+
+def test_infer_with_save_txt_says_once_that_a_segmenter_writes_no_labels(inputs: Path, tmp_path: Path, capsys) -> None:
+    sources = copy_images(inputs, tmp_path / "in", ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    status, _, err = run_infer([*map(str, sources), "--weights", str(inputs / "unet.pt"), "--out", str(out),
+                                "--save-txt"], capsys)
+    assert status == 0 and err.count("note: --save-txt writes detectors' YOLO labels") == 1
+    assert not (out / "labels").exists() and sorted(path.name for path in (out / "masks").iterdir()) == ["a.png", "b.png"]

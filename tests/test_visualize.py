@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from structured.visualize import (
+    can_write_image,
     class_color,
     draw_class_map,
     draw_detections,
@@ -71,8 +72,37 @@ def test_side_by_side_and_save(tmp_path):
     assert sheet.shape[1] == 30 + 15 + 3 * 8
     path = save_image(sheet, tmp_path / "sub" / "sheet.png")
     assert path.stat().st_size > 0 and not list(path.parent.glob(".*"))
-    with pytest.raises(OSError, match="could not write"):
+    with pytest.raises(ValueError, match="OpenCV writes no format of extension .unknown"):
         save_image(sheet, tmp_path / "sheet.unknown")
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("folder.png", "it is a folder"),
+    ("noext", "the name has no extension"),
+    ("dot.", "the name has no extension"),
+    ("sheet.jpgx", "OpenCV writes no format of extension .jpgx"),
+])
+def test_save_image_refuses_a_path_that_names_no_image_in_one_sentence(tmp_path, name, reason):
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError) as refused:
+        save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / name)
+    assert str(refused.value) == (f"cannot write image {tmp_path / name}: {reason}; expected a file name ending in "
+                                  ".jpg, .png, .bmp, .tif, .webp or another format OpenCV writes")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.png"]
+
+
+def test_save_image_failures_are_one_line_naming_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"^cannot write image .*five.png: > Invalid number of channels [^\n]*$"):
+        save_image(np.zeros((4, 4, 5), np.uint8), tmp_path / "five.png")
+    too_wide = tmp_path / "wide.jpg"  # JPEG sides stop at 65500 pixels: the encoder fails
+    with pytest.raises(OSError, match="OpenCV could not write the image") as failed:
+        save_image(np.zeros((1, 65536, 3), np.uint8), too_wide)
+    assert failed.value.filename == str(too_wide) and not list(tmp_path.iterdir())
+
+
+def test_can_write_image_follows_the_extension():
+    assert can_write_image("a/b.JPG") and can_write_image("c.png") and can_write_image("d.webp")
+    assert not any(can_write_image(name) for name in ("photo.jfif", "photo.heic", "noext", "dot.", "x.jpgx"))
 
 
 def test_class_maps_are_blended_in_class_colours_leaving_background_and_ignore_alone() -> None:

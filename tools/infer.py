@@ -8,7 +8,9 @@ annotated video for a video), predictions.json (COCO results) and, with --save-t
 segmenter writes colour overlays, a class-index PNG per image in masks/ and predictions.json (each image's
 mask file and pixels per class; --score-thr: pixels whose best class is less probable become background).
 Prints the time of each image. Unreadable inputs are reported and skipped; outputs of inputs with the same
-name in different folders get distinct names (structured.inference.output_names).
+name in different folders get distinct names, and pictures of a format OpenCV cannot write (.jfif, .heic,
+none) are written as .jpg (structured.inference.output_names). A run whose outputs would overwrite one of
+its inputs (--out the source folder) is refused.
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run inference; exit status 1 when some input was skipped, 2 for unusable input."""
     args = parse_args(argv)
     predictor = structured.load(args.weights, device=args.device, optimize=args.optimize)
+    if args.save_txt and predictor.label_files is None:
+        print(f"note: --save-txt writes detectors' YOLO labels; {args.weights} is a {predictor.tasks[0]} model, "
+              "which writes none", file=sys.stderr)
     summary = run_inference(predictor, args.source, args.out, args.score_thr, args.classes, args.save_txt)
-    median = statistics.median(summary.seconds) * 1e3 if summary.seconds else float("nan")
-    print(f"{summary.images} images, median {median:.1f} ms per image; {len(summary.skipped)} skipped; "
-          f"results in {args.out}")
+    print(f"{timing_summary(summary.seconds)}; {len(summary.skipped)} skipped; results in {args.out}")
     return 1 if summary.skipped else 0
+
+
+def timing_summary(seconds: list[float]) -> str:
+    """The summary of per-image times: ``3 images, median 41.2 ms per image``, or that none was predicted."""
+    if not seconds:
+        return "no image predicted"
+    return f"{len(seconds)} images, median {statistics.median(seconds) * 1e3:.1f} ms per image"
 
 
 if __name__ == "__main__":

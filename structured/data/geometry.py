@@ -1,4 +1,4 @@
-"""Instance geometry: tight boxes of binary masks and of polygon rings, and polygons of binary masks.
+"""Instance geometry: tight boxes of binary masks and of polygon rings, and polygons of masks.
 
 A pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)`` in continuous coordinates, so the tight
 box of a mask is ``(min col, min row, max col + 1, max row + 1)``. An empty mask or an instance without
@@ -34,14 +34,27 @@ def rings_to_box(rings: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def masks_to_polygons(masks: np.ndarray) -> list[list[np.ndarray]]:
-    """Per instance of uint8/bool ``[N, H, W]`` masks, its outer contours as float32 ``[K, 2]`` (x, y) rings.
+    """Per instance of ``[N, H, W]`` masks, its outer contours as float32 ``[K, 2]`` (x, y) rings.
 
-    Rings are largest first; parts smaller than 3 points (single pixels, thin lines) are left out, so an
-    empty or speck-sized mask has no ring.
+    A mask's foreground is its non-zero pixels (bool / integer masks) or, for float masks (probabilities),
+    its pixels above 0.5. One ``[H, W]`` mask is one instance (a list of one). Rings are largest first;
+    parts smaller than 3 points (single pixels, thin lines) are left out, so an empty or speck-sized mask
+    has no ring. Other shapes raise ``ValueError``.
     """
     polygons = []
-    for mask in np.asarray(masks):
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for mask in _binary_masks(masks):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         rings = [contour.reshape(-1, 2).astype(np.float32) + 0.5 for contour in contours if len(contour) >= 3]
         polygons.append(sorted(rings, key=lambda ring: -abs(cv2.contourArea(ring))))
     return polygons
+
+
+def _binary_masks(masks: np.ndarray) -> np.ndarray:
+    """uint8 0/1 ``[N, H, W]`` of ``[N, H, W]`` or ``[H, W]`` masks: floats above 0.5, other values non-zero."""
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W] (or one [H, W] mask), got shape {list(masks.shape)}")
+    foreground = masks > 0.5 if np.issubdtype(masks.dtype, np.floating) else masks != 0
+    return foreground.astype(np.uint8)

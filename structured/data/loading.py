@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from structured.io import atomic_output
 from structured.types import IGNORE_INDEX
 
 _JPEG_START = b"\xff\xd8"
@@ -185,10 +186,13 @@ def voc_palette() -> list[int]:
 def write_palette_png(path: str | Path, class_map: np.ndarray) -> Path:
     """Write a uint8 ``[H, W]`` class-index map as a VOC-style palette PNG (read back by ``read_index_png``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        found = "it is a folder" if path.is_dir() else "a class-index map is a palette PNG"
+        raise ValueError(f"cannot write class map {path}: {found}; expected a file name ending in .png")
     image = Image.fromarray(np.asarray(class_map).astype(np.uint8), mode="P")
     image.putpalette(voc_palette())
-    image.save(path)
+    with atomic_output(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 

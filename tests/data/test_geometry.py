@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -45,3 +47,22 @@ def test_an_empty_mask_has_no_polygon_and_no_yolo_line():
     assert coordinates.min() >= 0 and coordinates.max() <= 1
     np.testing.assert_allclose(coordinates.min(0), [10.5 / 30, 5.5 / 20], atol=1e-6)
     np.testing.assert_allclose(coordinates.max(0), [19.5 / 30, 14.5 / 20], atol=1e-6)
+
+
+def test_probabilities_and_a_single_mask_give_the_polygons_of_the_binary_mask():
+    binary = np.zeros((1, 20, 30), dtype=np.uint8)
+    binary[0, 5:15, 10:20] = 1
+    expected = masks_to_polygons(binary)
+    assert len(expected[0]) == 1
+    probabilities = np.where(binary, 0.7, 0.3).astype(np.float32)
+    for masks in (probabilities, binary[0], binary.astype(bool), binary.astype(np.uint16) * 256):
+        polygons = masks_to_polygons(masks)
+        assert len(polygons) == 1 and len(polygons[0]) == 1
+        np.testing.assert_array_equal(polygons[0][0], expected[0][0])
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 20, 30), (30,), ()])
+def test_masks_of_another_shape_are_refused_in_one_sentence(shape):
+    with pytest.raises(ValueError, match=r"masks must be \[N, H, W\] \(or one \[H, W\] mask\), got shape "
+                                         + re.escape(str(list(shape)))):
+        masks_to_polygons(np.zeros(shape, dtype=np.uint8))

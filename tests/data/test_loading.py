@@ -19,6 +19,7 @@ from structured.data.loading import (
     image_to_tensor,
     read_image,
     read_index_png,
+    write_palette_png,
 )
 from structured.data.transforms import training_transforms
 
@@ -126,3 +127,18 @@ def test_seeded_loader_gives_the_same_batches_with_0_and_2_workers(synthetic_roo
     assert not torch.equal(first_means, second_means)  # a new pass draws new augmentations
     other_seed = _batches(build_dataloader(dataset, batch_size=4, seed=12, num_workers=0))
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(serial[0], other_seed, strict=True))
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "noext", "folder.png"])
+def test_write_palette_png_refuses_a_name_that_is_not_a_png_file(tmp_path: Path, name: str) -> None:
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match=rf"cannot write class map .*{name}: .*; expected a file name ending in .png"):
+        write_palette_png(tmp_path / name, np.zeros((4, 4), np.uint8))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder.png"]
+
+
+def test_write_palette_png_writes_a_map_that_reads_back(tmp_path: Path) -> None:
+    class_map = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    written = write_palette_png(tmp_path / "sub" / "map.png", class_map)
+    assert np.array_equal(read_index_png(written), class_map)
+    assert sorted(path.name for path in written.parent.iterdir()) == ["map.png"]
