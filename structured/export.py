@@ -10,19 +10,25 @@ thresholds, NMS, rescaling to the input image; the UNet's activation and argmax)
 ``InferenceModel.export_outputs``, traced: ONNX through ``torch.onnx.export(..., dynamo=False)`` (the
 TorchScript-based exporter; torchvision gives it symbolics for ``nms`` and ``roi_align``), TorchScript
 through ``torch.jit.trace``. With ``dynamic`` the ONNX graph's input sizes (and the UNet's batch) are free;
-a traced TorchScript module follows the input's shape wherever the traced code computes with it.
+without it the ONNX graph accepts only the traced shape, ``image [1, 3, *EXAMPLE_SIZE]`` (resize or pad
+images to it). A traced TorchScript module follows the input's shape wherever the traced code computes with it.
 
 Families: UNet (any batch and size), SSD, Faster R-CNN and Mask R-CNN (one image of any size), to ONNX and
 TorchScript. Where the Python code reads sizes or data (the resize rule, padding, anchors, top-n counts, NMS
 dispatch, mask pasting), it checks ``torch.jit.is_tracing()`` and computes from the traced shapes instead;
 eager inference is unchanged.
 
-``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes and compares
+``verify_export`` runs the exported file (onnxruntime for ONNX) on images of several sizes (a fixed-size
+graph: several images of its size, ``verification_sizes``) and compares
 each output with the PyTorch model's prediction: boxes within ``BOX_TOLERANCE`` pixels plus
 ``BOX_RELATIVE_TOLERANCE`` of the image's longer side, scores and probabilities within ``SCORE_TOLERANCE``,
 mask probabilities within ``MASK_TOLERANCE``, labels and class maps equal; detections whose scores tie may
 come in either order (``tie_order``), and those tied with the lowest kept score are compared by score only
 (``cut_ties``). An exported file that fails to run on an image is an ``ExportError`` naming the image.
+
+``load_predictor`` reads a training checkpoint for export (an exported file is refused by the checkpoint reader,
+``structured.io.exported_format_of``) and refuses weights that are not finite (``check_finite_weights``) with
+one sentence naming the file.
 
 onnx and onnxruntime are the ``export`` extra (``pip install 'structured[export]'``), imported only here
 and only when ONNX is asked for.
@@ -30,11 +36,12 @@ and only when ONNX is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -62,6 +69,15 @@ shift times the edge's slope (measured: 5e-4 on a briefly trained nuclei Mask R-
 pixel's offset, another class's map) changes them by 0.5 or more."""
 EXAMPLE_SIZE = (240, 320)
 """``(height, width)`` of the image the graph is traced with."""
+KNOWN_WARNINGS = (
+    (FutureWarning, r"`torch\.jit\.\w+` is deprecated"),
+    (UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
+    (UserWarning, r"Exporting aten::index operator of advanced indexing"),
+)
+"""``(category, message)`` of the warnings the export triggers knowingly: torch deprecates TorchScript, the format
+asked for (torchvision's ``batched_nms`` scripts a helper when traced, for ONNX too); the ONNX exporter notes
+slices it cannot fold (an optimisation only) and that negative indices would go wrong (the traced indices are
+``arange`` positions and labels, never negative; ``verify_export`` checks the outputs)."""
 
 
 class ExportError(ValueError):
@@ -89,10 +105,27 @@ class ExportModule(nn.Module):
         return self.model.export_outputs(image)
 
 
-def check_exportable(model: nn.Module, fmt: str) -> InferenceModel:
-    """``model`` when it can be exported to ``fmt``; else ``ExportError`` naming the model or the format."""
+def check_format(fmt: str) -> None:
+    """``ExportError`` unless ``fmt`` is one of ``FORMATS``."""
     if fmt not in FORMATS:
         raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+@contextlib.contextmanager
+def known_warnings_ignored() -> Iterator[None]:
+    """A block where ``KNOWN_WARNINGS`` and the tracer's warnings are not shown. The tracer warns at every Python
+    value it records; the code reads sizes from traced shapes where they vary (module docstring), and
+    ``verify_export`` checks other sizes than the traced one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        for category, message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def check_exportable(model: nn.Module, fmt: str) -> InferenceModel:
+    """``model`` when it can be exported to ``fmt``; else ``ExportError`` naming the model or the format."""
+    check_format(fmt)
     if not isinstance(model, InferenceModel):
         raise ExportError(f"{type(model).__name__} is not one of the toolkit's models (an InferenceModel with "
                           "export_outputs); only those can be exported")
@@ -106,11 +139,16 @@ def example_image(size: tuple[int, int] = EXAMPLE_SIZE) -> Tensor:
 
 
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
-    """``fmt`` when given, else the format of ``path``'s suffix (``FORMAT_OF_SUFFIX``); ``ExportError`` when the
-    suffix tells none."""
-    if fmt is not None:
-        return fmt
+    """``fmt`` when given, else the format of ``path``'s suffix (``FORMAT_OF_SUFFIX``); ``ExportError`` for an
+    unknown ``fmt``, a suffix of another format than ``fmt``, or no ``fmt`` and a suffix that tells none."""
     suffix = Path(path).suffix.lower()
+    if fmt is not None:
+        check_format(fmt)
+        if FORMAT_OF_SUFFIX.get(suffix, fmt) != fmt:
+            suffixes = [known for known, its_format in FORMAT_OF_SUFFIX.items() if its_format == fmt]
+            raise ExportError(f"the suffix {suffix} of {path} is that of {FORMAT_OF_SUFFIX[suffix]} files, but --format "
+                              f"is {fmt}; give the file a suffix of {fmt} ({', '.join(suffixes)}), or leave out --format")
+        return fmt
     if suffix not in FORMAT_OF_SUFFIX:
         raise ExportError(f"cannot tell the export format from the suffix of {path} (known: "
                           f"{', '.join(FORMAT_OF_SUFFIX)}); give it with --format ({' or '.join(FORMATS)})")
@@ -126,20 +164,29 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], fmt: str, dynam
     TorchScript ``extra_files``) as ``class_names``, a JSON list.
     """
     exportable = check_exportable(model, fmt)
+    check_output_path(path)
     exportable.eval()
     module = ExportModule(exportable).eval()
     example = example_image(example_size)
     metadata = {"class_names": json.dumps(list(class_names or [])), "outputs": json.dumps(exportable.EXPORT_OUTPUTS)}
-    with atomic_output(path) as temporary, torch.no_grad(), warnings.catch_warnings():
-        # the tracer warns at every Python value it records; the code reads sizes from traced shapes where
-        # they vary (module docstring), and verify_export checks other sizes than the traced one
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    with atomic_output(path) as temporary, torch.no_grad(), known_warnings_ignored():
         if fmt == "onnx":
             _export_onnx(module, example, temporary, dynamic, metadata)
         else:
             traced = torch.jit.trace(module, example, check_trace=False)
             torch.jit.save(traced, str(temporary), _extra_files=metadata)
     return Path(path)
+
+
+def check_output_path(path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> None:
+    """``IsADirectoryError`` when ``path`` is a folder, ``ExportError`` when it is the file ``source`` (the
+    checkpoint, which the export would replace): checked before the export's work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"the export path {path} is a folder, not a file; give the path of the file to write")
+    if source is not None and path.resolve() == Path(source).resolve():
+        raise ExportError(f"the export path {path} is the checkpoint itself, which the export would replace; "
+                          "give another file path")
 
 
 def _export_onnx(module: ExportModule, example: Tensor, path: Path, dynamic: bool, metadata: dict[str, str]) -> None:
@@ -160,8 +207,7 @@ def exported_runner(path: str | os.PathLike[str], fmt: str, threads: int | None 
 
     ONNX runs in onnxruntime on the CPU with ``threads`` intra-op threads (torch's count by default).
     """
-    if fmt not in FORMATS:
-        raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_format(fmt)
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if fmt == "torchscript":
@@ -182,7 +228,8 @@ def exported_runner(path: str | os.PathLike[str], fmt: str, threads: int | None 
 
 def _torchscript_runner(path: str | os.PathLike[str]) -> Callable[[Tensor], dict[str, Tensor]]:
     extra = {"outputs": ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with known_warnings_ignored():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     names = json.loads(extra["outputs"])
 
     def run(image: Tensor) -> dict[str, Tensor]:
@@ -337,6 +384,12 @@ VERIFY_SIZES = ((240, 320), (301, 207), (150, 433))
 """``(height, width)`` of the images ``verify_export`` uses by default: other sizes than the traced one."""
 
 
+def verification_sizes(fmt: str, dynamic: bool) -> tuple[tuple[int, int], ...]:
+    """The image sizes to verify an export of ``fmt`` with: ``VERIFY_SIZES``, or as many images of the traced
+    size for an ONNX graph exported without ``dynamic`` (it accepts no other size)."""
+    return VERIFY_SIZES if dynamic or fmt != "onnx" else (EXAMPLE_SIZE,) * len(VERIFY_SIZES)
+
+
 def verification_images(sizes: Sequence[tuple[int, int]] = VERIFY_SIZES) -> list[Tensor]:
     """Seeded random ``[3, H, W]`` images of ``sizes`` (a real image does as well; these need no files)."""
     generator = torch.Generator().manual_seed(1)
@@ -344,5 +397,21 @@ def verification_images(sizes: Sequence[tuple[int, int]] = VERIFY_SIZES) -> list
 
 
 def load_predictor(checkpoint: str | os.PathLike[str]) -> Predictor:
-    """The checkpoint's predictor on the CPU, its model prepared for inference (``structured.load``)."""
-    return load(checkpoint, device="cpu", optimize=True)
+    """The checkpoint's predictor on the CPU, its model prepared for inference (``structured.load``; an exported
+    model is refused there, ``structured.io.exported_format_of``); ``ExportError`` for weights that are not
+    finite."""
+    predictor = load(checkpoint, device="cpu", optimize=False)
+    check_finite_weights(predictor.model, checkpoint)
+    predictor.model.optimize_for_inference()
+    return predictor
+
+
+def check_finite_weights(model: nn.Module, source: str | os.PathLike[str]) -> None:
+    """``ExportError`` naming ``source`` and the first parameter or buffer of ``model`` that holds NaN or
+    infinity: such weights trace into a graph of NaN outputs, or fail inside the post-processing."""
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        others = f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""
+        raise ExportError(f"the weights of checkpoint {source} are not finite: {broken[0]} holds NaN or infinite "
+                          f"values{others}; export a checkpoint saved before training diverged")

@@ -15,6 +15,8 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         Path(temp_name).unlink(missing_ok=True)
 
 
+TORCH_LOAD_NOTES = ("Detected pickle protocol", ".*looks like a TorchScript archive")
+"""Warnings ``torch.load`` gives on its way to refusing a file (a plain pickle, a TorchScript archive)."""
+
+
 def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     """The object saved in a torch file, read safely (``weights_only=True``) onto the CPU.
 
@@ -64,9 +70,36 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on files it then refuses, said better by the error below
+            for note in TORCH_LOAD_NOTES:
+                warnings.filterwarnings("ignore", message=note, category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt, truncated or unsafe files
+        exported = exported_format_of(path)
+        if exported is not None:
+            raise ValueError(f"{path} is an exported {exported} model, not a {what}; use the checkpoint that "
+                             "training wrote (runs/NAME/best.pt or last.pt)") from None
         raise ValueError(f"cannot read {what} {path}: {_torch_load_failure(error)}") from None
+
+
+def exported_format_of(path: str | os.PathLike[str]) -> str | None:
+    """``"ONNX"`` or ``"TorchScript"`` when the file at ``path`` is an exported model of that format, else None.
+
+    Told by content, whatever the suffix: an ONNX file is a protobuf ``ModelProto``, which starts with its first
+    field, ``ir_version`` (byte ``0x08``; a torch.save file starts with ``PK`` or a pickle's ``0x80``); a
+    TorchScript archive is a zip holding ``constants.pkl`` (a torch.save zip holds ``data.pkl`` and tensors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, "rb") as file:
+        if file.read(1) == b"\x08":
+            return "ONNX"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist()):
+                return "TorchScript"
+    return None
 
 
 def _torch_load_failure(error: Exception) -> str:

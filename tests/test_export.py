@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import torch
 from structured.detection.roi_heads import MultiLevelRoIAlign
 from structured.engine.checkpoint import save_checkpoint
 from structured.export import (
+    EXAMPLE_SIZE,
     ONNX_OPSET,
+    VERIFY_SIZES,
     ExportError,
     check_outputs,
     compare_output,
@@ -23,6 +26,7 @@ from structured.export import (
     tie_order,
     tolerance_of,
     verification_images,
+    verification_sizes,
     verify_export,
 )
 from structured.registry import MODELS
@@ -70,8 +74,12 @@ def test_the_exported_file_gives_pytorchs_outputs_on_three_sizes(models, family,
     if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("needs the export extra (onnxruntime)")
     model = models[family]
-    path = export_model(model, tmp_path / f"{family}.{fmt}", fmt)
-    checks = verify_export(path, model, verification_images(SIZES), fmt)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", DeprecationWarning)  # shown by default only for code in __main__
+        path = export_model(model, tmp_path / f"{family}.{fmt}", fmt)
+        checks = verify_export(path, model, verification_images(SIZES), fmt)
+    assert [str(warning.message) for warning in shown] == []  # torch's deprecations, the exporter's notes
     assert {check.image for check in checks} == {0, 1, 2} and all(check.passed for check in checks)
     names = [check.name for check in checks if check.image == 0]
     assert tuple(names) == model.EXPORT_OUTPUTS
@@ -194,11 +202,14 @@ def test_what_cannot_be_exported_is_a_clear_error_and_no_file(models, model, fmt
     assert not (tmp_path / "model.out").exists()
 
 
-def _checkpoint(tmp_path: Path, recipe: dict) -> Path:
+def _checkpoint(tmp_path: Path, recipe: dict, broken_weight: str | None = None) -> Path:
+    """A training checkpoint of the recipe's model; ``broken_weight`` names a state entry made NaN."""
     model = MODELS.build(recipe["name"], **{key: value for key, value in recipe.items() if key != "name"})
     names = ["__background__", *[f"class{index}" for index in range(1, recipe["num_classes"] + 1)]]
-    return save_checkpoint({"model": model.state_dict(), "config": {"model": recipe}, "class_names": names},
-                           tmp_path / "best.pt")
+    state = model.state_dict()
+    if broken_weight is not None:
+        state[broken_weight][0] = float("nan")
+    return save_checkpoint({"model": state, "config": {"model": recipe}, "class_names": names}, tmp_path / "best.pt")
 
 
 def test_the_tool_exports_and_verifies_a_checkpoint(tmp_path, capsys):
@@ -227,6 +238,10 @@ def test_the_tool_takes_the_format_from_the_suffix_of_out(tmp_path, capsys):
     (["--out", "model.bin"], "error: cannot tell the export format from the suffix of model.bin (known: .onnx, "
                              ".pt, .pth, .ts); give it with --format (onnx or torchscript)"),
     (["--format", "torchscript", "--out", "/proc/exported.pt"], "error: "),
+    (["--format", "torchscript", "--out", "x.onnx"], "error: the suffix .onnx of x.onnx is that of onnx files, but "
+                                                     "--format is torchscript; give the file a suffix of torchscript "
+                                                     "(.pt, .pth, .ts), or leave out --format\n"),
+    (["--format", "tflite", "--out", "x.onnx"], "error: export format must be one of onnx, torchscript, got 'tflite'"),
 ])
 def test_the_tool_reports_unusable_input_in_one_line(tmp_path, capsys, arguments, message):
     checkpoint = _checkpoint(tmp_path, UNET)
@@ -248,3 +263,56 @@ def test_detections_with_tied_scores_may_come_in_either_order():
     assert torch.equal(tie_order(untied_swapped, expected), torch.arange(4))
     other_label = {**tied_swapped, "labels": torch.tensor([1, 2, 3, 2])}
     assert torch.equal(tie_order(other_label, expected), torch.arange(4))
+
+
+@needs_onnxruntime
+def test_a_fixed_size_onnx_export_is_verified_on_its_traced_size(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, UNET)
+    out = tmp_path / "unet.onnx"
+    assert export_tool.main([str(checkpoint), "--out", str(out), "--no-dynamic"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "verified: 6 checks within tolerance" in printed
+    assert "fixed input image [1, 3, 240, 320]" in printed and printed.count("(240x320) mask") == 3
+    assert verification_sizes("onnx", dynamic=False) == (EXAMPLE_SIZE,) * 3
+    assert verification_sizes("onnx", dynamic=True) == verification_sizes("torchscript", dynamic=False) == VERIFY_SIZES
+
+
+def test_a_suffix_of_the_other_format_is_refused():
+    with pytest.raises(ExportError, match=r"^the suffix \.pt of m\.pt is that of torchscript files, but --format is "
+                                          r"onnx; give the file a suffix of onnx \(\.onnx\)"):
+        format_for("m.pt", "onnx")
+    assert format_for("m.onnx", "onnx") == "onnx" and format_for("m.TS", "torchscript") == "torchscript"
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("torchscript", "TorchScript"), ("onnx", "ONNX")])
+def test_an_exported_model_is_not_taken_for_a_checkpoint(models, tmp_path, capsys, fmt, kind):
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        pytest.skip("needs the export extra (onnx)")
+    exported = export_model(models["unet"], tmp_path / "exported.pt", fmt)  # a checkpoint's suffix: told by content
+    assert export_tool.main([str(exported), "--out", str(tmp_path / "again.pt")]) == 2
+    assert capsys.readouterr().err == (f"error: {exported} is an exported {kind} model, not a checkpoint; use the "
+                                       "checkpoint that training wrote (runs/NAME/best.pt or last.pt)\n")
+
+
+def test_weights_that_are_not_finite_name_the_checkpoint_and_a_weight(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, SSD, broken_weight="head.classification.0.0.0.weight")
+    out = tmp_path / "ssd.onnx"
+    assert export_tool.main([str(checkpoint), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: the weights of checkpoint {checkpoint} are not finite: "
+                                       "head.classification.0.0.0.weight holds NaN or infinite values; export a "
+                                       "checkpoint saved before training diverged\n")
+    assert not out.exists()
+
+
+def test_an_unusable_output_path_is_refused_before_the_export(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, UNET)
+    folder = tmp_path / "dir.onnx"
+    folder.mkdir()
+    assert export_tool.main([str(checkpoint), "--out", str(folder)]) == 2
+    assert capsys.readouterr().err == (f"error: the export path {folder} is a folder, not a file; give the path of "
+                                       "the file to write\n")
+    assert list(folder.iterdir()) == [] and sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "dir.onnx"]
+    written = checkpoint.read_bytes()
+    assert export_tool.main([str(checkpoint), "--format", "torchscript", "--out", str(checkpoint)]) == 2
+    assert "is the checkpoint itself, which the export would replace" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == written

@@ -70,3 +70,10 @@ def test_load_torch_file_errors_are_one_sentence_naming_the_file_and_the_cause(t
     assert "empty, truncated or not written by torch.save" in messages["cut.pt"]
     assert "empty, truncated" in messages["empty.pt"]
     assert "_NotAllowed" in messages["pickle.pt"] and "weights_only=True" in messages["pickle.pt"]
+
+
+def test_an_exported_model_is_named_as_such_not_as_a_corrupt_checkpoint(tmp_path) -> None:
+    onnx_like = tmp_path / "model.pt"
+    onnx_like.write_bytes(b"\x08\x07\x12\x07pytorch")  # an ONNX ModelProto starts with ir_version (field 1)
+    with pytest.raises(ValueError, match=rf"^{onnx_like} is an exported ONNX model, not a checkpoint; use the"):
+        load_torch_file(onnx_like)
