@@ -230,11 +230,13 @@ def convert_checkpoint_file(
     if norm_eps is not None and not norm_eps >= 0:
         raise ValueError(f"norm_eps must be a number >= 0 (0 for torchvision's COCO ResNet-50 weights), got {norm_eps}")
     state_dict = _torchvision_state_dict(load_torch_file(source, "torchvision checkpoint"), source)
-    unmapped = [key for key in state_dict if not _maps(key, name)]
-    if unmapped:
+    try:
+        converted = convert_state_dict(state_dict, name)
+    except KeyError as error:
+        unmapped = [key for key in state_dict if not _maps(key, name)]
         hint = "; it looks like a state dict of another model" if 2 * len(unmapped) > len(state_dict) else ""
-        raise ValueError(f"{source}: {len(unmapped)} of its {len(state_dict)} keys have no counterpart in {model_name} "
-                         f"(e.g. {', '.join(unmapped[:5])}){hint}")
+        raise ValueError(f"{source}: {error.args[0]}; {len(unmapped)} of its {len(state_dict)} keys have no "
+                         f"counterpart in {model_name} (e.g. {', '.join(unmapped[:5])}){hint}") from None
     try:
         model_section: dict = {"name": name, "num_classes": num_classes_of(state_dict)}
     except ValueError as error:
@@ -242,7 +244,7 @@ def convert_checkpoint_file(
     if norm_eps is not None:
         model_section["backbone"] = {"norm_eps": float(norm_eps)}
     model = MODELS.build(name, **{key: value for key, value in model_section.items() if key != "name"})
-    _load_converted(model, convert_state_dict(state_dict, name), f"{source} does not fit {model_name}")
+    _load_converted(model, converted, f"{source} does not fit {model_name}")
     checkpoint = {"model": model.state_dict(), "config": {"model": model_section},
                   "class_names": class_names_for(model_section["num_classes"]),
                   "task": model_task({"model": model_section})}

@@ -103,8 +103,9 @@ def declared_size_mismatch(record: ImageRecord, height: int, width: int) -> str 
     message = (f"{record.path}: the image decodes as {width}x{height} (WxH) but its annotation declares "
                f"{record.width}x{record.height}")
     if (height, width) == (record.width, record.height) and _stored_size(record.path) == (record.height, record.width):
-        return (f"{message}: the file's EXIF orientation rotates it, and the labels were made on the unrotated "
-                "picture; remove the EXIF orientation tag from the file (or rotate its pixels and relabel it)")
+        return (f"{message}, the size of its stored pixels: the file's EXIF orientation rotates it. If the labels "
+                "were drawn on the stored (unrotated) pixels, remove the EXIF orientation tag from the file; if on "
+                f"the upright picture, declare its size {width}x{height} in the annotation")
     return f"{message}; expected the image the labels were made on (restore it, or re-export the labels)"
 
 

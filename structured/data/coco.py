@@ -128,9 +128,7 @@ def _group_annotations(content: dict, images: dict, id_to_label: dict[int, int],
         image = images[annotation["image_id"]]
         _check_bbox(annotation["bbox"], image, where)
         _check_segmentation(annotation.get("segmentation"), image, where)
-        annotation = _without_short_polygons(annotation, _in_image(where, image), report)
-        if annotation is not None:
-            grouped[image["id"]].append(annotation)
+        grouped[image["id"]].append(_without_short_polygons(annotation, _in_image(where, image), report))
     return grouped
 
 
@@ -151,19 +149,21 @@ def _check_annotation_ids(annotation: dict, index: int, seen: dict[Any, int], wh
         seen[annotation["id"]] = index
 
 
-def _without_short_polygons(annotation: dict, where: str, report: ValidationReport) -> dict | None:
-    """``annotation`` without its polygons of fewer than 3 points (counted once in ``report``); None when none
-    is left (the annotation is dropped)."""
+def _without_short_polygons(annotation: dict, where: str, report: ValidationReport) -> dict:
+    """``annotation`` without its polygons of fewer than 3 points (counted once in ``report``; pycocotools misreads
+    them); when none is left, without a segmentation: its box stays an object, its mask falls back to the box."""
     segmentation = annotation.get("segmentation")
     if not isinstance(segmentation, list) or not segmentation:
         return annotation
     rings = [ring for ring in segmentation if len(ring) >= 2 * MIN_POLYGON_POINTS]
     if len(rings) == len(segmentation):
         return annotation
-    dropped = "the annotation is dropped" if not rings else "that polygon is dropped"
+    dropped = "that polygon is dropped" if rings else "its segmentation is dropped (the box is kept)"
     report.add("short_polygon", f"{where}: segmentation polygon of fewer than {MIN_POLYGON_POINTS} points "
                                 f"(6 numbers); {dropped}")
-    return {**annotation, "segmentation": rings} if rings else None
+    if rings:
+        return {**annotation, "segmentation": rings}
+    return {key: value for key, value in annotation.items() if key != "segmentation"}
 
 
 def _in_image(where: str, image: dict) -> str:

@@ -306,8 +306,9 @@ def _split_datasets(settings: DataConfig, seed: int, task: str) -> tuple[AnyData
             "(lower it, or give data.val)" if val is not None and settings.val is None and val_split is None else ""
         raise ValueError(f"training set {settings.train} has no images{held_out}")
     if isinstance(train, DetectionDataset) and train.num_objects() == 0:
+        test_set = " (a COCO file without 'annotations' is a test set)" if fmt == "coco" else ""
         raise ValueError(f"training set {_described(settings.train, train_split)}: none of its {len(train)} images "
-                         "has an object (a COCO file without 'annotations' is a test set); expected annotated objects")
+                         f"has an object{test_set}; expected annotated objects")
     if val is not None and val.class_names != train.class_names:
         val_source = _described(settings.val or settings.train, settings.val_split if settings.val else val_split)
         raise ValueError(f"the validation set {val_source} has the classes {val.class_names[1:]} but the training set "

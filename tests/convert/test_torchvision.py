@@ -155,12 +155,16 @@ def test_our_own_checkpoint_is_recognised(tmp_path, small_state_dict):
 
 def test_keys_of_another_model_or_extra_keys_are_named(tmp_path, small_state_dict):
     torch.save({"head.classification_head.module_list.0.weight": torch.zeros(1)}, tmp_path / "ssd.pth")
-    with pytest.raises(ValueError, match=rf"ssd.pth: 1 of its 1 keys have no counterpart in {SMALL_MODEL} "
+    with pytest.raises(ValueError, match=rf"ssd.pth: .*; 1 of its 1 keys have no counterpart in {SMALL_MODEL} "
                                          r"\(e.g. head.classification_head.module_list.0.weight\); it looks like"):
         convert_checkpoint_file(tmp_path / "ssd.pth", tmp_path / "out.pt", SMALL_MODEL)
     torch.save({**small_state_dict, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
-    with pytest.raises(ValueError, match=r"extra.pth: 1 of its \d+ keys .* \(e.g. extra.weight\)$"):
+    with pytest.raises(ValueError, match=r"extra.pth: .*; 1 of its \d+ keys .* \(e.g. extra.weight\)$"):
         convert_checkpoint_file(tmp_path / "extra.pth", tmp_path / "out.pt", SMALL_MODEL)
+    torch.save({**small_state_dict, "roi_heads.mask_head.0.0.weight": torch.zeros(1)}, tmp_path / "mask.pth")
+    with pytest.raises(ValueError, match=r"mask.pth: checkpoint key 'roi_heads.mask_head.0.0.weight' belongs to a mask "
+                                         r"branch, which .* has not; convert onto one of"):
+        convert_checkpoint_file(tmp_path / "mask.pth", tmp_path / "out.pt", SMALL_MODEL)
     missing = dict(small_state_dict)
     del missing["roi_heads.box_head.fc6.weight"]
     torch.save(missing, tmp_path / "missing.pth")

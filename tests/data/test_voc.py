@@ -157,11 +157,13 @@ def _exif_rotated_dataset(root: Path) -> Path:
     return root
 
 
-def test_an_exif_rotated_image_is_a_bad_sample_saying_the_labels_are_for_the_unrotated_picture(tmp_path: Path) -> None:
+def test_an_exif_rotated_image_is_a_bad_sample_saying_what_to_do_for_either_frame(tmp_path: Path) -> None:
     dataset = VOCDetection(_exif_rotated_dataset(tmp_path / "voc"))
     with pytest.raises(ValueError, match=r"a\.jpg: the image decodes as 20x40 \(WxH\) but its annotation declares "
-                                         r"40x20: the file's EXIF orientation rotates it, and the labels were made "
-                                         r"on the unrotated picture"):
+                                         r"40x20, the size of its stored pixels: the file's EXIF orientation rotates "
+                                         r"it\. If the labels were drawn on the stored \(unrotated\) pixels, remove "
+                                         r"the EXIF orientation tag from the file; if on the upright picture, declare "
+                                         r"its size 20x40 in the annotation"):
         dataset[0]
     skipping = VOCDetection(tmp_path / "voc", skip_bad=True)
     assert len(skipping) == 0 and skipping.report.counts["size_mismatch"] == 1
