@@ -51,11 +51,16 @@ from structured.visualize import draw_class_map, draw_detections, save_image, to
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
 """A path (decoded by ``read_image``), a PIL image (any mode, converted to RGB; EXIF orientation applied
 as for a path; 16-bit grayscale scaled to 8 bits), or an array / tensor as ``visualize.to_rgb_uint8`` takes
-it: ``[H, W, C]`` or ``[C, H, W]``, uint8 0-255, 16-bit 0-65535 or floats in [0, 1]. Booleans, floats
-outside [0, 1] (0-255 floats) and non-finite floats are refused: they have no unambiguous picture."""
+it: ``[H, W, C]`` or ``[C, H, W]``, uint8 0-255, 16-bit 0-65535 or floats in [0, 1] (clipped there within
+``FLOAT_OVERSHOOT``). Booleans, floats far outside [0, 1] (0-255 or standardised floats) and non-finite floats
+are refused: they have no unambiguous picture."""
 
 ClassSelection = str | int | Sequence[str | int]
 """Classes by name or index ``1..C``: one, or a sequence of them."""
+
+FLOAT_OVERSHOOT = 0.5
+"""How far float pixels may stray outside [0, 1] and be clipped (a resize's ringing); beyond it they are refused:
+0-255 floats would turn white, standardised (mean-subtracted) ones dark."""
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 """PIL modes of 16-bit grayscale (``I`` is 32-bit, as PIL opens some 16-bit files)."""
@@ -222,11 +227,11 @@ class Predictor:
     (batch norms folded into convolutions, channels-last layout): the same outputs up to float rounding,
     faster. Pass ``optimize=False`` to keep the model as built (e.g. to train it further).
     ``category_ids`` are the training data's ids of labels ``1..C`` (COCO's original ids). ``tasks`` are
-    the model tasks (``structured.config.TASKS``) a subclass serves; ``label_files`` what
-    ``write_outputs(..., save_txt=True)`` writes, None for a predictor that writes no label files.
+    the model tasks (``structured.config.TASKS``) a subclass serves; ``writes_label_files`` whether its results'
+    ``write_outputs(..., save_txt=True)`` write YOLO label files.
     """
 
-    label_files: str | None = None
+    writes_label_files = False
 
     tasks: tuple[str, ...] = ()
 
@@ -321,7 +326,7 @@ class Detector(Predictor):
     ``category_ids`` are used by ``DetectionResult.to_coco``."""
 
     tasks = ("detection", "instance")
-    label_files = "YOLO labels in labels/"
+    writes_label_files = True
 
     def categories(self) -> list[dict[str, Any]]:
         """The COCO ``categories`` of the classes (the training data's category ids)."""
@@ -551,9 +556,9 @@ def _array_to_rgb(image: np.ndarray | Tensor, where: str) -> np.ndarray:
         if not np.isfinite(values).all():
             raise ValueError(f"{where} has non-finite pixel values (NaN or infinity)")
         low, high = float(values.min()), float(values.max())
-        if low < 0 or high > 1:
+        if low < -FLOAT_OVERSHOOT or high > 1 + FLOAT_OVERSHOOT:
             raise ValueError(f"{where} has float values {low:.3g} to {high:.3g}; floats must be in [0, 1] (pass uint8 "
-                             "for 0-255 values)")
+                             "for 0-255 values; normalise back what was standardised)")
     is_channels_first = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3, 4) \
         and image.shape[2] not in (1, 3, 4)
     return to_rgb_uint8(image.transpose(1, 2, 0) if is_channels_first else image)

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from structured.api import Predictor, load
 from structured.detection.parts import InferenceModel
+from structured.engine.checkpoint import non_finite_tensors
 from structured.io import atomic_output
 
 FORMATS = ("onnx", "torchscript")
@@ -409,8 +410,7 @@ def load_predictor(checkpoint: str | os.PathLike[str]) -> Predictor:
 def check_finite_weights(model: nn.Module, source: str | os.PathLike[str]) -> None:
     """``ExportError`` naming ``source`` and the first parameter or buffer of ``model`` that holds NaN or
     infinity: such weights trace into a graph of NaN outputs, or fail inside the post-processing."""
-    broken = [name for name, tensor in model.state_dict().items()
-              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    broken = non_finite_tensors(model.state_dict())
     if broken:
         others = f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""
         raise ExportError(f"the weights of checkpoint {source} are not finite: {broken[0]} holds NaN or infinite "

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from structured.api import DetectionResult, Predictor, SegmentationResult
-from structured.cli import one_line
+from structured.cli import is_usage_error, one_line
 from structured.data.loading import ImageReadError, read_image
 from structured.io import save_json
 from structured.visualize import can_write_image
@@ -115,10 +115,10 @@ def check_inputs_are_kept(paths: Sequence[Path], names: Mapping[Path, str], out_
     naming the inputs, before anything is written."""
     inputs = {path.resolve(): path for path in paths}
     outputs = [out_dir / "predictions.json", out_dir / "images.json"]
-    for name in names.values():
+    for path, name in names.items():
         stem = Path(name).stem
-        outputs += [out_dir / name, out_dir / f"{stem}_annotated.mp4", out_dir / "masks" / f"{stem}.png",
-                    out_dir / "labels" / f"{stem}.txt"]
+        picture = out_dir / (f"{stem}_annotated.mp4" if path.suffix.lower() in VIDEO_SUFFIXES else name)
+        outputs += [picture, out_dir / "masks" / f"{stem}.png", out_dir / "labels" / f"{stem}.txt"]
     overwritten = [str(inputs[output.resolve()]) for output in outputs if output.resolve() in inputs]
     if overwritten:
         listed = ", ".join(overwritten[:3]) + (f" and {len(overwritten) - 3} more" if len(overwritten) > 3 else "")
@@ -194,6 +194,8 @@ def _write_result(
             summary.outputs.append(result.save(out_dir / name))
         entries = result.write_outputs(out_dir, Path(name).stem, image_id, save_txt)
     except (OSError, ValueError) as error:
+        if not is_usage_error(error):
+            raise
         summary.skipped.append((result.source, one_line(error)))
         report(f"skipped {result.source}: {one_line(error)}")
         return None

@@ -54,7 +54,7 @@ def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
         raise ValueError(f"image must be [H, W, 3] or [3, H, W] (1 or 4 channels also), got shape {list(image.shape)}")
     image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
     if image.dtype == np.uint16:
-        image = np.round(image / 257.0)
+        image = image >> 8  # the high byte, as OpenCV reads a 16-bit file into 8 bits (read_image)
     elif np.issubdtype(image.dtype, np.floating):
         image = np.round(np.clip(image, 0, 1) * 255)
     return np.clip(image, 0, 255).astype(np.uint8, order="C")  # always a copy, never the input itself

@@ -314,12 +314,14 @@ def test_images_without_an_unambiguous_picture_are_refused(predictor_name, reque
     image = images(1)[0]
     tensor = torch.from_numpy(image).permute(2, 0, 1).float()
     with pytest.raises(ValueError, match=r"the image has float values 0 to 254; floats must be in \[0, 1\] "
-                                         r"\(pass uint8 for 0-255 values\)"):
+                                         r"\(pass uint8 for 0-255 values; normalise back what was standardised\)"):
         predictor.predict(tensor)
     with pytest.raises(ValueError, match=r"image 1 of the list has float values 0 to 254; floats must be in \[0, 1\]"):
         predictor.predict([image, image.astype(np.float32)])
-    with pytest.raises(ValueError, match=r"the image has float values -0.5 to 0.496; floats must be in \[0, 1\]"):
-        predictor.predict(tensor / 255 - 0.5)
+    with pytest.raises(ValueError, match=r"the image has float values -[\d.]+ to [\d.]+; floats must be in \[0, 1\]"):
+        predictor.predict((tensor / 255 - 0.45) / 0.225)  # standardised, as a training pipeline feeds a model
+    overshoot = tensor / 255 * 1.2 - 0.1  # a resize's ringing: clipped to [0, 1], not refused
+    assert len(predictor.predict(overshoot)) == len(predictor.predict(overshoot.clamp(0, 1)))
     with pytest.raises(ValueError, match=r"the image has non-finite pixel values \(NaN or infinity\)"):
         predictor.predict(torch.full((3, 40, 50), float("nan")))
     with pytest.raises(ValueError, match=r"the image is a boolean array; expected uint8 \(0-255\) or floats in \[0, 1\]"):
@@ -447,3 +449,12 @@ def test_save_txt_gives_a_detection_whose_mask_has_no_contour_its_box(tmp_path):
     lines = result.save_txt(tmp_path / "x.txt").read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith("0 ")
     assert lines[1] == "1 0.000000 0.250000 0.500000 0.250000 0.500000 0.750000 0.000000 0.750000"
+
+
+def test_a_video_in_the_output_folder_is_not_taken_for_an_overwritten_input(tmp_path):
+    from structured.inference import check_inputs_are_kept
+
+    video, picture = tmp_path / "clip.mp4", tmp_path / "photo.jpg"
+    check_inputs_are_kept([video], output_names([video]), tmp_path)  # writes clip_annotated.mp4 beside it
+    with pytest.raises(ValueError, match=r"holds inputs that the outputs would overwrite \(.*photo\.jpg\)"):
+        check_inputs_are_kept([video, picture], output_names([video, picture]), tmp_path)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run inference; exit status 1 when some input was skipped, 2 for unusable input."""
     args = parse_args(argv)
     predictor = structured.load(args.weights, device=args.device, optimize=args.optimize)
-    if args.save_txt and predictor.label_files is None:
+    if args.save_txt and not predictor.writes_label_files:
         print(f"note: --save-txt writes detectors' YOLO labels; {args.weights} is a {predictor.tasks[0]} model, "
               "which writes none", file=sys.stderr)
     summary = run_inference(predictor, args.source, args.out, args.score_thr, args.classes, args.save_txt)

@@ -108,6 +108,16 @@ def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(state)
 
 
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of ``state``'s floating-point tensors that hold a NaN or an infinity (one host sync in all)."""
+    floating = [(key, tensor) for key, tensor in state.items() if tensor.is_floating_point()]
+    if not floating:
+        return []
+    device = floating[0][1].device
+    finite = torch.stack([torch.isfinite(tensor).all().to(device) for _, tensor in floating]).tolist()
+    return [key for (key, _), ok in zip(floating, finite, strict=True) if not ok]
+
+
 def mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                any_shape: Callable[[str], bool] = lambda key: False) -> list[str]:
     """What keeps ``state`` from fitting a model whose state dict is ``expected``: missing, unexpected and

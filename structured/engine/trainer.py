@@ -48,12 +48,14 @@ A resume whose recipe builds a model the checkpoint does not fit (other classes,
 ``data.val``, ...) goes on, with a warning line.
 
 Divergence stops training with :class:`NonFiniteLossError` (on any rank; the tools exit with status 1),
-naming the step, epoch and batch: a non-finite loss, before the backward pass (and the loss term); an update
-that makes a weight NaN or infinite, right after it (one norm over the weights per step); a ``ValueError`` of
-the forward (the detectors' box checks) that NaN or infinite activations caused (and the first such layer).
+naming the step, epoch and batch: a non-finite loss, before the backward pass (and the loss term); weights
+that an update made NaN or infinite, before a checkpoint would keep them (and the first such tensor); a
+``ValueError`` of the forward (the detectors' box checks) that activations overflowing from finite inputs
+caused (and the first such layer; NaN in the data itself stays the data's error).
 Nothing is saved, so ``last.pt`` stays the last good checkpoint. Ctrl-C prints the step it stopped at and the
-last checkpoint ``--resume`` continues from; a ``ValueError`` or ``OSError`` raised in a ``DataLoader`` worker
-keeps the message it had there (torch's wrapper adds the worker's traceback to it).
+last checkpoint ``--resume`` continues from; an error raised in a ``DataLoader`` worker of a kind the tools
+report as unusable input (``structured.cli.USAGE_ERRORS``) keeps the message it had there (torch's wrapper
+adds the worker's traceback to it).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ from structured.engine.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     mismatches,
+    non_finite_tensors,
     restore_rng_state,
     save_checkpoint,
 )
@@ -476,6 +479,7 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         """Write the current state to ``run_dir/<name>`` for each name (rank 0 only; RNG states of all ranks)."""
+        self._check_finite_weights()
         self._update_elapsed()
         rng_states = all_gather_objects(capture_rng_state())
         if self.context.is_main:
@@ -528,7 +532,7 @@ class Trainer:
             return self._train_to_end()
         except KeyboardInterrupt:
             resume = "; continue with --resume" if self.saved_iteration is not None else ""
-            self._echo(f"interrupted at iteration {self.position.iteration}; {self._last_checkpoint()}{resume}")
+            self._echo(f"interrupted after iteration {self.position.iteration}; {self._last_checkpoint()}{resume}")
             raise
 
     def _train_to_end(self) -> dict[str, Any]:
@@ -685,7 +689,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         means = (summed / len(batches)).tolist()
-        self._check_finite_weights(names, means)
         self.position.iteration += 1
         self.position.batch_in_epoch += len(batches)
         result = dict(zip(names, means, strict=True))
@@ -717,21 +720,19 @@ class Trainer:
         raise NonFiniteLossError(
             f"non-finite loss at iteration {self.position.iteration + 1} (epoch {self.position.epoch + 1}, "
             f"batch {batch + 1} of the epoch): loss term {term!r} = {reduced[names.index(term)].item()}; "
-            f"training stopped and nothing was saved, {self.run_dir / LAST_CHECKPOINT} is the last good checkpoint"
+            f"{DIVERGENCE_ADVICE}; training stopped and nothing was saved; {self._last_checkpoint()}"
         )
 
-    def _check_finite_weights(self, names: list[str], losses: list[float]) -> None:
-        """Raise ``NonFiniteLossError`` when the update just made left a weight NaN or infinite: training
-        diverged (the next forward would fail on NaN boxes or losses, and a checkpoint would keep NaN weights)."""
-        weights = [parameter.detach() for group in self.optimizer.param_groups for parameter in group["params"]]
-        if bool(torch.isfinite(torch.nn.utils.get_total_norm(weights, foreach=True))):
-            return
-        terms = ", ".join(f"{name} {value:.4g}" for name, value in zip(names, losses, strict=True))
-        raise NonFiniteLossError(
-            f"training diverged: the update of iteration {self.position.iteration + 1} (epoch "
-            f"{self.position.epoch + 1}; its loss terms {terms}) made weights NaN or infinite; {DIVERGENCE_ADVICE}. "
-            f"Training stopped and nothing was saved; {self._last_checkpoint()}"
-        )
+    def _check_finite_weights(self) -> None:
+        """Raise ``NonFiniteLossError`` rather than save weights that hold a NaN or an infinity (an update diverged
+        since the last step's loss was checked): a checkpoint keeps only weights training can go on from."""
+        broken = non_finite_tensors(self.model.state_dict())
+        if broken:
+            others = f" (and {len(broken) - 1} more tensors)" if len(broken) > 1 else ""
+            raise NonFiniteLossError(
+                f"training diverged: after iteration {self.position.iteration} (epoch {self.position.epoch + 1}) the "
+                f"weights {broken[0]}{others} hold NaN or infinite values; {DIVERGENCE_ADVICE}. Training stopped "
+                f"and nothing was saved; {self._last_checkpoint()}")
 
     def _log_train(self, window: _LossWindow, lr: float, it_per_s: float) -> None:
         if self.records is None:
@@ -849,14 +850,14 @@ def _describe_items(items: dict[str, Any], keys: Sequence[str], limit: int = 5) 
 
 def _first_non_finite_layer(model: nn.Module, run: Callable[[], Any]) -> str | None:
     """The name of the first layer (module without children) of ``model`` whose output holds a NaN or an
-    infinity while ``run()`` runs without gradients, else None. What ``run()`` raises is ignored: it re-runs a
+    infinity from finite inputs (an overflow, not bad data) while ``run()`` runs without gradients, else None. What ``run()`` raises is ignored: it re-runs a
     forward that failed, only to see where the numbers broke."""
     found: list[str] = []
 
     def record(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             floating = isinstance(output, torch.Tensor) and output.is_floating_point()
-            if not found and floating and not bool(torch.isfinite(output).all()):
+            if not found and floating and not bool(torch.isfinite(output).all()) and _all_finite(inputs):
                 found.append(name)
         return hook
 
@@ -869,6 +870,12 @@ def _first_non_finite_layer(model: nn.Module, run: Callable[[], Any]) -> str | N
         for handle in handles:
             handle.remove()
     return found[0] if found else None
+
+
+def _all_finite(inputs: tuple[Any, ...]) -> bool:
+    """Whether every floating-point tensor among a layer's ``inputs`` is finite."""
+    return all(bool(torch.isfinite(value).all()) for value in inputs
+               if isinstance(value, torch.Tensor) and value.is_floating_point())
 
 
 def _next_batch(batches: Iterator[Any]) -> Any:

@@ -328,7 +328,7 @@ def test_ctrl_c_says_where_training_stopped_and_what_resume_continues_from(
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"interrupted at iteration 3; last checkpoint {tmp_path / 'last.pt'} (iteration 2); continue with --resume")
+        f"interrupted after iteration 3; last checkpoint {tmp_path / 'last.pt'} (iteration 2); continue with --resume")
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
 
 
@@ -336,9 +336,9 @@ def test_an_update_that_makes_weights_non_finite_stops_before_anything_is_saved(
         toy_model: str, tiny_shapes: Path, tmp_path: Path) -> None:
     config = load_config(toy_recipe(tiny_shapes, optimizer="sgd", lr=1e39, warmup_iters=0, eval_every_epochs=0,
                                     checkpoint_every_iters=1))
-    with pytest.raises(NonFiniteLossError, match=r"training diverged: the update of iteration 1 \(epoch 1; its "
-                                                 r"loss terms loss_box [0-9.]+, loss_cls [0-9.]+\) made weights NaN "
-                                                 r"or infinite; lower train.lr.*no checkpoint was saved yet"):
+    with pytest.raises(NonFiniteLossError, match=r"training diverged: after iteration 1 \(epoch 1\) the weights "
+                                                 r"\S+ (\(and \d+ more tensors\) )?hold NaN or infinite values; "
+                                                 r"lower train.lr.*no checkpoint was saved yet"):
         Trainer(config, tmp_path, verbose=False).fit()
     assert not (tmp_path / "last.pt").exists()
 
@@ -351,25 +351,27 @@ class BoxCheckingToy(ToyDetector):
         return super()._losses(images, boxes, logits, targets)
 
 
-def test_a_box_check_that_nan_activations_fail_is_a_non_finite_loss_error(
+def test_a_box_check_that_overflowing_activations_fail_is_a_non_finite_loss_error(
+        monkeypatch: pytest.MonkeyPatch, tiny_shapes: Path, tmp_path: Path) -> None:
+    monkeypatch.setitem(MODELS._builders, TOY_NAME, lambda num_classes=5: BoxCheckingToy(num_classes))
+    config = load_config(toy_recipe(tiny_shapes, epochs=1, checkpoint_every_iters=1, eval_every_epochs=0))
+    trainer = Trainer(config, tmp_path, verbose=False)
+    with torch.no_grad():
+        trainer.model.features[0].weight.fill_(3e38)  # finite weights whose outputs overflow
+    with pytest.raises(NonFiniteLossError, match=r"at iteration 1 \(epoch 1, batch 1 of the epoch\) the output of "
+                                                 r"layer 'features.0' became NaN or infinite \(deltas contains NaN"):
+        trainer.fit()
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_nan_in_the_data_stays_the_datas_error_not_divergence(
         monkeypatch: pytest.MonkeyPatch, tiny_shapes: Path, tmp_path: Path) -> None:
     monkeypatch.setitem(MODELS._builders, TOY_NAME, lambda num_classes=5: BoxCheckingToy(num_classes))
     config = load_config(toy_recipe(tiny_shapes, epochs=1, checkpoint_every_iters=1, eval_every_epochs=0))
     train, _ = build_datasets(data_config(config), seed=7)
     trainer = Trainer(config, tmp_path, train_dataset=FaultyDataset(train, poison=(0, 5)), verbose=False)
-    bad_batch = trainer.sampler.epoch_order(0).index(5) // 2
-    with pytest.raises(NonFiniteLossError, match=rf"at iteration {bad_batch + 1} \(epoch 1, batch {bad_batch + 1} of "
-                                                 r"the epoch\) the output of layer 'features.0' became NaN or infinite "
-                                                 r"\(deltas contains NaN coordinates"):
+    with pytest.raises(ValueError, match="deltas contains NaN coordinates"):  # not NonFiniteLossError
         trainer.fit()
-    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == bad_batch
-
-    def fails_on_its_input(images, targets):
-        raise ValueError("target 0 has no 'boxes'")
-
-    trainer.network = fails_on_its_input
-    with pytest.raises(ValueError, match="target 0 has no 'boxes'"):
-        trainer._forward([torch.zeros(3, 8, 8)], [{}], 0)
 
 
 def test_unusable_data_found_in_a_worker_process_keeps_its_own_message(
