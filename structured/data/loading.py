@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,33 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     except (OSError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image header of {path}: {error}") from None
     return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
+
+
+def worker_errors_unwrapped(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches of a ``DataLoader``; unusable input a worker process met (a ``ValueError`` or ``OSError``, such as
+    an ``ImageReadError``) is raised with the message it had there. torch re-raises a worker's error as the same type
+    with ``Caught <type> in DataLoader worker process <n>. Original Traceback ...`` and the whole traceback, which a
+    tool would print on one line; the original error stays attached as the cause."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ValueError, OSError) as error:
+            message = _worker_error_message(error)
+            if message is None:
+                raise
+            raise type(error)(message) from error
+        yield batch
+
+
+def _worker_error_message(error: Exception) -> str | None:
+    """The message a worker's error had there; None for an error of the main process."""
+    text, name = str(error), type(error).__name__
+    if not text.startswith(f"Caught {name} in DataLoader worker") or f"{name}: " not in text:
+        return None
+    return text[text.rindex(f"{name}: ") + len(name) + 2:].strip()
 
 
 class ResumableSampler(Sampler[int]):

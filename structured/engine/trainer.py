@@ -53,9 +53,8 @@ that an update made NaN or infinite, before a checkpoint would keep them (and th
 ``ValueError`` of the forward (the detectors' box checks) that activations overflowing from finite inputs
 caused (and the first such layer; NaN in the data itself stays the data's error).
 Nothing is saved, so ``last.pt`` stays the last good checkpoint. Ctrl-C prints the step it stopped at and the
-last checkpoint ``--resume`` continues from; an error raised in a ``DataLoader`` worker of a kind the tools
-report as unusable input (``structured.cli.USAGE_ERRORS``) keeps the message it had there (torch's wrapper
-adds the worker's traceback to it).
+last checkpoint ``--resume`` continues from; unusable data a ``DataLoader`` worker meets keeps the message it
+had there (``structured.data.loading.worker_errors_unwrapped``).
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -79,10 +78,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from structured.backbones.transfer import freeze, parameter_groups
-from structured.cli import USAGE_ERRORS
 from structured.config import Config, ConfigError, build_model, model_task, validate_keys
 from structured.data.base import DetectionDataset, SemanticDataset
-from structured.data.loading import ResumableSampler
+from structured.data.loading import ResumableSampler, worker_errors_unwrapped
 from structured.data.recipes import (
     build_datasets,
     build_train_loader,
@@ -629,7 +627,7 @@ class Trainer:
 
     def _train_steps(self, progress: tqdm) -> None:
         """The steps of ``_train_epoch``, each counted on ``progress``."""
-        batches = iter(self.loader)
+        batches = worker_errors_unwrapped(self.loader)
         window = _LossWindow()
         epoch_totals = _LossWindow()
         window_start = self.clock()
@@ -639,7 +637,7 @@ class Trainer:
             lr = self.current_lr()
             if self.clock_start is None:
                 self.clock_start = window_start = self.clock()
-            losses = self._step([_next_batch(batches) for _ in range(count)], lr)
+            losses = self._step([next(batches) for _ in range(count)], lr)
             self._update_elapsed()
             window.add(losses)
             epoch_totals.add(losses)
@@ -876,26 +874,6 @@ def _all_finite(inputs: tuple[Any, ...]) -> bool:
     """Whether every floating-point tensor among a layer's ``inputs`` is finite."""
     return all(bool(torch.isfinite(value).all()) for value in inputs
                if isinstance(value, torch.Tensor) and value.is_floating_point())
-
-
-def _next_batch(batches: Iterator[Any]) -> Any:
-    """The next batch of a loader; unusable input found in a worker process is raised with its own message."""
-    try:
-        return next(batches)
-    except USAGE_ERRORS as error:
-        message = _worker_error_message(error)
-        if message is None:
-            raise
-        raise type(error)(message) from error
-
-
-def _worker_error_message(error: Exception) -> str | None:
-    """The message a DataLoader worker's error had there (None for an error of the main process): torch re-raises
-    it as the same type with ``Caught <type> in DataLoader worker process <n>. Original Traceback ...``."""
-    text, name = str(error), type(error).__name__
-    if not text.startswith(f"Caught {name} in DataLoader worker") or f"{name}: " not in text:
-        return None
-    return text[text.rindex(f"{name}: ") + len(name) + 2:].strip()
 
 
 def evaluate_shared(model: nn.Module, dataset: AnyDataset, task: EvaluationTask, context: DistributedContext,

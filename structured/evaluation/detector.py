@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from structured.data.base import DetectionDataset
 from structured.data.coco import CocoDetection, segmentation_to_mask
-from structured.data.loading import collate_detection
+from structured.data.loading import collate_detection, worker_errors_unwrapped
 from structured.evaluation.coco import (
     STAT_NAMES,
     CocoEvalResult,
@@ -76,7 +76,7 @@ def predict_dataset(
     results: list[dict[str, Any]] = []
     positions = iter(indices)
     with torch.no_grad():
-        for images, targets in loader:
+        for images, targets in worker_errors_unwrapped(loader):
             predictions = model([image.to(device) for image in images])
             image_ids = [dataset.coco_image_id(next(positions)) for _ in images]
             results += predictions_to_coco_results(predictions, image_ids, label_to_category_id)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from structured.data.loading import collate_detection
+from structured.data.loading import collate_detection, worker_errors_unwrapped
 from structured.evaluation.metrics_file import EvaluatedModel, save_metrics
 from structured.evaluation.plots import plot_confusion_matrix
 from structured.evaluation.segmentation import ConfusionMatrix
@@ -53,7 +53,7 @@ def confusion_on_dataset(model: nn.Module, dataset: Dataset, indices: Sequence[i
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for images, targets in loader:
+        for images, targets in worker_errors_unwrapped(loader):
             predictions = model([image.to(device) for image in images])
             for prediction, target in zip(predictions, targets, strict=True):
                 confusion.update(prediction["mask"].cpu(), target["semantic"])

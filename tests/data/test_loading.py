@@ -19,6 +19,7 @@ from structured.data.loading import (
     image_to_tensor,
     read_image,
     read_index_png,
+    worker_errors_unwrapped,
     write_palette_png,
 )
 from structured.data.transforms import training_transforms
@@ -142,3 +143,22 @@ def test_write_palette_png_writes_a_map_that_reads_back(tmp_path: Path) -> None:
     written = write_palette_png(tmp_path / "sub" / "map.png", class_map)
     assert np.array_equal(read_index_png(written), class_map)
     assert sorted(path.name for path in written.parent.iterdir()) == ["map.png"]
+
+
+def _failing(error: Exception):
+    yield "first batch"
+    raise error
+
+
+def test_a_workers_data_error_is_raised_with_the_message_it_had_there() -> None:
+    wrapped = ImageReadError("Caught ImageReadError in DataLoader worker process 1.\nOriginal Traceback (most recent "
+                             "call last):\n  File \"loading.py\", line 9, in read_image\nImageReadError: bad.jpg is "
+                             "truncated (no end-of-image marker)\n")
+    batches = worker_errors_unwrapped(_failing(wrapped))
+    assert next(batches) == "first batch"
+    with pytest.raises(ImageReadError, match=r"^bad\.jpg is truncated \(no end-of-image marker\)$") as raised:
+        next(batches)
+    assert raised.value.__cause__ is wrapped
+    with pytest.raises(ValueError, match="^a main-process error$"):
+        list(worker_errors_unwrapped(_failing(ValueError("a main-process error"))))
+    assert list(worker_errors_unwrapped([1, 2])) == [1, 2]
