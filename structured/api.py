@@ -549,7 +549,7 @@ def _pil_to_rgb(image: Image.Image, where: str) -> np.ndarray:
 def _array_to_rgb(image: np.ndarray | Tensor, where: str) -> np.ndarray:
     """``to_rgb_uint8`` of an array (``[H, W, C]`` or ``[C, H, W]``) or tensor image, after refusing pixels it
     would misread: booleans, and floats that are not finite or outside [0, 1] (0-255 floats would turn white)."""
-    values = _pixel_values(image)
+    values = _channels_last(image)
     if values.dtype == np.bool_:
         raise ValueError(f"{where} is a boolean array; expected uint8 (0-255) or floats in [0, 1]")
     if np.issubdtype(values.dtype, np.floating) and values.size:
@@ -559,17 +559,20 @@ def _array_to_rgb(image: np.ndarray | Tensor, where: str) -> np.ndarray:
         if low < -FLOAT_OVERSHOOT or high > 1 + FLOAT_OVERSHOOT:
             raise ValueError(f"{where} has float values {low:.3g} to {high:.3g}; floats must be in [0, 1] (pass uint8 "
                              "for 0-255 values; normalise back what was standardised)")
-    is_channels_first = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3, 4) \
-        and image.shape[2] not in (1, 3, 4)
-    return to_rgb_uint8(image.transpose(1, 2, 0) if is_channels_first else image)
+    return to_rgb_uint8(values)
 
 
-def _pixel_values(image: np.ndarray | Tensor) -> np.ndarray:
-    """The values of an array or tensor image as a numpy array (float tensors as float32), for checking."""
-    if not isinstance(image, Tensor):
-        return np.asarray(image)
-    values = image.detach().cpu()
-    return (values.float() if values.is_floating_point() else values).numpy()
+def _channels_last(image: np.ndarray | Tensor) -> np.ndarray:
+    """An array or tensor image as one numpy array (float tensors as float32, copied to the host once), a
+    channels-first ``[C, H, W]`` one as ``[H, W, C]`` (a tensor whenever C is 1, 3 or 4; an array when its last
+    axis cannot be channels)."""
+    if isinstance(image, Tensor):
+        values = image.detach().cpu()
+        values = (values.float() if values.is_floating_point() else values).numpy()
+        return values.transpose(1, 2, 0) if values.ndim == 3 and values.shape[0] in (1, 3, 4) else values
+    values = np.asarray(image)
+    is_channels_first = values.ndim == 3 and values.shape[0] in (1, 3, 4) and values.shape[2] not in (1, 3, 4)
+    return values.transpose(1, 2, 0) if is_channels_first else values
 
 
 def _masks_of(prediction: Mapping[str, Tensor]) -> Tensor | None:

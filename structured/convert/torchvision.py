@@ -46,6 +46,7 @@ from torch.nn import Module
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from structured.backbones.torchvision_keys import torchvision_backbone_key
+from structured.backbones.weights import OPTIONAL_KEY_SUFFIXES, WRAPPER_KEYS
 from structured.config import model_task
 from structured.data.base import numbered_class_names
 from structured.detection.faster_rcnn import RECIPES as FASTER_RCNN_RECIPES
@@ -266,7 +267,7 @@ def _torchvision_state_dict(loaded: object, source: str | Path) -> Mapping[str, 
     if "config" in loaded and "model" in loaded:
         raise ValueError(f"{source} is already a structured checkpoint; use it as it is (Detector.from_checkpoint, "
                          "tools/eval.py --weights, tools/train_det.py --weights)")
-    for wrapper in ("model", "state_dict"):
+    for wrapper in WRAPPER_KEYS:
         if isinstance(loaded.get(wrapper), Mapping):
             return loaded[wrapper]
     return loaded
@@ -281,12 +282,15 @@ def _maps(key: str, model_name: str) -> bool:
 
 
 def _load_converted(model: Module, converted: Mapping[str, Tensor], failure: str) -> None:
+    """Load ``converted`` into ``model``, less the counters our frozen batch norms lack (``OPTIONAL_KEY_SUFFIXES``);
+    ``ValueError`` starting with ``failure`` when it does not fit."""
     expected = model.state_dict()
-    dropped = {key for key in converted if key.endswith("num_batches_tracked") and key not in expected}
-    problems = mismatches(expected, {key: value for key, value in converted.items() if key not in dropped})
+    kept = {key: value for key, value in converted.items()
+            if key in expected or not key.endswith(OPTIONAL_KEY_SUFFIXES)}
+    problems = mismatches(expected, kept)
     if problems:
         raise ValueError(f"{failure} after conversion: " + "; ".join(problems))
-    model.load_state_dict(converted)
+    model.load_state_dict(kept)
 
 
 def class_names_for(num_classes: int) -> list[str]:

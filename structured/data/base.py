@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from structured.data.loading import (
     ImageReadError,
     collate_detection,
     collate_semantic,
+    exif_transposes,
     image_to_tensor,
     read_image,
     read_index_png,
@@ -102,20 +102,11 @@ def declared_size_mismatch(record: ImageRecord, height: int, width: int) -> str 
         return None
     message = (f"{record.path}: the image decodes as {width}x{height} (WxH) but its annotation declares "
                f"{record.width}x{record.height}")
-    if (height, width) == (record.width, record.height) and _stored_size(record.path) == (record.height, record.width):
+    if (height, width) == (record.width, record.height) and exif_transposes(record.path):
         return (f"{message}, the size of its stored pixels: the file's EXIF orientation rotates it. If the labels "
                 "were drawn on the stored (unrotated) pixels, remove the EXIF orientation tag from the file; if on "
                 f"the upright picture, declare its size {width}x{height} in the annotation")
     return f"{message}; expected the image the labels were made on (restore it, or re-export the labels)"
-
-
-def _stored_size(path: Path) -> tuple[int, int] | None:
-    """``(height, width)`` of the pixels as stored in ``path``, before any EXIF rotation (None if unreadable)."""
-    try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except (OSError, SyntaxError):
-        return None
 
 
 def target_to_tensors(target: dict) -> dict:

@@ -198,14 +198,26 @@ def write_palette_png(path: str | Path, class_map: np.ndarray) -> Path:
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` of an image as ``read_image`` returns it (EXIF rotation applied), from its header."""
-    path = Path(path)
+    width, height, orientation = _image_header(Path(path))
+    return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
+
+
+def exif_transposes(path: str | Path) -> bool:
+    """Whether the EXIF orientation of the image at ``path`` swaps its stored width and height (False when its
+    header cannot be read)."""
+    try:
+        return _image_header(Path(path))[2] in _EXIF_TRANSPOSED
+    except ImageReadError:
+        return False
+
+
+def _image_header(path: Path) -> tuple[int, int, int]:
+    """``(stored width, stored height, EXIF orientation)`` of an image; ``ImageReadError`` when unreadable."""
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            return image.size[0], image.size[1], image.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, SyntaxError) as error:
         raise ImageReadError(f"cannot read image header of {path}: {error}") from None
-    return (width, height) if orientation in _EXIF_TRANSPOSED else (height, width)
 
 
 def worker_errors_unwrapped(batches: Iterable[Any]) -> Iterator[Any]:
